@@ -1,0 +1,71 @@
+//! [`CacheStore`]: the byte-level operations the cache role needs from its
+//! backend. The in-process store ([`super::memory`]) and the Redis store
+//! implement it and pass the same behaviour suite (`tests/api/cache_suite.rs`).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// The outcome of one try at a one-time code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtpOutcome {
+    /// Right code: it has been consumed.
+    Accepted,
+    /// Wrong code: one attempt used.
+    Rejected,
+    /// No live code (never issued, expired, used, or out of attempts).
+    Missing,
+}
+
+/// Views taken out of the counters to be written to the database. The batch
+/// stays recorded until acknowledged, so a crashed flush is retried with the
+/// same id (and the database applies each id once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewBatch {
+    pub flush_id: String,
+    pub deltas: Vec<(i64, i64)>,
+}
+
+/// Byte-level cache operations. Every method may fail (a remote store can
+/// be down); callers decide whether that is a miss or an error.
+#[async_trait]
+pub trait CacheStore: Send + Sync + 'static {
+    async fn get(&self, key: &str) -> anyhow::Result<Option<Bytes>>;
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> anyhow::Result<()>;
+    /// Deletes keys; returns how many existed.
+    async fn delete(&self, keys: &[String]) -> anyhow::Result<u64>;
+    /// Deletes every key matching a glob `pattern` (over full keys), without
+    /// blocking the store; returns how many were removed. Operators only.
+    async fn delete_pattern(&self, pattern: &str) -> anyhow::Result<u64>;
+
+    /// Current generation of a namespace (0 if never bumped).
+    async fn generation(&self, key: &str) -> anyhow::Result<u64>;
+    /// Bumps a namespace generation, making every key built on the old one
+    /// unreachable at once.
+    async fn bump(&self, key: &str) -> anyhow::Result<u64>;
+
+    /// Stores a one-time code hash with a TTL, replacing any earlier code.
+    async fn otp_put(&self, key: &str, code_hash: &str, ttl: Duration) -> anyhow::Result<()>;
+    /// Checks a code hash and consumes the code on success, in one atomic
+    /// step; after `max_attempts` wrong tries the code is dead.
+    async fn otp_attempt(
+        &self,
+        key: &str,
+        candidate_hash: &str,
+        max_attempts: u32,
+    ) -> anyhow::Result<OtpOutcome>;
+
+    /// Counts one view; returns the views of that property not yet in the
+    /// database (including any batch being flushed).
+    async fn views_incr(&self, id: i64) -> anyhow::Result<i64>;
+    /// Views of a property not yet in the database.
+    async fn views_pending(&self, id: i64) -> anyhow::Result<i64>;
+    /// The oldest unacknowledged batch, or a new one made of every pending
+    /// count; `None` if there is nothing to flush.
+    async fn views_take(&self) -> anyhow::Result<Option<ViewBatch>>;
+    /// Forgets a batch once the database has it.
+    async fn views_ack(&self, flush_id: &str) -> anyhow::Result<()>;
+
+    async fn ping(&self) -> anyhow::Result<()>;
+}

@@ -1,0 +1,170 @@
+//! Bookings: stays of guests. Two confirmed bookings of one property never
+//! overlap: the database refuses the second (see the migrations).
+
+use serde::{Deserialize, Serialize};
+use time::{Date, OffsetDateTime};
+
+use super::{Db, is_overlap};
+use crate::domain::{BookingStatus, Money};
+use crate::with_pool;
+
+/// A booking as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Booking {
+    pub id: i64,
+    pub property_id: i64,
+    pub guest_id: i64,
+    pub check_in: Date,
+    pub check_out: Date,
+    pub guests: i32,
+    pub total_price: Money,
+    pub status: BookingStatus,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(sqlx::FromRow)]
+struct BookingRow {
+    id: i64,
+    property_id: i64,
+    guest_id: i64,
+    check_in: Date,
+    check_out: Date,
+    guests: i32,
+    total_cents: i64,
+    status: String,
+    created_at: OffsetDateTime,
+}
+
+impl From<BookingRow> for Booking {
+    fn from(r: BookingRow) -> Self {
+        Booking {
+            id: r.id,
+            property_id: r.property_id,
+            guest_id: r.guest_id,
+            check_in: r.check_in,
+            check_out: r.check_out,
+            guests: r.guests,
+            total_price: Money::from_cents(r.total_cents),
+            status: BookingStatus::from_db(&r.status),
+            created_at: r.created_at,
+        }
+    }
+}
+
+const COLS: &str =
+    "id, property_id, guest_id, check_in, check_out, guests, total_cents, status, created_at";
+
+/// A booking to insert.
+#[derive(Debug, Clone)]
+pub struct NewBooking {
+    pub id: Option<i64>,
+    pub property_id: i64,
+    pub guest_id: i64,
+    pub check_in: Date,
+    pub check_out: Date,
+    pub guests: i32,
+    pub total_price: Money,
+    pub status: BookingStatus,
+    pub created_at: OffsetDateTime,
+}
+
+/// Why a booking was not created.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BookingRefused {
+    /// The property does not exist (or was deleted).
+    NoProperty,
+    /// The dates overlap a confirmed booking of that property.
+    Overlap,
+}
+
+/// A confirmed booking with the city of its property, for the dashboard.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StayRow {
+    pub property_id: i64,
+    pub city: String,
+    pub check_in: Date,
+    pub check_out: Date,
+    pub total_cents: i64,
+}
+
+impl Db {
+    /// Inserts a confirmed booking if the property still exists; the
+    /// database refuses it if it overlaps another confirmed booking.
+    pub async fn create_booking(&self, b: &NewBooking) -> anyhow::Result<Result<Booking, BookingRefused>> {
+        let sql = format!(
+            "INSERT INTO bookings (property_id, guest_id, check_in, check_out, guests,
+               total_cents, status, created_at)
+             SELECT id, $2, $3, $4, $5, $6, $7, $8 FROM properties
+             WHERE id = $1 AND deleted_at IS NULL
+             RETURNING {COLS}"
+        );
+        let res = with_pool!(self, p => sqlx::query_as::<_, BookingRow>(sqlx::AssertSqlSafe(sql))
+            .bind(b.property_id).bind(b.guest_id).bind(b.check_in).bind(b.check_out)
+            .bind(b.guests).bind(b.total_price.cents()).bind(b.status.as_str()).bind(b.created_at)
+            .fetch_optional(p).await);
+        match res {
+            Ok(Some(row)) => Ok(Ok(row.into())),
+            Ok(None) => Ok(Err(BookingRefused::NoProperty)),
+            Err(e) if is_overlap(&e) => Ok(Err(BookingRefused::Overlap)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn booking(&self, id: i64) -> anyhow::Result<Option<Booking>> {
+        let sql = format!("SELECT {COLS} FROM bookings WHERE id = $1");
+        let row = with_pool!(self, p => sqlx::query_as::<_, BookingRow>(sqlx::AssertSqlSafe(sql))
+            .bind(id).fetch_optional(p).await)?;
+        Ok(row.map(Booking::from))
+    }
+
+    /// The host of a property, deleted or not (for cancel rights).
+    pub async fn property_host(&self, property_id: i64) -> anyhow::Result<Option<i64>> {
+        Ok(with_pool!(self, p => sqlx::query_scalar::<_, i64>(
+            "SELECT host_id FROM properties WHERE id = $1")
+            .bind(property_id).fetch_optional(p).await)?)
+    }
+
+    /// Cancels a confirmed booking; `None` if it was not confirmed.
+    pub async fn cancel_booking(&self, id: i64) -> anyhow::Result<Option<Booking>> {
+        let sql = format!(
+            "UPDATE bookings SET status = 'cancelled' WHERE id = $1 AND status = 'confirmed'
+             RETURNING {COLS}"
+        );
+        let row = with_pool!(self, p => sqlx::query_as::<_, BookingRow>(sqlx::AssertSqlSafe(sql))
+            .bind(id).fetch_optional(p).await)?;
+        Ok(row.map(Booking::from))
+    }
+
+    /// One page of a guest's bookings, newest first, and their count.
+    pub async fn guest_bookings(
+        &self,
+        guest_id: i64,
+        page: u32,
+        page_size: u32,
+    ) -> anyhow::Result<(i64, Vec<Booking>)> {
+        let sql = format!(
+            "SELECT {COLS} FROM bookings WHERE guest_id = $1
+             ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"
+        );
+        let offset = i64::from(page.saturating_sub(1)) * i64::from(page_size);
+        let (count, rows) = with_pool!(self, p => {
+            let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM bookings WHERE guest_id = $1")
+                .bind(guest_id).fetch_one(p).await?;
+            let rows = sqlx::query_as::<_, BookingRow>(sqlx::AssertSqlSafe(sql))
+                .bind(guest_id).bind(i64::from(page_size)).bind(offset)
+                .fetch_all(p).await?;
+            (count, rows)
+        });
+        Ok((count, rows.into_iter().map(Booking::from).collect()))
+    }
+
+    /// Every confirmed booking of a guest with its property's city.
+    pub async fn confirmed_stays(&self, guest_id: i64) -> anyhow::Result<Vec<StayRow>> {
+        Ok(with_pool!(self, p => sqlx::query_as::<_, StayRow>(
+            "SELECT b.property_id, p.city, b.check_in, b.check_out, b.total_cents
+             FROM bookings b JOIN properties p ON p.id = b.property_id
+             WHERE b.guest_id = $1 AND b.status = 'confirmed'")
+            .bind(guest_id).fetch_all(p).await)?)
+    }
+}

@@ -1,0 +1,260 @@
+//! Properties: listings of hosts. Deleted properties are kept (soft delete)
+//! so that past bookings keep their record, and hidden from every lookup.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::Db;
+use crate::domain::Money;
+use crate::with_pool;
+
+/// A property as the API shows it (`view_count` as stored; the HTTP layer
+/// adds views not yet flushed).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Property {
+    pub id: i64,
+    pub host_id: i64,
+    pub title: String,
+    pub description: String,
+    pub city: String,
+    pub country: String,
+    pub price_per_night: Money,
+    pub max_guests: i32,
+    pub is_featured: bool,
+    pub view_count: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+#[derive(sqlx::FromRow)]
+struct PropertyRow {
+    id: i64,
+    host_id: i64,
+    title: String,
+    description: String,
+    city: String,
+    country: String,
+    price_cents: i64,
+    max_guests: i32,
+    is_featured: bool,
+    view_count: i64,
+    created_at: OffsetDateTime,
+    updated_at: OffsetDateTime,
+}
+
+impl From<PropertyRow> for Property {
+    fn from(r: PropertyRow) -> Self {
+        Property {
+            id: r.id,
+            host_id: r.host_id,
+            title: r.title,
+            description: r.description,
+            city: r.city,
+            country: r.country,
+            price_per_night: Money::from_cents(r.price_cents),
+            max_guests: r.max_guests,
+            is_featured: r.is_featured,
+            view_count: r.view_count,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+const COLS: &str = "id, host_id, title, description, city, country, price_cents, max_guests, \
+                    is_featured, view_count, created_at, updated_at";
+
+/// Filters of the public list (all optional, combined with AND).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PropertyFilter {
+    pub city: Option<String>,
+    pub country: Option<String>,
+    pub min_price: Option<Money>,
+    pub max_price: Option<Money>,
+    pub guests: Option<i32>,
+}
+
+/// The writable fields of a property, all set (create) or some (patch).
+#[derive(Debug, Clone, Default)]
+pub struct PropertyFields {
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub city: Option<String>,
+    pub country: Option<String>,
+    pub price_per_night: Option<Money>,
+    pub max_guests: Option<i32>,
+    pub is_featured: Option<bool>,
+}
+
+/// A property to insert (seeder and importer set every column).
+pub struct NewProperty {
+    pub id: Option<i64>,
+    pub host_id: i64,
+    pub title: String,
+    pub description: String,
+    pub city: String,
+    pub country: String,
+    pub price_per_night: Money,
+    pub max_guests: i32,
+    pub is_featured: bool,
+    pub view_count: i64,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+/// Why a delete did not happen.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    Deleted,
+    NotFound,
+    HasActiveBookings,
+}
+
+const FILTER: &str = "deleted_at IS NULL
+    AND ($1 IS NULL OR lower(city) = lower($1))
+    AND ($2 IS NULL OR lower(country) = lower($2))
+    AND ($3 IS NULL OR price_cents >= $3)
+    AND ($4 IS NULL OR price_cents <= $4)
+    AND ($5 IS NULL OR max_guests >= $5)";
+
+impl Db {
+    /// One page of the filtered list, ordered by id, and the total count.
+    pub async fn list_properties(
+        &self,
+        f: &PropertyFilter,
+        page: u32,
+        page_size: u32,
+    ) -> anyhow::Result<(i64, Vec<Property>)> {
+        let count_sql = format!("SELECT COUNT(*) FROM properties WHERE {FILTER}");
+        let page_sql =
+            format!("SELECT {COLS} FROM properties WHERE {FILTER} ORDER BY id LIMIT $6 OFFSET $7");
+        let offset = i64::from(page.saturating_sub(1)) * i64::from(page_size);
+        let (min, max) = (f.min_price.map(Money::cents), f.max_price.map(Money::cents));
+        let (count, rows) = with_pool!(self, p => {
+            let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(count_sql))
+                .bind(f.city.as_deref()).bind(f.country.as_deref()).bind(min).bind(max).bind(f.guests)
+                .fetch_one(p).await?;
+            let rows = sqlx::query_as::<_, PropertyRow>(sqlx::AssertSqlSafe(page_sql))
+                .bind(f.city.as_deref()).bind(f.country.as_deref()).bind(min).bind(max).bind(f.guests)
+                .bind(i64::from(page_size)).bind(offset)
+                .fetch_all(p).await?;
+            (count, rows)
+        });
+        Ok((count, rows.into_iter().map(Property::from).collect()))
+    }
+
+    /// Every featured property, ordered by id.
+    pub async fn featured_properties(&self) -> anyhow::Result<Vec<Property>> {
+        let sql = format!(
+            "SELECT {COLS} FROM properties WHERE is_featured AND deleted_at IS NULL ORDER BY id"
+        );
+        let rows = with_pool!(self, p => sqlx::query_as::<_, PropertyRow>(sqlx::AssertSqlSafe(sql))
+            .fetch_all(p).await)?;
+        Ok(rows.into_iter().map(Property::from).collect())
+    }
+
+    pub async fn property(&self, id: i64) -> anyhow::Result<Option<Property>> {
+        let sql = format!("SELECT {COLS} FROM properties WHERE id = $1 AND deleted_at IS NULL");
+        let row = with_pool!(self, p => sqlx::query_as::<_, PropertyRow>(sqlx::AssertSqlSafe(sql))
+            .bind(id).fetch_optional(p).await)?;
+        Ok(row.map(Property::from))
+    }
+
+    pub async fn create_property(&self, n: &NewProperty) -> anyhow::Result<Property> {
+        let sql = format!(
+            "INSERT INTO properties (host_id, title, description, city, country, price_cents,
+               max_guests, is_featured, view_count, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {COLS}"
+        );
+        let row = with_pool!(self, p => sqlx::query_as::<_, PropertyRow>(sqlx::AssertSqlSafe(sql))
+            .bind(n.host_id).bind(&n.title).bind(&n.description).bind(&n.city).bind(&n.country)
+            .bind(n.price_per_night.cents()).bind(n.max_guests).bind(n.is_featured)
+            .bind(n.view_count).bind(n.created_at).bind(n.updated_at)
+            .fetch_one(p).await)?;
+        Ok(row.into())
+    }
+
+    /// Applies the fields that are set; `None` when there is no such property.
+    pub async fn update_property(
+        &self,
+        id: i64,
+        f: &PropertyFields,
+        now: OffsetDateTime,
+    ) -> anyhow::Result<Option<Property>> {
+        let sql = format!(
+            "UPDATE properties SET
+               title = COALESCE($2, title),
+               description = COALESCE($3, description),
+               city = COALESCE($4, city),
+               country = COALESCE($5, country),
+               price_cents = COALESCE($6, price_cents),
+               max_guests = COALESCE($7, max_guests),
+               is_featured = COALESCE($8, is_featured),
+               updated_at = $9
+             WHERE id = $1 AND deleted_at IS NULL RETURNING {COLS}"
+        );
+        let row = with_pool!(self, p => sqlx::query_as::<_, PropertyRow>(sqlx::AssertSqlSafe(sql))
+            .bind(id).bind(f.title.as_deref()).bind(f.description.as_deref())
+            .bind(f.city.as_deref()).bind(f.country.as_deref())
+            .bind(f.price_per_night.map(Money::cents)).bind(f.max_guests).bind(f.is_featured)
+            .bind(now)
+            .fetch_optional(p).await)?;
+        Ok(row.map(Property::from))
+    }
+
+    /// Soft-deletes a property unless a confirmed booking of it has not ended.
+    pub async fn delete_property(
+        &self,
+        id: i64,
+        today: time::Date,
+        now: OffsetDateTime,
+    ) -> anyhow::Result<DeleteOutcome> {
+        let done = with_pool!(self, p => sqlx::query(
+            "UPDATE properties SET deleted_at = $2
+             WHERE id = $1 AND deleted_at IS NULL AND NOT EXISTS (
+               SELECT 1 FROM bookings
+               WHERE property_id = $1 AND status = 'confirmed' AND check_out > $3)")
+            .bind(id).bind(now).bind(today)
+            .execute(p).await.map(|r| r.rows_affected()))?
+;
+        if done == 1 {
+            return Ok(DeleteOutcome::Deleted);
+        }
+        Ok(if self.property(id).await?.is_some() {
+            DeleteOutcome::HasActiveBookings
+        } else {
+            DeleteOutcome::NotFound
+        })
+    }
+
+    /// Adds view-count deltas in one transaction, at most once per `flush_id`:
+    /// a flush that is replayed after a crash adds nothing the second time.
+    /// Returns false when this flush was already applied.
+    pub async fn apply_view_deltas(
+        &self,
+        flush_id: &str,
+        deltas: &[(i64, i64)],
+    ) -> anyhow::Result<bool> {
+        let now = super::now_ms();
+        let applied = with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let fresh = sqlx::query(
+                "INSERT INTO view_flushes (id, applied_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(flush_id).bind(now)
+                .execute(&mut *tx).await?
+                .rows_affected() == 1;
+            if fresh {
+                for (id, delta) in deltas {
+                    sqlx::query("UPDATE properties SET view_count = view_count + $2 WHERE id = $1")
+                        .bind(id).bind(delta)
+                        .execute(&mut *tx).await?;
+                }
+            }
+            tx.commit().await?;
+            fresh
+        });
+        Ok(applied)
+    }
+}

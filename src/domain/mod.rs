@@ -1,0 +1,13 @@
+//! Validated value types. Each parses untrusted input into a type that can
+//! only hold valid values (`parse -> Result`), so handlers and repositories
+//! never re-check them.
+
+mod email;
+mod money;
+mod role;
+mod text;
+
+pub use email::Email;
+pub use money::{MAX_PRICE_CENTS, Money};
+pub use role::Role;
+pub use text::{check_len, BookingStatus};

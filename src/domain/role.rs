@@ -1,0 +1,24 @@
+//! [`Role`]: what a user is on the platform.
+
+use serde::{Deserialize, Serialize};
+
+/// Hosts list properties; guests book them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Guest,
+    Host,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Guest => "guest",
+            Role::Host => "host",
+        }
+    }
+
+    pub fn from_db(s: &str) -> Role {
+        if s == "host" { Role::Host } else { Role::Guest }
+    }
+}

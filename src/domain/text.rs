@@ -1,0 +1,34 @@
+//! Length rules for free text fields and the booking status.
+
+use serde::{Deserialize, Serialize};
+
+/// Checks that `value` has between `min` and `max` characters (not bytes).
+pub fn check_len(value: &str, min: usize, max: usize) -> Result<(), String> {
+    let n = value.chars().count();
+    if n < min || n > max {
+        Err(format!("must be {min} to {max} characters long"))
+    } else {
+        Ok(())
+    }
+}
+
+/// A booking is confirmed until cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BookingStatus {
+    Confirmed,
+    Cancelled,
+}
+
+impl BookingStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BookingStatus::Confirmed => "confirmed",
+            BookingStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn from_db(s: &str) -> Self {
+        if s == "cancelled" { BookingStatus::Cancelled } else { BookingStatus::Confirmed }
+    }
+}

@@ -1,0 +1,183 @@
+//! Bookings: create (rate limited per user; overlap refused by the database
+//! with 409), list the caller's, cancel.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Deserialize;
+
+use super::properties::Page;
+use time::{Date, OffsetDateTime};
+
+use super::AppState;
+use super::extract::{ApiJson, ApiQuery, AuthUser, IdPath};
+use crate::db::bookings::{Booking, BookingRefused, NewBooking};
+use crate::domain::BookingStatus;
+use crate::error::{ApiError, ApiResult, FieldErrors};
+use crate::jobs::Job;
+use crate::kv::keys::Keys;
+use crate::ratelimit::Scope;
+
+/// Longest stay that can be booked.
+pub const MAX_NIGHTS: i64 = 90;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/bookings", get(list).post(create))
+        .route("/api/v1/bookings/{id}/cancel", post(cancel))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    page: Option<u32>,
+    page_size: Option<u32>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> ApiResult<Json<Page<Booking>>> {
+    let page = q.page.unwrap_or(1);
+    let page_size = q.page_size.unwrap_or(20);
+    if page == 0 || page > 1_000_000 || !(1..=100).contains(&page_size) {
+        return Err(ApiError::InvalidRequest(
+            "page must be 1 or more and page_size between 1 and 100".into(),
+        ));
+    }
+    let (count, results) = state.db.guest_bookings(user.id, page, page_size).await?;
+    Ok(Json(Page { count, page, results }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BookingBody {
+    property_id: i64,
+    check_in: String,
+    check_out: String,
+    guests: i32,
+}
+
+fn parse_date(s: &str) -> Option<Date> {
+    let fmt = time::macros::format_description!("[year]-[month]-[day]");
+    Date::parse(s, &fmt).ok()
+}
+
+/// Makes the user's cached dashboard stale.
+pub async fn invalidate_dashboard(state: &AppState, user_id: i64) {
+    state.cache.invalidate(&Keys::user_ns(user_id)).await;
+}
+
+async fn create(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    ApiJson(body): ApiJson<BookingBody>,
+) -> ApiResult<Response> {
+    // Every attempt counts, failed ones included.
+    let decision = state
+        .limiter
+        .check(&Scope::Booking(user.id))
+        .await
+        .map_err(|_| ApiError::Unavailable("rate limiter"))?;
+    if !decision.allowed {
+        let mut r = ApiError::Throttled { retry_after: decision.retry_after_secs() }.into_response();
+        r.extensions_mut().insert(decision);
+        return Ok(r);
+    }
+    let mut errors = FieldErrors::new();
+    let today = OffsetDateTime::now_utc().date();
+    let check_in = parse_date(&body.check_in);
+    let check_out = parse_date(&body.check_out);
+    match check_in {
+        None => drop(errors.insert("check_in".into(), "must be a date YYYY-MM-DD".into())),
+        Some(d) if d < today => drop(errors.insert("check_in".into(), "must be today or later".into())),
+        _ => {}
+    }
+    match (check_in, check_out) {
+        (_, None) => drop(errors.insert("check_out".into(), "must be a date YYYY-MM-DD".into())),
+        (Some(i), Some(o)) if o <= i => {
+            drop(errors.insert("check_out".into(), "must be after check_in".into()))
+        }
+        (Some(i), Some(o)) if (o - i).whole_days() > MAX_NIGHTS => {
+            drop(errors.insert("check_out".into(), format!("a stay is at most {MAX_NIGHTS} nights")))
+        }
+        _ => {}
+    }
+    let property = state.db.property(body.property_id).await?;
+    match &property {
+        None => drop(errors.insert("property_id".into(), "no such property".into())),
+        Some(p) if p.host_id == user.id => {
+            drop(errors.insert("property_id".into(), "hosts cannot book their own property".into()))
+        }
+        Some(p) if !(1..=p.max_guests).contains(&body.guests) => drop(errors.insert(
+            "guests".into(),
+            format!("must be between 1 and {}", p.max_guests),
+        )),
+        _ => {}
+    }
+    let (Some(property), Some(check_in), Some(check_out)) = (property, check_in, check_out) else {
+        return Err(ApiError::Validation(errors));
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let nights = (check_out - check_in).whole_days();
+    let total = property
+        .price_per_night
+        .checked_mul(nights)
+        .ok_or_else(|| anyhow::anyhow!("price overflow"))?;
+    let created = state
+        .db
+        .create_booking(&NewBooking {
+            id: None,
+            property_id: property.id,
+            guest_id: user.id,
+            check_in,
+            check_out,
+            guests: body.guests,
+            total_price: total,
+            status: BookingStatus::Confirmed,
+            created_at: OffsetDateTime::now_utc(),
+        })
+        .await?;
+    let booking = match created {
+        Ok(b) => b,
+        Err(BookingRefused::Overlap) => {
+            return Err(ApiError::Conflict("these dates overlap an existing booking"));
+        }
+        Err(BookingRefused::NoProperty) => return Err(ApiError::field("property_id", "no such property")),
+    };
+    invalidate_dashboard(&state, user.id).await;
+    if let Err(e) = state.jobs.enqueue(&Job::BookingConfirmation { booking_id: booking.id }).await {
+        // The booking stands; only its email is late. Operators see this.
+        tracing::error!(booking_id = booking.id, error = format!("{e:#}"), "confirmation email not queued");
+    }
+    let mut r = (StatusCode::CREATED, Json(booking)).into_response();
+    r.extensions_mut().insert(decision);
+    Ok(r)
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    IdPath(id): IdPath,
+) -> ApiResult<Json<Booking>> {
+    let booking = state.db.booking(id).await?.ok_or(ApiError::NotFound)?;
+    if booking.guest_id != user.id {
+        let host = state.db.property_host(booking.property_id).await?;
+        if host != Some(user.id) {
+            return Err(ApiError::Forbidden);
+        }
+    }
+    let cancelled = state
+        .db
+        .cancel_booking(id)
+        .await?
+        .ok_or(ApiError::Conflict("the booking is already cancelled"))?;
+    invalidate_dashboard(&state, cancelled.guest_id).await;
+    Ok(Json(cancelled))
+}

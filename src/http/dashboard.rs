@@ -1,0 +1,86 @@
+//! The user dashboard: recent bookings, stats and recommendations, cached per
+//! user for an hour and keyed by both the properties generation and the
+//! user's own, so a booking change or a property change makes it stale.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::routing::get;
+use axum::Router;
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::extract::AuthUser;
+use super::properties::featured_list;
+use crate::cache::PROPERTIES_NS;
+use crate::db::bookings::Booking;
+use crate::db::properties::Property;
+use crate::domain::Money;
+use crate::error::ApiResult;
+use crate::kv::keys::Keys;
+
+pub const DASHBOARD_TTL: Duration = Duration::from_secs(3600);
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/v1/dashboard", get(dashboard))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Stats {
+    total_bookings: i64,
+    upcoming_bookings: i64,
+    nights_booked: i64,
+    total_spent: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Dashboard {
+    bookings: Vec<Booking>,
+    stats: Stats,
+    recommendations: Vec<Property>,
+}
+
+async fn compute(state: &AppState, user_id: i64) -> anyhow::Result<Dashboard> {
+    let (_, bookings) = state.db.guest_bookings(user_id, 1, 10).await?;
+    let stays = state.db.confirmed_stays(user_id).await?;
+    let today = time::OffsetDateTime::now_utc().date();
+    let mut spent = Money::default();
+    for s in &stays {
+        spent = spent
+            .checked_add(Money::from_cents(s.total_cents))
+            .ok_or_else(|| anyhow::anyhow!("total overflow"))?;
+    }
+    let stats = Stats {
+        total_bookings: stays.len() as i64,
+        upcoming_bookings: stays.iter().filter(|s| s.check_in >= today).count() as i64,
+        nights_booked: stays.iter().map(|s| (s.check_out - s.check_in).whole_days()).sum(),
+        total_spent: spent.to_string(),
+    };
+    let booked: HashSet<i64> = stays.iter().map(|s| s.property_id).collect();
+    let cities: HashSet<&str> = stays.iter().map(|s| s.city.as_str()).collect();
+    let mut recommendations: Vec<Property> =
+        featured_list(state).await?.into_iter().filter(|p| !booked.contains(&p.id)).collect();
+    recommendations.sort_by_key(|p| (!cities.contains(p.city.as_str()), p.id));
+    recommendations.truncate(5);
+    Ok(Dashboard { bookings, stats, recommendations })
+}
+
+async fn dashboard(State(state): State<AppState>, AuthUser(user): AuthUser) -> ApiResult<Json<Dashboard>> {
+    let cache = &state.cache;
+    let generations = (
+        cache.generation(PROPERTIES_NS).await,
+        cache.generation(&Keys::user_ns(user.id)).await,
+    );
+    let dashboard = match generations {
+        (Some(g), Some(ug)) => {
+            let key = cache.keys().dashboard(g, ug, user.id);
+            cache
+                .get_or_compute("dashboard", &key, DASHBOARD_TTL, || compute(&state, user.id))
+                .await?
+        }
+        _ => compute(&state, user.id).await?,
+    };
+    Ok(Json(dashboard))
+}

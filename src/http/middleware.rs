@@ -1,0 +1,134 @@
+//! Per-request middleware: who is calling (one session lookup), the general
+//! rate limits with their headers, and request metrics.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use super::extract::Caller;
+use crate::error::ApiError;
+use crate::ratelimit::{Decision, Scope};
+use crate::sessions::{self, COOKIE};
+
+/// The raw session id of the request's cookie, if it looks like one.
+pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_owned())
+        .filter(|v| sessions::looks_like_id(v))
+}
+
+/// The client address: the socket peer, unless the peer is a trusted proxy,
+/// in which case the nearest untrusted address of `X-Forwarded-For`.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let forwarded: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    forwarded.into_iter().rev().find(|ip| !trusted.contains(ip)).unwrap_or(peer)
+}
+
+/// Resolves the caller and applies the anonymous or per-user limit to every
+/// `/api/` request; adds `X-RateLimit-*` headers, describing whichever limit
+/// (this one or one a handler applied) has the least remaining.
+pub async fn identify_and_throttle(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let caller = match session_cookie(req.headers()) {
+        None => Caller::Anonymous,
+        Some(id) => match state.sessions.load(&sessions::hash_id(&id), state.settings.session_ttl).await {
+            Ok(Some(user_id)) => Caller::User(user_id),
+            Ok(None) => Caller::Anonymous,
+            Err(e) => {
+                tracing::warn!(error = format!("{e:#}"), "session store unavailable");
+                Caller::StoreUnavailable
+            }
+        },
+    };
+    req.extensions_mut().insert(caller);
+    if !req.uri().path().starts_with("/api/") {
+        return next.run(req).await;
+    }
+    let scope = match caller {
+        Caller::User(id) => Scope::User(id),
+        _ => {
+            let peer = req
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip())
+                .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+            Scope::Anon(client_ip(peer, req.headers(), &state.settings.trusted_proxies))
+        }
+    };
+    let decision = match state.limiter.check(&scope).await {
+        Ok(d) => d,
+        Err(_) => return ApiError::Unavailable("rate limiter").into_response(),
+    };
+    let mut response = if decision.allowed {
+        next.run(req).await
+    } else {
+        ApiError::Throttled { retry_after: decision.retry_after_secs() }.into_response()
+    };
+    let shown = match response.extensions().get::<Decision>() {
+        Some(other) if other.remaining < decision.remaining => *other,
+        _ => decision,
+    };
+    set_limit_headers(response.headers_mut(), &shown);
+    response
+}
+
+/// Writes the `X-RateLimit-*` headers of a decision.
+pub fn set_limit_headers(headers: &mut HeaderMap, d: &Decision) {
+    headers.insert("x-ratelimit-limit", HeaderValue::from(d.limit));
+    headers.insert("x-ratelimit-remaining", HeaderValue::from(d.remaining));
+    headers.insert("x-ratelimit-reset", HeaderValue::from(d.reset_after_secs()));
+}
+
+/// Counts requests and their latency per route and status.
+pub async fn record_metrics(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    let labels = [("route", route), ("method", method), ("status", status)];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_is_used_only_behind_trusted_proxies() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6, 10.0.0.1"));
+        let proxy: IpAddr = "10.0.0.2".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let client: IpAddr = "10.0.0.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        // Untrusted peer: the header is ignored.
+        assert_eq!(client_ip(proxy, &h, &[]), proxy);
+        // Trusted peer: the nearest untrusted hop, not the spoofable first one.
+        assert_eq!(client_ip(proxy, &h, &[proxy]), client);
+    }
+}

@@ -1,0 +1,347 @@
+//! Properties: the public list (whole response cached per normalized query),
+//! featured list and detail (cache-aside), and the host's create, update
+//! and delete, each of which invalidates every cached view before answering.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::AppState;
+use super::extract::{ApiJson, ApiQuery, AuthUser, IdPath};
+use crate::cache::PROPERTIES_NS;
+use crate::db::properties::{DeleteOutcome, NewProperty, Property, PropertyFields, PropertyFilter};
+use crate::domain::{MAX_PRICE_CENTS, Money, Role, check_len};
+use crate::error::{ApiError, ApiResult, FieldErrors};
+
+pub const LIST_TTL: Duration = Duration::from_secs(600);
+pub const FEATURED_TTL: Duration = Duration::from_secs(3600);
+pub const DETAIL_TTL: Duration = Duration::from_secs(600);
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/properties", get(list).post(create))
+        .route("/api/v1/properties/featured", get(featured))
+        .route("/api/v1/properties/{id}", get(detail).patch(update).delete(remove))
+}
+
+/// Query of the public list, as sent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    page: Option<u32>,
+    page_size: Option<u32>,
+    city: Option<String>,
+    country: Option<String>,
+    min_price: Option<String>,
+    max_price: Option<String>,
+    guests: Option<i32>,
+}
+
+/// A validated list query and its canonical form (the cache key part), so
+/// that parameter order, case of city/country and defaults do not matter.
+pub struct NormalizedList {
+    pub filter: PropertyFilter,
+    pub page: u32,
+    pub page_size: u32,
+    pub canonical: String,
+}
+
+impl ListQuery {
+    pub fn normalize(self) -> Result<NormalizedList, ApiError> {
+        let bad = |m: &str| ApiError::InvalidRequest(m.to_owned());
+        let page = self.page.unwrap_or(1);
+        if page == 0 || page > 1_000_000 {
+            return Err(bad("page must be between 1 and 1000000"));
+        }
+        let page_size = self.page_size.unwrap_or(20);
+        if !(1..=100).contains(&page_size) {
+            return Err(bad("page_size must be between 1 and 100"));
+        }
+        let text = |v: Option<String>, name: &str| -> Result<Option<String>, ApiError> {
+            match v.map(|s| s.trim().to_lowercase()) {
+                Some(s) if s.is_empty() || s.chars().count() > 100 => {
+                    Err(bad(&format!("{name} must be 1 to 100 characters")))
+                }
+                other => Ok(other),
+            }
+        };
+        let money = |v: Option<String>, name: &str| -> Result<Option<Money>, ApiError> {
+            v.map(|s| Money::parse(&s).map_err(|_| bad(&format!("{name} must be a decimal like 85.50"))))
+                .transpose()
+        };
+        let filter = PropertyFilter {
+            city: text(self.city, "city")?,
+            country: text(self.country, "country")?,
+            min_price: money(self.min_price, "min_price")?,
+            max_price: money(self.max_price, "max_price")?,
+            guests: self.guests,
+        };
+        if filter.guests.is_some_and(|g| !(1..=50).contains(&g)) {
+            return Err(bad("guests must be between 1 and 50"));
+        }
+        let canonical = serde_json::json!([
+            page,
+            page_size,
+            filter.city,
+            filter.country,
+            filter.min_price.map(|m| m.cents()),
+            filter.max_price.map(|m| m.cents()),
+            filter.guests,
+        ])
+        .to_string();
+        Ok(NormalizedList { filter, page, page_size, canonical })
+    }
+}
+
+/// One page of a list, as `API.md` shapes it.
+#[derive(Serialize)]
+pub struct Page<T> {
+    pub count: i64,
+    pub page: u32,
+    pub results: Vec<T>,
+}
+
+fn json_bytes(status: StatusCode, body: Bytes) -> Response {
+    let mut r = (status, body).into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Response> {
+    let q = q.normalize()?;
+    let compute = || async {
+        let (count, results) = state.db.list_properties(&q.filter, q.page, q.page_size).await?;
+        let body = Page { count, page: q.page, results };
+        Ok(Bytes::from(serde_json::to_vec(&body)?))
+    };
+    let body = match state.cache.generation(PROPERTIES_NS).await {
+        Some(g) => {
+            let key = state.cache.keys().property_list(g, &q.canonical);
+            state.cache.get_or_compute_bytes("property_list", &key, LIST_TTL, compute).await?
+        }
+        None => compute().await?,
+    };
+    Ok(json_bytes(StatusCode::OK, body))
+}
+
+/// Every featured property (cache-aside, 1 hour).
+pub async fn featured_list(state: &AppState) -> anyhow::Result<Vec<Property>> {
+    let db = state.db.clone();
+    match state.cache.generation(PROPERTIES_NS).await {
+        Some(g) => {
+            let key = state.cache.keys().featured(g);
+            state
+                .cache
+                .get_or_compute("featured", &key, FEATURED_TTL, || async move {
+                    db.featured_properties().await
+                })
+                .await
+        }
+        None => db.featured_properties().await,
+    }
+}
+
+async fn featured(State(state): State<AppState>) -> ApiResult<Json<Vec<Property>>> {
+    Ok(Json(featured_list(&state).await?))
+}
+
+async fn cached_property(state: &AppState, id: i64) -> anyhow::Result<Option<Property>> {
+    let db = state.db.clone();
+    match state.cache.generation(PROPERTIES_NS).await {
+        Some(g) => {
+            let key = state.cache.keys().property_detail(g, id);
+            state
+                .cache
+                .get_or_compute("property_detail", &key, DETAIL_TTL, || async move {
+                    db.property(id).await
+                })
+                .await
+        }
+        None => db.property(id).await,
+    }
+}
+
+/// One property; counts one view, and shows stored plus not yet flushed views.
+async fn detail(State(state): State<AppState>, IdPath(id): IdPath) -> ApiResult<Json<Property>> {
+    let mut property = cached_property(&state, id).await?.ok_or(ApiError::NotFound)?;
+    match state.cache.store().views_incr(id).await {
+        Ok(pending) => property.view_count += pending,
+        Err(e) => tracing::warn!(error = format!("{e:#}"), "view not counted: cache unavailable"),
+    }
+    Ok(Json(property))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PropertyBody {
+    title: Option<String>,
+    description: Option<String>,
+    city: Option<String>,
+    country: Option<String>,
+    price_per_night: Option<String>,
+    max_guests: Option<i32>,
+    is_featured: Option<bool>,
+}
+
+impl PropertyBody {
+    /// Validates the fields present; with `require_all`, the required ones
+    /// must be present too (create).
+    fn validate(self, require_all: bool) -> Result<PropertyFields, ApiError> {
+        let mut errors = FieldErrors::new();
+        let mut text = |name: &str, v: Option<String>, min: usize, max: usize| -> Option<String> {
+            match v {
+                None if require_all && min > 0 => {
+                    errors.insert(name.into(), "is required".into());
+                    None
+                }
+                None => None,
+                Some(s) => {
+                    let s = s.trim().to_owned();
+                    match check_len(&s, min, max) {
+                        Ok(()) => Some(s),
+                        Err(m) => {
+                            errors.insert(name.into(), m);
+                            None
+                        }
+                    }
+                }
+            }
+        };
+        let title = text("title", self.title, 1, 200);
+        let description = text("description", self.description, 0, 5000);
+        let city = text("city", self.city, 1, 100);
+        let country = text("country", self.country, 1, 100);
+        let price_per_night = match self.price_per_night {
+            None if require_all => {
+                errors.insert("price_per_night".into(), "is required".into());
+                None
+            }
+            None => None,
+            Some(s) => match Money::parse(&s) {
+                Ok(m) if (1..=MAX_PRICE_CENTS).contains(&m.cents()) => Some(m),
+                Ok(_) => {
+                    errors.insert("price_per_night".into(), "must be between 0.01 and 100000.00".into());
+                    None
+                }
+                Err(m) => {
+                    errors.insert("price_per_night".into(), m.into());
+                    None
+                }
+            },
+        };
+        let max_guests = match self.max_guests {
+            None if require_all => {
+                errors.insert("max_guests".into(), "is required".into());
+                None
+            }
+            Some(n) if !(1..=50).contains(&n) => {
+                errors.insert("max_guests".into(), "must be between 1 and 50".into());
+                None
+            }
+            other => other,
+        };
+        if !errors.is_empty() {
+            return Err(ApiError::Validation(errors));
+        }
+        Ok(PropertyFields {
+            title,
+            description: description.or_else(|| require_all.then(String::new)),
+            city,
+            country,
+            price_per_night,
+            max_guests,
+            is_featured: self.is_featured.or(require_all.then_some(false)),
+        })
+    }
+}
+
+async fn create(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    ApiJson(body): ApiJson<PropertyBody>,
+) -> ApiResult<(StatusCode, Json<Property>)> {
+    if user.role != Role::Host {
+        return Err(ApiError::Forbidden);
+    }
+    let f = body.validate(true)?;
+    let now = OffsetDateTime::now_utc();
+    let (Some(title), Some(description), Some(city), Some(country), Some(price), Some(max_guests)) =
+        (f.title, f.description, f.city, f.country, f.price_per_night, f.max_guests)
+    else {
+        return Err(ApiError::InvalidRequest("missing fields".into()));
+    };
+    let property = state
+        .db
+        .create_property(&NewProperty {
+            id: None,
+            host_id: user.id,
+            title,
+            description,
+            city,
+            country,
+            price_per_night: price,
+            max_guests,
+            is_featured: f.is_featured.unwrap_or(false),
+            view_count: 0,
+            created_at: now,
+            updated_at: now,
+        })
+        .await?;
+    state.cache.invalidate(PROPERTIES_NS).await;
+    Ok((StatusCode::CREATED, Json(property)))
+}
+
+/// Loads a live property and checks that `user` is its host.
+async fn owned(state: &AppState, id: i64, user_id: i64) -> ApiResult<Property> {
+    let p = state.db.property(id).await?.ok_or(ApiError::NotFound)?;
+    if p.host_id != user_id {
+        return Err(ApiError::Forbidden);
+    }
+    Ok(p)
+}
+
+async fn update(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    IdPath(id): IdPath,
+    ApiJson(body): ApiJson<PropertyBody>,
+) -> ApiResult<Json<Property>> {
+    owned(&state, id, user.id).await?;
+    let fields = body.validate(false)?;
+    let updated = state
+        .db
+        .update_property(id, &fields, OffsetDateTime::now_utc())
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    state.cache.invalidate(PROPERTIES_NS).await;
+    let pending = state.cache.store().views_pending(id).await.unwrap_or(0);
+    Ok(Json(Property { view_count: updated.view_count + pending, ..updated }))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    IdPath(id): IdPath,
+) -> ApiResult<StatusCode> {
+    owned(&state, id, user.id).await?;
+    let now = OffsetDateTime::now_utc();
+    match state.db.delete_property(id, now.date(), now).await? {
+        DeleteOutcome::Deleted => {
+            state.cache.invalidate(PROPERTIES_NS).await;
+            Ok(StatusCode::NO_CONTENT)
+        }
+        DeleteOutcome::NotFound => Err(ApiError::NotFound),
+        DeleteOutcome::HasActiveBookings => {
+            Err(ApiError::Conflict("the property has confirmed bookings that have not ended"))
+        }
+    }
+}

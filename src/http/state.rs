@@ -1,0 +1,41 @@
+//! [`AppState`]: everything a request may use, built once at startup.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::cache::Cache;
+use crate::config::Settings;
+use crate::db::Db;
+use crate::jobs::JobQueue;
+use crate::ratelimit::RateLimiter;
+use crate::sessions::SessionStore;
+
+/// Shared, cheaply cloneable application state.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+/// The parts of [`AppState`].
+pub struct Inner {
+    pub settings: Settings,
+    pub db: Db,
+    pub cache: Cache,
+    pub sessions: Arc<dyn SessionStore>,
+    pub limiter: RateLimiter,
+    pub jobs: JobQueue,
+    pub metrics: PrometheusHandle,
+}
+
+impl AppState {
+    pub fn new(inner: Inner) -> Self {
+        AppState(Arc::new(inner))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}

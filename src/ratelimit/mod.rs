@@ -1,0 +1,145 @@
+//! Rate limiting: typed [`Scope`]s, GCRA decisions ([`gcra`]) and a
+//! [`LimiterBackend`] that keeps one timestamp per key, in-process
+//! ([`memory`]) or in Redis. Each scope decides whether a broken backend
+//! lets traffic through (general throttles) or refuses it (login, OTP,
+//! booking).
+
+pub mod gcra;
+pub mod memory;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::config::{Rate, Throttles};
+use crate::domain::Email;
+use crate::kv::keys::{Keys, email_tag};
+pub use gcra::Decision;
+
+/// What is being limited, and per what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every `/api/` request of a client without a session, per client IP.
+    Anon(std::net::IpAddr),
+    /// Every `/api/` request of a signed-in user.
+    User(i64),
+    /// Booking attempts per user.
+    Booking(i64),
+    /// One-time code requests per email.
+    OtpRequest(Email),
+    /// Password login failures per email.
+    Login(Email),
+}
+
+impl Scope {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Scope::Anon(_) => "anon",
+            Scope::User(_) => "user",
+            Scope::Booking(_) => "booking",
+            Scope::OtpRequest(_) => "otp",
+            Scope::Login(_) => "login",
+        }
+    }
+
+    fn subject(&self) -> String {
+        match self {
+            Scope::Anon(ip) => ip.to_string(),
+            Scope::User(id) | Scope::Booking(id) => id.to_string(),
+            Scope::OtpRequest(e) | Scope::Login(e) => email_tag(e),
+        }
+    }
+
+    /// True where an unavailable limiter should let requests through.
+    pub fn fails_open(&self) -> bool {
+        matches!(self, Scope::Anon(_) | Scope::User(_))
+    }
+
+    fn rate(&self, t: &Throttles) -> Rate {
+        match self {
+            Scope::Anon(_) => t.anon,
+            Scope::User(_) => t.user,
+            Scope::Booking(_) => t.booking,
+            Scope::OtpRequest(_) => t.otp,
+            Scope::Login(_) => t.login,
+        }
+    }
+}
+
+/// Keeps GCRA state per key.
+#[async_trait]
+pub trait LimiterBackend: Send + Sync + 'static {
+    /// One atomic check-and-count of `key` against `rate`.
+    async fn check(&self, key: &str, rate: Rate) -> anyhow::Result<Decision>;
+    /// Forgets the state of `key` (e.g. failed logins after a success).
+    async fn reset(&self, key: &str) -> anyhow::Result<()>;
+    async fn ping(&self) -> anyhow::Result<()>;
+}
+
+/// The limiter the service uses: scopes, rates and failure policy.
+#[derive(Clone)]
+pub struct RateLimiter {
+    backend: Arc<dyn LimiterBackend>,
+    keys: Keys,
+    rates: Throttles,
+}
+
+/// The limiter could not decide and the scope fails closed.
+#[derive(Debug, thiserror::Error)]
+#[error("rate limiter unavailable")]
+pub struct LimiterUnavailable;
+
+impl RateLimiter {
+    pub fn new(backend: Arc<dyn LimiterBackend>, keys: Keys, rates: Throttles) -> Self {
+        RateLimiter { backend, keys, rates }
+    }
+
+    pub fn rates(&self) -> &Throttles {
+        &self.rates
+    }
+
+    /// Counts one request in `scope` and decides on it.
+    pub async fn check(&self, scope: &Scope) -> Result<Decision, LimiterUnavailable> {
+        let rate = scope.rate(&self.rates);
+        let key = self.keys.ratelimit(scope.name(), &scope.subject());
+        let name = scope.name();
+        match self.backend.check(&key, rate).await {
+            Ok(d) => {
+                let outcome = if d.allowed { "allowed" } else { "throttled" };
+                metrics::counter!("ratelimit_decisions_total", "scope" => name, "outcome" => outcome)
+                    .increment(1);
+                Ok(d)
+            }
+            Err(e) => {
+                metrics::counter!("ratelimit_decisions_total", "scope" => name, "outcome" => "error")
+                    .increment(1);
+                tracing::warn!(scope = name, error = format!("{e:#}"), "rate limiter failed");
+                if scope.fails_open() { Ok(Decision::open(rate.limit)) } else { Err(LimiterUnavailable) }
+            }
+        }
+    }
+
+    /// Whether the backend answers (for `/health`).
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        self.backend.ping().await
+    }
+
+    /// Clears a scope's state (best effort).
+    pub async fn reset(&self, scope: &Scope) {
+        let key = self.keys.ratelimit(scope.name(), &scope.subject());
+        if let Err(e) = self.backend.reset(&key).await {
+            tracing::warn!(scope = scope.name(), error = format!("{e:#}"), "rate limit reset failed");
+        }
+    }
+
+    /// The guide's `is_rate_limited(key, limit, period)` for custom limits in
+    /// code: counts one attempt under `name` and says whether it is over.
+    /// Fails closed (an unavailable limiter counts as limited).
+    pub async fn is_rate_limited(&self, name: &str, rate: Rate) -> bool {
+        let key = self.keys.ratelimit("custom", name);
+        match self.backend.check(&key, rate).await {
+            Ok(d) => !d.allowed,
+            Err(_) => true,
+        }
+    }
+}

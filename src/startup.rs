@@ -1,0 +1,167 @@
+//! Building and running the service: [`build_state`] connects the database
+//! and picks every backend from the settings; [`Application`] binds the
+//! listener (port 0 in tests), serves until the shutdown future resolves,
+//! then stops accepting, finishes in-flight requests and jobs, and flushes
+//! counted views.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::cache::memory::MemoryStore;
+use crate::cache::Cache;
+use crate::config::Settings;
+use crate::db::Db;
+use crate::email::Mailer;
+use crate::http::{self, AppState, Inner};
+use crate::jobs::sql::SqlQueue;
+use crate::jobs::worker::{JobContext, Worker, flush_views};
+use crate::jobs::JobQueue;
+use crate::kv::keys::Keys;
+use crate::ratelimit::memory::MemoryLimiter;
+use crate::ratelimit::RateLimiter;
+use crate::sessions::sql::SqlSessionStore;
+use crate::telemetry;
+
+/// Size bound of the in-process cache.
+const MEMORY_CACHE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Connects the database, applies migrations and builds every backend.
+pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<JobContext>)> {
+    let db = Db::connect(&settings.database_url).await?;
+    db.migrate().await?;
+    let keys = Keys::new(&settings.key_prefix);
+    if settings.redis.is_some() {
+        anyhow::bail!(
+            "REDIS_URL: the Redis backends are not part of this build yet; unset REDIS_URL to run \
+             on the embedded backends"
+        );
+    }
+    let cache = Cache::new(Arc::new(MemoryStore::new(MEMORY_CACHE_BYTES)), keys.clone());
+    let limiter = RateLimiter::new(Arc::new(MemoryLimiter::default()), keys.clone(), settings.throttles);
+    let jobs = JobQueue::new(Arc::new(SqlQueue::new(db.clone())));
+    let sessions = Arc::new(SqlSessionStore::new(db.clone()));
+    let mailer = Mailer::from_settings(&settings.email)?;
+    let ctx = Arc::new(JobContext {
+        db: db.clone(),
+        cache: cache.clone(),
+        mailer,
+        otp_ttl: settings.otp_ttl,
+        view_flush_interval: settings.view_flush_interval,
+    });
+    let state = AppState::new(Inner {
+        settings,
+        db,
+        cache,
+        sessions,
+        limiter,
+        jobs,
+        metrics: telemetry::metrics_handle(),
+    });
+    Ok((state, ctx))
+}
+
+/// How `serve` runs workers.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    /// Run job workers inside the API process.
+    pub with_worker: bool,
+    pub worker_concurrency: usize,
+}
+
+/// A built, bound, not yet running service.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    ctx: Arc<JobContext>,
+    options: ServeOptions,
+}
+
+impl Application {
+    /// Builds the state and binds `settings.bind` (port 0 picks a free port).
+    pub async fn build(settings: Settings, options: ServeOptions) -> anyhow::Result<Application> {
+        let bind = settings.bind;
+        let (state, ctx) = build_state(settings).await?;
+        let listener = TcpListener::bind(bind).await.with_context(|| format!("cannot bind {bind}"))?;
+        Ok(Application { listener, state, ctx, options })
+    }
+
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// A worker on this application's queue (tests drive it by hand).
+    pub fn worker(&self) -> Worker {
+        Worker::new(self.state.jobs.clone(), self.ctx.clone())
+    }
+
+    /// Serves until `shutdown` resolves, then shuts down gracefully.
+    pub async fn run_until_stopped<F>(self, shutdown: F) -> anyhow::Result<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let worker = self.options.with_worker.then(|| {
+            let w = self.worker();
+            tokio::spawn(w.run(self.options.worker_concurrency, stop_rx.clone()))
+        });
+        let app = http::router(self.state.clone());
+        tracing::info!(addr = %self.listener.local_addr()?, embedded = self.state.settings.is_embedded(),
+            workers = self.options.with_worker, "serving");
+        let mut stop_wait = stop_rx.clone();
+        axum::serve(self.listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                tokio::select! {
+                    _ = shutdown => {}
+                    _ = stop_wait.changed() => {}
+                }
+            })
+            .await
+            .context("server error")?;
+        tracing::info!("no longer accepting; in-flight requests done");
+        let _ = stop_tx.send(true);
+        if let Some(w) = worker {
+            let _ = tokio::time::timeout(Duration::from_secs(60), w).await;
+        }
+        // In-process view counters live in memory: write them out before exit.
+        if self.state.settings.is_embedded()
+            && let Err(e) = flush_views(&self.state.db, &self.state.cache).await
+        {
+            tracing::error!(error = format!("{e:#}"), "final view flush failed");
+        }
+        self.state.db.close().await;
+        Ok(())
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown signal received");
+}
