@@ -98,7 +98,11 @@ impl Rate {
         let limit: u32 = n.trim().parse().map_err(|_| expected())?;
         let per = per.trim();
         let digits = per.chars().take_while(char::is_ascii_digit).count();
-        let mult: u64 = if digits == 0 { 1 } else { per[..digits].parse().map_err(|_| expected())? };
+        let mult: u64 = if digits == 0 {
+            1
+        } else {
+            per[..digits].parse().map_err(|_| expected())?
+        };
         let unit = match &per[digits..] {
             "s" | "sec" | "second" | "seconds" => 1,
             "m" | "min" | "minute" | "minutes" => 60,
@@ -109,7 +113,10 @@ impl Rate {
         if limit == 0 || mult == 0 {
             return Err(expected());
         }
-        Ok(Rate { limit, period: Duration::from_secs(mult * unit) })
+        Ok(Rate {
+            limit,
+            period: Duration::from_secs(mult * unit),
+        })
     }
 }
 
@@ -203,7 +210,9 @@ impl Settings {
         let prefixed = Env::prefixed("STAYAFRICA_")
             .filter(move |k| known.iter().any(|n| k.as_str().eq_ignore_ascii_case(n)));
         fig = fig.merge(raw_env).merge(prefixed);
-        let raw: RawSettings = fig.extract().map_err(|e| anyhow!("invalid configuration: {e}"))?;
+        let raw: RawSettings = fig
+            .extract()
+            .map_err(|e| anyhow!("invalid configuration: {e}"))?;
         Self::validate(raw)
     }
 
@@ -220,7 +229,10 @@ impl Settings {
         let secs = |key: &str, v: &str| -> anyhow::Result<Duration> {
             match v.trim().parse::<u64>() {
                 Ok(n) if n > 0 => Ok(Duration::from_secs(n)),
-                _ => Err(bad(key, format!("expected a positive number of seconds, got `{v}`"))),
+                _ => Err(bad(
+                    key,
+                    format!("expected a positive number of seconds, got `{v}`"),
+                )),
             }
         };
         let bind = raw
@@ -237,7 +249,12 @@ impl Settings {
                 "expected a `sqlite://PATH` or `postgres://…` URL".to_owned(),
             ));
         }
-        let redis = match raw.redis_url.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        let redis = match raw
+            .redis_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
             None => {
                 for (key, v) in [
                     ("redis_cache_url", &raw.redis_cache_url),
@@ -270,11 +287,16 @@ impl Settings {
             }
         };
         if raw.key_prefix.len() > 64 || raw.key_prefix.chars().any(|c| c.is_whitespace()) {
-            return Err(bad("key_prefix", "expected at most 64 characters, no spaces".to_owned()));
+            return Err(bad(
+                "key_prefix",
+                "expected at most 64 characters, no spaces".to_owned(),
+            ));
         }
         let email = match raw.email.trim() {
             "log" => EmailSetting::Log,
-            s if s.starts_with("file:") && s.len() > 5 => EmailSetting::File(PathBuf::from(&s[5..])),
+            s if s.starts_with("file:") && s.len() > 5 => {
+                EmailSetting::File(PathBuf::from(&s[5..]))
+            }
             s if s.starts_with("smtp://") || s.starts_with("smtps://") => {
                 EmailSetting::Smtp(s.to_owned())
             }
@@ -288,7 +310,12 @@ impl Settings {
         let cookie_secure = match raw.cookie_secure.trim() {
             "true" | "1" | "yes" => true,
             "false" | "0" | "no" | "" => false,
-            s => return Err(bad("cookie_secure", format!("expected true or false, got `{s}`"))),
+            s => {
+                return Err(bad(
+                    "cookie_secure",
+                    format!("expected true or false, got `{s}`"),
+                ));
+            }
         };
         let trusted_proxies = raw
             .trusted_proxies
@@ -296,8 +323,12 @@ impl Settings {
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .map(|s| {
-                s.parse::<IpAddr>()
-                    .map_err(|_| bad("trusted_proxies", format!("expected IP addresses, got `{s}`")))
+                s.parse::<IpAddr>().map_err(|_| {
+                    bad(
+                        "trusted_proxies",
+                        format!("expected IP addresses, got `{s}`"),
+                    )
+                })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Settings {
@@ -329,7 +360,8 @@ impl Settings {
 /// `redis://host:port` (or with a DB already) -> the same URL on DB `db`,
 /// unless the URL names a DB itself, which then wins for every role.
 fn with_db(base: &str, db: u8) -> Result<String, String> {
-    let mut url = url::Url::parse(base).map_err(|_| format!("expected a redis:// URL, got `{base}`"))?;
+    let mut url =
+        url::Url::parse(base).map_err(|_| format!("expected a redis:// URL, got `{base}`"))?;
     if !matches!(url.scheme(), "redis" | "rediss") {
         return Err(format!("expected a redis:// URL, got `{base}`"));
     }
@@ -345,9 +377,18 @@ mod tests {
 
     #[test]
     fn parses_rates() {
-        assert_eq!(Rate::parse("100/hour"), Ok(Rate::new(100, Duration::from_secs(3600))));
-        assert_eq!(Rate::parse("5/15min"), Ok(Rate::new(5, Duration::from_secs(900))));
-        assert_eq!(Rate::parse("10/s"), Ok(Rate::new(10, Duration::from_secs(1))));
+        assert_eq!(
+            Rate::parse("100/hour"),
+            Ok(Rate::new(100, Duration::from_secs(3600)))
+        );
+        assert_eq!(
+            Rate::parse("5/15min"),
+            Ok(Rate::new(5, Duration::from_secs(900)))
+        );
+        assert_eq!(
+            Rate::parse("10/s"),
+            Ok(Rate::new(10, Duration::from_secs(1)))
+        );
         for bad in ["", "100", "0/hour", "x/hour", "100/fortnight", "100/0h"] {
             assert!(Rate::parse(bad).is_err(), "{bad} accepted");
         }
@@ -355,18 +396,33 @@ mod tests {
 
     #[test]
     fn redis_roles_get_guide_dbs() {
-        assert_eq!(with_db("redis://127.0.0.1:6379", 2).as_deref(), Ok("redis://127.0.0.1:6379/2"));
+        assert_eq!(
+            with_db("redis://127.0.0.1:6379", 2).as_deref(),
+            Ok("redis://127.0.0.1:6379/2")
+        );
         assert_eq!(with_db("redis://h:1/5", 2).as_deref(), Ok("redis://h:1/5"));
         assert!(with_db("http://h", 1).is_err());
     }
 
     #[test]
     fn bad_values_name_the_variable() {
-        let raw = RawSettings { throttle_anon: "lots".into(), ..RawSettings::default() };
-        let err = Settings::validate(raw).err().map(|e| e.to_string()).unwrap_or_default();
+        let raw = RawSettings {
+            throttle_anon: "lots".into(),
+            ..RawSettings::default()
+        };
+        let err = Settings::validate(raw)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("STAYAFRICA_THROTTLE_ANON"), "{err}");
-        let raw = RawSettings { database_url: "mysql://x".into(), ..RawSettings::default() };
-        let err = Settings::validate(raw).err().map(|e| e.to_string()).unwrap_or_default();
+        let raw = RawSettings {
+            database_url: "mysql://x".into(),
+            ..RawSettings::default()
+        };
+        let err = Settings::validate(raw)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("DATABASE_URL"), "{err}");
     }
 }

@@ -34,7 +34,10 @@ impl Mailer {
         Ok(match s {
             EmailSetting::File(dir) => {
                 std::fs::create_dir_all(dir).with_context(|| {
-                    format!("STAYAFRICA_EMAIL: cannot create directory {}", dir.display())
+                    format!(
+                        "STAYAFRICA_EMAIL: cannot create directory {}",
+                        dir.display()
+                    )
                 })?;
                 Mailer::File(dir.clone())
             }
@@ -61,8 +64,12 @@ impl Mailer {
                 );
                 // Write then rename, so a reader never sees half a message.
                 let tmp = dir.join(format!(".{name}.tmp"));
-                tokio::fs::write(&tmp, text).await.context("writing email file")?;
-                tokio::fs::rename(&tmp, dir.join(name)).await.context("renaming email file")?;
+                tokio::fs::write(&tmp, text)
+                    .await
+                    .context("writing email file")?;
+                tokio::fs::rename(&tmp, dir.join(name))
+                    .await
+                    .context("renaming email file")?;
             }
             Mailer::Log => {
                 tracing::info!(target: "stayafrica::email", to = %email.to, subject = %email.subject,

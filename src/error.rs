@@ -103,10 +103,9 @@ impl IntoResponse for ApiError {
         }
         let mut response = (status, axum::Json(json!({ "error": error }))).into_response();
         if let ApiError::Throttled { retry_after } = self {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(retry_after.max(1)),
-            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
         }
         response
     }

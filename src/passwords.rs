@@ -4,9 +4,9 @@
 //!
 //! Hashing is CPU-bound (tens of ms), so callers run it on the blocking pool.
 
+use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 use base64::Engine;
 use subtle::ConstantTimeEq;
 
@@ -40,10 +40,12 @@ pub fn verify(password: &str, stored: &str) -> anyhow::Result<Verified> {
     let Ok(parsed) = PasswordHash::new(stored) else {
         return Ok(Verified::No);
     };
-    Ok(match Argon2::default().verify_password(password.as_bytes(), &parsed) {
-        Ok(()) => Verified::Yes,
-        Err(_) => Verified::No,
-    })
+    Ok(
+        match Argon2::default().verify_password(password.as_bytes(), &parsed) {
+            Ok(()) => Verified::Yes,
+            Err(_) => Verified::No,
+        },
+    )
 }
 
 /// Spends the same work as a real check, for unknown emails, so that the
@@ -73,14 +75,24 @@ fn verify_django(password: &str, stored: &str) -> bool {
         return false;
     }
     let mut derived = [0u8; 32];
-    pbkdf2::pbkdf2_hmac::<sha2::Sha256>(password.as_bytes(), salt.as_bytes(), iterations, &mut derived);
+    pbkdf2::pbkdf2_hmac::<sha2::Sha256>(
+        password.as_bytes(),
+        salt.as_bytes(),
+        iterations,
+        &mut derived,
+    );
     derived.ct_eq(&expected).into()
 }
 
 /// A Django-format hash (used by tests and the importer's fixtures).
 pub fn django_hash(password: &str, salt: &str, iterations: u32) -> String {
     let mut derived = [0u8; 32];
-    pbkdf2::pbkdf2_hmac::<sha2::Sha256>(password.as_bytes(), salt.as_bytes(), iterations, &mut derived);
+    pbkdf2::pbkdf2_hmac::<sha2::Sha256>(
+        password.as_bytes(),
+        salt.as_bytes(),
+        iterations,
+        &mut derived,
+    );
     let b64 = base64::engine::general_purpose::STANDARD.encode(derived);
     format!("pbkdf2_sha256${iterations}${salt}${b64}")
 }
@@ -101,7 +113,9 @@ mod tests {
     #[test]
     fn django_hashes_verify_and_ask_for_rehash() -> anyhow::Result<()> {
         let stored = django_hash("password123", "seasalt", 1000);
-        assert!(matches!(verify("password123", &stored)?, Verified::YesRehash(h) if h.starts_with("$argon2id$")));
+        assert!(
+            matches!(verify("password123", &stored)?, Verified::YesRehash(h) if h.starts_with("$argon2id$"))
+        );
         assert_eq!(verify("wrong", &stored)?, Verified::No);
         assert_eq!(verify("x", "pbkdf2_sha256$abc$salt$zzz")?, Verified::No);
         Ok(())
@@ -111,6 +125,9 @@ mod tests {
     fn django_known_vector() {
         // PBKDF2-HMAC-SHA256(P="password", S="salt", c=1), as Python's hashlib computes it.
         let h = django_hash("password", "salt", 1);
-        assert_eq!(h, "pbkdf2_sha256$1$salt$Eg+2z/z4syxD5yJSVsT4N6hlSMkszDVICAWYfLcL4Xs=");
+        assert_eq!(
+            h,
+            "pbkdf2_sha256$1$salt$Eg+2z/z4syxD5yJSVsT4N6hlSMkszDVICAWYfLcL4Xs="
+        );
     }
 }

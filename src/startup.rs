@@ -14,17 +14,19 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::cache::memory::MemoryStore;
-use crate::cache::Cache;
+use crate::cache::{Cache, CacheStore};
 use crate::config::Settings;
 use crate::db::Db;
 use crate::email::Mailer;
 use crate::http::{self, AppState, Inner};
 use crate::jobs::sql::SqlQueue;
 use crate::jobs::worker::{JobContext, Worker, flush_views};
-use crate::jobs::JobQueue;
+use crate::jobs::{JobQueue, QueueBackend};
 use crate::kv::keys::Keys;
+use crate::kv::{RedisRole, Role};
 use crate::ratelimit::memory::MemoryLimiter;
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{LimiterBackend, RateLimiter};
+use crate::sessions::SessionStore;
 use crate::sessions::sql::SqlSessionStore;
 use crate::telemetry;
 
@@ -36,16 +38,37 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<Jo
     let db = Db::connect(&settings.database_url).await?;
     db.migrate().await?;
     let keys = Keys::new(&settings.key_prefix);
-    if settings.redis.is_some() {
-        anyhow::bail!(
-            "REDIS_URL: the Redis backends are not part of this build yet; unset REDIS_URL to run \
-             on the embedded backends"
-        );
-    }
-    let cache = Cache::new(Arc::new(MemoryStore::new(MEMORY_CACHE_BYTES)), keys.clone());
-    let limiter = RateLimiter::new(Arc::new(MemoryLimiter::default()), keys.clone(), settings.throttles);
-    let jobs = JobQueue::new(Arc::new(SqlQueue::new(db.clone())));
-    let sessions = Arc::new(SqlSessionStore::new(db.clone()));
+    let Backends {
+        cache_store,
+        limiter_backend,
+        sessions,
+        queue,
+    } = match &settings.redis {
+        None => Backends {
+            cache_store: Arc::new(MemoryStore::new(MEMORY_CACHE_BYTES)),
+            limiter_backend: Arc::new(MemoryLimiter::default()),
+            sessions: Arc::new(SqlSessionStore::new(db.clone())),
+            queue: Arc::new(SqlQueue::new(db.clone())),
+        },
+        Some(r) => Backends {
+            cache_store: redis_cache_store(
+                RedisRole::connect(Role::Cache, &r.cache).await?,
+                &keys,
+            )?,
+            limiter_backend: redis_limiter(
+                RedisRole::connect(Role::RateLimit, &r.ratelimit).await?,
+                &keys,
+            )?,
+            sessions: redis_sessions(
+                RedisRole::connect(Role::Sessions, &r.sessions).await?,
+                &keys,
+            )?,
+            queue: redis_queue(RedisRole::connect(Role::Broker, &r.broker).await?, &keys)?,
+        },
+    };
+    let cache = Cache::new(cache_store, keys.clone());
+    let limiter = RateLimiter::new(limiter_backend, keys.clone(), settings.throttles);
+    let jobs = JobQueue::new(queue);
     let mailer = Mailer::from_settings(&settings.email)?;
     let ctx = Arc::new(JobContext {
         db: db.clone(),
@@ -64,6 +87,34 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<Jo
         metrics: telemetry::metrics_handle(),
     });
     Ok((state, ctx))
+}
+
+/// The four role backends, in-process or Redis.
+struct Backends {
+    cache_store: Arc<dyn CacheStore>,
+    limiter_backend: Arc<dyn LimiterBackend>,
+    sessions: Arc<dyn SessionStore>,
+    queue: Arc<dyn QueueBackend>,
+}
+
+/// The Redis cache store (issue: cache role on Redis).
+fn redis_cache_store(_role: RedisRole, _keys: &Keys) -> anyhow::Result<Arc<dyn CacheStore>> {
+    anyhow::bail!("REDIS_URL: the Redis cache store is not part of this build yet")
+}
+
+/// The Redis rate limiter (issue: rate limiting on Redis).
+fn redis_limiter(_role: RedisRole, _keys: &Keys) -> anyhow::Result<Arc<dyn LimiterBackend>> {
+    anyhow::bail!("REDIS_URL: the Redis rate limiter is not part of this build yet")
+}
+
+/// The Redis session store (issue: sessions on Redis).
+fn redis_sessions(_role: RedisRole, _keys: &Keys) -> anyhow::Result<Arc<dyn SessionStore>> {
+    anyhow::bail!("REDIS_URL: the Redis session store is not part of this build yet")
+}
+
+/// The Redis job queue (issue: background jobs on Redis).
+fn redis_queue(_role: RedisRole, _keys: &Keys) -> anyhow::Result<Arc<dyn QueueBackend>> {
+    anyhow::bail!("REDIS_URL: the Redis job queue is not part of this build yet")
 }
 
 /// How `serve` runs workers.
@@ -87,8 +138,15 @@ impl Application {
     pub async fn build(settings: Settings, options: ServeOptions) -> anyhow::Result<Application> {
         let bind = settings.bind;
         let (state, ctx) = build_state(settings).await?;
-        let listener = TcpListener::bind(bind).await.with_context(|| format!("cannot bind {bind}"))?;
-        Ok(Application { listener, state, ctx, options })
+        let listener = TcpListener::bind(bind)
+            .await
+            .with_context(|| format!("cannot bind {bind}"))?;
+        Ok(Application {
+            listener,
+            state,
+            ctx,
+            options,
+        })
     }
 
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
@@ -118,15 +176,18 @@ impl Application {
         tracing::info!(addr = %self.listener.local_addr()?, embedded = self.state.settings.is_embedded(),
             workers = self.options.with_worker, "serving");
         let mut stop_wait = stop_rx.clone();
-        axum::serve(self.listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                tokio::select! {
-                    _ = shutdown => {}
-                    _ = stop_wait.changed() => {}
-                }
-            })
-            .await
-            .context("server error")?;
+        axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = stop_wait.changed() => {}
+            }
+        })
+        .await
+        .context("server error")?;
         tracing::info!("no longer accepting; in-flight requests done");
         let _ = stop_tx.send(true);
         if let Some(w) = worker {

@@ -112,7 +112,9 @@ impl CacheStore for MemoryStore {
     }
 
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> anyhow::Result<()> {
-        self.values.insert(key.to_owned(), Entry { value, ttl }).await;
+        self.values
+            .insert(key.to_owned(), Entry { value, ttl })
+            .await;
         Ok(())
     }
 
@@ -153,7 +155,11 @@ impl CacheStore for MemoryStore {
         otps.retain(|_, o| o.expires > now);
         otps.insert(
             key.to_owned(),
-            Otp { hash: code_hash.to_owned(), attempts: 0, expires: now + ttl },
+            Otp {
+                hash: code_hash.to_owned(),
+                attempts: 0,
+                expires: now + ttl,
+            },
         );
         Ok(())
     }
@@ -203,13 +209,18 @@ impl CacheStore for MemoryStore {
         }
         let mut deltas: Vec<(i64, i64)> = std::mem::take(&mut v.pending).into_iter().collect();
         deltas.sort_unstable();
-        let batch = ViewBatch { flush_id: uuid::Uuid::new_v4().to_string(), deltas };
+        let batch = ViewBatch {
+            flush_id: uuid::Uuid::new_v4().to_string(),
+            deltas,
+        };
         v.in_flight.push(batch.clone());
         Ok(Some(batch))
     }
 
     async fn views_ack(&self, flush_id: &str) -> anyhow::Result<()> {
-        lock(&self.views).in_flight.retain(|b| b.flush_id != flush_id);
+        lock(&self.views)
+            .in_flight
+            .retain(|b| b.flush_id != flush_id);
         Ok(())
     }
 
@@ -235,7 +246,10 @@ mod tests {
 
     #[test]
     fn globs() {
-        assert!(glob_match("stayafrica:cache:property:*", "stayafrica:cache:property:list:g1:x"));
+        assert!(glob_match(
+            "stayafrica:cache:property:*",
+            "stayafrica:cache:property:list:g1:x"
+        ));
         assert!(glob_match("a?c", "abc"));
         assert!(!glob_match("a*c", "abd"));
         assert!(glob_match("*", ""));

@@ -18,7 +18,6 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -40,12 +39,17 @@ pub struct Cache {
 }
 
 fn record(family: &'static str, outcome: &'static str) {
-    metrics::counter!("cache_requests_total", "family" => family, "outcome" => outcome).increment(1);
+    metrics::counter!("cache_requests_total", "family" => family, "outcome" => outcome)
+        .increment(1);
 }
 
 impl Cache {
     pub fn new(store: Arc<dyn CacheStore>, keys: Keys) -> Self {
-        Cache { store, keys, flights: Arc::default() }
+        Cache {
+            store,
+            keys,
+            flights: Arc::default(),
+        }
     }
 
     pub fn keys(&self) -> &Keys {
@@ -192,7 +196,9 @@ impl Cache {
         max_attempts: u32,
     ) -> anyhow::Result<OtpOutcome> {
         let key = self.keys.otp(email);
-        self.store.otp_attempt(&key, &otp_hash(&key, code), max_attempts).await
+        self.store
+            .otp_attempt(&key, &otp_hash(&key, code), max_attempts)
+            .await
     }
 }
 
@@ -201,6 +207,10 @@ impl Cache {
 /// read the store; the five-minute TTL and attempt limit are the defence
 /// online, which is the one that matters.)
 fn otp_hash(key: &str, code: &str) -> String {
-    let d = Sha256::new().chain_update(key).chain_update(b":").chain_update(code).finalize();
+    let d = Sha256::new()
+        .chain_update(key)
+        .chain_update(b":")
+        .chain_update(code)
+        .finalize();
     d.iter().map(|b| format!("{b:02x}")).collect()
 }

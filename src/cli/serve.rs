@@ -30,7 +30,10 @@ pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
     let with_worker = !args.no_worker && (args.with_worker || settings.is_embedded());
     let app = Application::build(
         settings,
-        ServeOptions { with_worker, worker_concurrency: args.concurrency },
+        ServeOptions {
+            with_worker,
+            worker_concurrency: args.concurrency,
+        },
     )
     .await?;
     app.run_until_stopped(shutdown_signal()).await

@@ -91,7 +91,10 @@ pub struct StayRow {
 impl Db {
     /// Inserts a confirmed booking if the property still exists; the
     /// database refuses it if it overlaps another confirmed booking.
-    pub async fn create_booking(&self, b: &NewBooking) -> anyhow::Result<Result<Booking, BookingRefused>> {
+    pub async fn create_booking(
+        &self,
+        b: &NewBooking,
+    ) -> anyhow::Result<Result<Booking, BookingRefused>> {
         let sql = format!(
             "INSERT INTO bookings (property_id, guest_id, check_in, check_out, guests,
                total_cents, status, created_at)

@@ -63,16 +63,22 @@ impl Db {
                ORDER BY run_at LIMIT 1 {lock})
              RETURNING {COLS}"
         );
-        Ok(with_pool!(self, p => sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(sql))
-            .bind(now_ms()).bind(worker_id).fetch_optional(p).await)?)
+        Ok(
+            with_pool!(self, p => sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(sql))
+            .bind(now_ms()).bind(worker_id).fetch_optional(p).await)?,
+        )
     }
 
     /// Extends the lease of a job this worker holds; false if it lost it.
-    pub async fn job_extend(&self, id: &str, worker_id: &str, until_ms: i64) -> anyhow::Result<bool> {
+    pub async fn job_extend(
+        &self,
+        id: &str,
+        worker_id: &str,
+        until_ms: i64,
+    ) -> anyhow::Result<bool> {
         Ok(with_pool!(self, p => sqlx::query(
             "UPDATE jobs SET lease_until = $3 WHERE id = $1 AND worker_id = $2 AND status = 'running'")
             .bind(id).bind(worker_id).bind(until_ms).execute(p).await.map(|r| r.rows_affected()))?
-
             == 1)
     }
 
@@ -87,7 +93,6 @@ impl Db {
             "UPDATE jobs SET status = 'done', result = $3, finished_at = $4, lease_until = NULL
              WHERE id = $1 AND worker_id = $2 AND status = 'running'")
             .bind(id).bind(worker_id).bind(result).bind(now_ms()).execute(p).await.map(|r| r.rows_affected()))?
-
             == 1)
     }
 
@@ -114,14 +119,20 @@ impl Db {
 
     pub async fn job_get(&self, id: &str) -> anyhow::Result<Option<JobRow>> {
         let sql = format!("SELECT {COLS} FROM jobs WHERE id = $1");
-        Ok(with_pool!(self, p => sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(sql))
-            .bind(id).fetch_optional(p).await)?)
+        Ok(
+            with_pool!(self, p => sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(sql))
+            .bind(id).fetch_optional(p).await)?,
+        )
     }
 
     pub async fn jobs_dead(&self, limit: i64) -> anyhow::Result<Vec<JobRow>> {
-        let sql = format!("SELECT {COLS} FROM jobs WHERE status = 'dead' ORDER BY finished_at DESC LIMIT $1");
-        Ok(with_pool!(self, p => sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(sql))
-            .bind(limit).fetch_all(p).await)?)
+        let sql = format!(
+            "SELECT {COLS} FROM jobs WHERE status = 'dead' ORDER BY finished_at DESC LIMIT $1"
+        );
+        Ok(
+            with_pool!(self, p => sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(sql))
+            .bind(limit).fetch_all(p).await)?,
+        )
     }
 
     /// Puts a dead job back in the queue with fresh attempts.
@@ -130,7 +141,6 @@ impl Db {
             "UPDATE jobs SET status = 'queued', attempts = 0, run_at = $2, worker_id = NULL,
                finished_at = NULL WHERE id = $1 AND status = 'dead'")
             .bind(id).bind(now_ms()).execute(p).await.map(|r| r.rows_affected()))?
-
             == 1)
     }
 
@@ -150,7 +160,6 @@ impl Db {
         Ok(with_pool!(self, p => sqlx::query(
             "INSERT INTO periodic_runs (name, slot) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(name).bind(slot).execute(p).await.map(|r| r.rows_affected()))?
-
             == 1)
     }
 
@@ -158,7 +167,6 @@ impl Db {
     pub async fn jobs_purge_done(&self, before_ms: i64) -> anyhow::Result<u64> {
         Ok(with_pool!(self, p => sqlx::query(
             "DELETE FROM jobs WHERE status = 'done' AND finished_at < $1")
-            .bind(before_ms).execute(p).await.map(|r| r.rows_affected()))?
-)
+            .bind(before_ms).execute(p).await.map(|r| r.rows_affected()))?)
     }
 }

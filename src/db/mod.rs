@@ -115,7 +115,8 @@ pub fn is_overlap(err: &sqlx::Error) -> bool {
 
 /// True when `err` is a unique-key violation.
 pub fn is_unique_violation(err: &sqlx::Error) -> bool {
-    err.as_database_error().is_some_and(|e| e.is_unique_violation())
+    err.as_database_error()
+        .is_some_and(|e| e.is_unique_violation())
 }
 
 /// Unix time in milliseconds (the job and session tables use it).

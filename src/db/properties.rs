@@ -217,8 +217,7 @@ impl Db {
                SELECT 1 FROM bookings
                WHERE property_id = $1 AND status = 'confirmed' AND check_out > $3)")
             .bind(id).bind(now).bind(today)
-            .execute(p).await.map(|r| r.rows_affected()))?
-;
+            .execute(p).await.map(|r| r.rows_affected()))?;
         if done == 1 {
             return Ok(DeleteOutcome::Deleted);
         }

@@ -39,15 +39,17 @@ impl Db {
 
     /// Ends every session of a user; returns how many there were.
     pub async fn session_delete_user(&self, user_id: i64) -> anyhow::Result<u64> {
-        Ok(with_pool!(self, p => sqlx::query("DELETE FROM sessions WHERE user_id = $1")
-            .bind(user_id).execute(p).await.map(|r| r.rows_affected()))?
-)
+        Ok(
+            with_pool!(self, p => sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+            .bind(user_id).execute(p).await.map(|r| r.rows_affected()))?,
+        )
     }
 
     /// Removes expired sessions (run periodically).
     pub async fn session_purge_expired(&self) -> anyhow::Result<u64> {
-        Ok(with_pool!(self, p => sqlx::query("DELETE FROM sessions WHERE expires_at <= $1")
-            .bind(now_ms()).execute(p).await.map(|r| r.rows_affected()))?
-)
+        Ok(
+            with_pool!(self, p => sqlx::query("DELETE FROM sessions WHERE expires_at <= $1")
+            .bind(now_ms()).execute(p).await.map(|r| r.rows_affected()))?,
+        )
     }
 }

@@ -77,10 +77,12 @@ impl Db {
 
     pub async fn user_by_email(&self, email: &Email) -> anyhow::Result<Option<UserRow>> {
         let sql = format!("SELECT {COLS} FROM users WHERE email = $1");
-        Ok(with_pool!(self, p => sqlx::query_as::<_, UserRow>(sqlx::AssertSqlSafe(sql))
+        Ok(
+            with_pool!(self, p => sqlx::query_as::<_, UserRow>(sqlx::AssertSqlSafe(sql))
             .bind(email.as_str())
             .fetch_optional(p)
-            .await)?)
+            .await)?,
+        )
     }
 
     pub async fn user_by_id(&self, id: i64) -> anyhow::Result<Option<User>> {

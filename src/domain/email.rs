@@ -15,7 +15,8 @@ impl Email {
         let Some((local, domain)) = s.split_once('@') else {
             return Err("must be a valid email address");
         };
-        let bad_char = |c: char| c.is_whitespace() || c.is_control() || "<>()[],;:\\\"@".contains(c);
+        let bad_char =
+            |c: char| c.is_whitespace() || c.is_control() || "<>()[],;:\\\"@".contains(c);
         let domain_ok = domain.contains('.')
             && !domain.starts_with('.')
             && !domain.ends_with('.')
@@ -49,12 +50,24 @@ mod tests {
 
     #[test]
     fn accepts_and_normalizes() {
-        assert_eq!(Email::parse(" Amara@Example.COM ").map(|e| e.0), Ok("amara@example.com".into()));
+        assert_eq!(
+            Email::parse(" Amara@Example.COM ").map(|e| e.0),
+            Ok("amara@example.com".into())
+        );
     }
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["", "a", "a@b", "@b.com", "a@.com", "a b@c.com", "a@b..com", "a@@b.com"] {
+        for bad in [
+            "",
+            "a",
+            "a@b",
+            "@b.com",
+            "a@.com",
+            "a b@c.com",
+            "a@b..com",
+            "a@@b.com",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad} accepted");
         }
         assert!(Email::parse(&format!("{}@x.com", "a".repeat(250))).is_err());

@@ -10,4 +10,4 @@ mod text;
 pub use email::Email;
 pub use money::{MAX_PRICE_CENTS, Money};
 pub use role::Role;
-pub use text::{check_len, BookingStatus};
+pub use text::{BookingStatus, check_len};

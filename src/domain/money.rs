@@ -24,7 +24,8 @@ impl Money {
     /// Parses `"123"`, `"123.4"` or `"123.45"` (non-negative, at most two
     /// decimal places, at most 12 integer digits).
     pub fn parse(s: &str) -> Result<Self, &'static str> {
-        const MSG: &str = "must be a decimal string with at most two decimal places, like \"85.50\"";
+        const MSG: &str =
+            "must be a decimal string with at most two decimal places, like \"85.50\"";
         let (int, frac) = match s.split_once('.') {
             Some((i, f)) => (i, f),
             None => (s, ""),
@@ -87,7 +88,9 @@ mod tests {
         assert_eq!(Money::parse("85.5"), Ok(Money(8550)));
         assert_eq!(Money::parse("85"), Ok(Money(8500)));
         assert_eq!(Money::parse("0.01"), Ok(Money(1)));
-        for bad in ["", ".5", "5.", "1.234", "-1.00", "1e3", "1,00", " 1.00", "abc", "1.2.3"] {
+        for bad in [
+            "", ".5", "5.", "1.234", "-1.00", "1e3", "1,00", " 1.00", "abc", "1.2.3",
+        ] {
             assert!(Money::parse(bad).is_err(), "{bad} accepted");
         }
     }

@@ -29,6 +29,10 @@ impl BookingStatus {
     }
 
     pub fn from_db(s: &str) -> Self {
-        if s == "cancelled" { BookingStatus::Cancelled } else { BookingStatus::Confirmed }
+        if s == "cancelled" {
+            BookingStatus::Cancelled
+        } else {
+            BookingStatus::Confirmed
+        }
     }
 }

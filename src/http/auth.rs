@@ -2,11 +2,11 @@
 //! (this session or all of the user's sessions), and `/me`.
 
 use axum::Json;
+use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
 use serde::Deserialize;
 
 use super::AppState;
@@ -102,7 +102,10 @@ async fn login(
 ) -> ApiResult<Response> {
     let email = Email::parse(&body.email).map_err(|m| ApiError::field("email", m))?;
     if body.password.len() > 1024 {
-        return Err(ApiError::field("password", "must be at most 128 characters long"));
+        return Err(ApiError::field(
+            "password",
+            "must be at most 128 characters long",
+        ));
     }
     let scope = Scope::Login(email.clone());
     let decision = state
@@ -111,7 +114,9 @@ async fn login(
         .await
         .map_err(|_| ApiError::Unavailable("rate limiter"))?;
     if !decision.allowed {
-        return Err(ApiError::Throttled { retry_after: decision.retry_after_secs() });
+        return Err(ApiError::Throttled {
+            retry_after: decision.retry_after_secs(),
+        });
     }
     let row = state.db.user_by_email(&email).await?;
     let password = body.password;
@@ -156,7 +161,11 @@ async fn start_session(state: &AppState, headers: &HeaderMap, user: User) -> Api
         .create(&sessions::hash_id(&id), user.id, ttl)
         .await
         .map_err(|_| ApiError::Unavailable("session store"))?;
-    let secure = if state.settings.cookie_secure { "; Secure" } else { "" };
+    let secure = if state.settings.cookie_secure {
+        "; Secure"
+    } else {
+        ""
+    };
     let cookie = format!(
         "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
         ttl.as_secs()
@@ -170,7 +179,11 @@ async fn start_session(state: &AppState, headers: &HeaderMap, user: User) -> Api
 }
 
 fn clear_cookie(state: &AppState) -> Response {
-    let secure = if state.settings.cookie_secure { "; Secure" } else { "" };
+    let secure = if state.settings.cookie_secure {
+        "; Secure"
+    } else {
+        ""
+    };
     let cookie = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}");
     let mut response = StatusCode::NO_CONTENT.into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -191,7 +204,10 @@ async fn logout(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<
 }
 
 /// Ends every session of the caller ("log out everywhere").
-async fn logout_all(State(state): State<AppState>, AuthUser(user): AuthUser) -> ApiResult<Response> {
+async fn logout_all(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+) -> ApiResult<Response> {
     state
         .sessions
         .delete_user(user.id)
@@ -217,11 +233,15 @@ async fn otp_request(
         .await
         .map_err(|_| ApiError::Unavailable("rate limiter"))?;
     if !decision.allowed {
-        return Err(ApiError::Throttled { retry_after: decision.retry_after_secs() });
+        return Err(ApiError::Throttled {
+            retry_after: decision.retry_after_secs(),
+        });
     }
     state
         .jobs
-        .enqueue(&Job::SendOtp { email: email.to_string() })
+        .enqueue(&Job::SendOtp {
+            email: email.to_string(),
+        })
         .await
         .map_err(|e| {
             tracing::error!(error = format!("{e:#}"), "cannot queue the one-time code");

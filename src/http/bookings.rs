@@ -2,11 +2,11 @@
 //! with 409), list the caller's, cancel.
 
 use axum::Json;
+use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
 use serde::Deserialize;
 
 use super::properties::Page;
@@ -15,6 +15,7 @@ use time::{Date, OffsetDateTime};
 use super::AppState;
 use super::extract::{ApiJson, ApiQuery, AuthUser, IdPath};
 use crate::db::bookings::{Booking, BookingRefused, NewBooking};
+use crate::db::users::User;
 use crate::domain::BookingStatus;
 use crate::error::{ApiError, ApiResult, FieldErrors};
 use crate::jobs::Job;
@@ -50,7 +51,11 @@ async fn list(
         ));
     }
     let (count, results) = state.db.guest_bookings(user.id, page, page_size).await?;
-    Ok(Json(Page { count, page, results }))
+    Ok(Json(Page {
+        count,
+        page,
+        results,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -83,18 +88,34 @@ async fn create(
         .check(&Scope::Booking(user.id))
         .await
         .map_err(|_| ApiError::Unavailable("rate limiter"))?;
-    if !decision.allowed {
-        let mut r = ApiError::Throttled { retry_after: decision.retry_after_secs() }.into_response();
-        r.extensions_mut().insert(decision);
-        return Ok(r);
-    }
+    let mut response = if decision.allowed {
+        create_checked(&state, &user, body).await.into_response()
+    } else {
+        ApiError::Throttled {
+            retry_after: decision.retry_after_secs(),
+        }
+        .into_response()
+    };
+    // The middleware shows whichever limit has the least remaining.
+    response.extensions_mut().insert(decision);
+    Ok(response)
+}
+
+/// Validates and creates a booking once the attempt has been counted.
+async fn create_checked(
+    state: &AppState,
+    user: &User,
+    body: BookingBody,
+) -> ApiResult<(StatusCode, Json<Booking>)> {
     let mut errors = FieldErrors::new();
     let today = OffsetDateTime::now_utc().date();
     let check_in = parse_date(&body.check_in);
     let check_out = parse_date(&body.check_out);
     match check_in {
         None => drop(errors.insert("check_in".into(), "must be a date YYYY-MM-DD".into())),
-        Some(d) if d < today => drop(errors.insert("check_in".into(), "must be today or later".into())),
+        Some(d) if d < today => {
+            drop(errors.insert("check_in".into(), "must be today or later".into()))
+        }
         _ => {}
     }
     match (check_in, check_out) {
@@ -102,17 +123,19 @@ async fn create(
         (Some(i), Some(o)) if o <= i => {
             drop(errors.insert("check_out".into(), "must be after check_in".into()))
         }
-        (Some(i), Some(o)) if (o - i).whole_days() > MAX_NIGHTS => {
-            drop(errors.insert("check_out".into(), format!("a stay is at most {MAX_NIGHTS} nights")))
-        }
+        (Some(i), Some(o)) if (o - i).whole_days() > MAX_NIGHTS => drop(errors.insert(
+            "check_out".into(),
+            format!("a stay is at most {MAX_NIGHTS} nights"),
+        )),
         _ => {}
     }
     let property = state.db.property(body.property_id).await?;
     match &property {
         None => drop(errors.insert("property_id".into(), "no such property".into())),
-        Some(p) if p.host_id == user.id => {
-            drop(errors.insert("property_id".into(), "hosts cannot book their own property".into()))
-        }
+        Some(p) if p.host_id == user.id => drop(errors.insert(
+            "property_id".into(),
+            "hosts cannot book their own property".into(),
+        )),
         Some(p) if !(1..=p.max_guests).contains(&body.guests) => drop(errors.insert(
             "guests".into(),
             format!("must be between 1 and {}", p.max_guests),
@@ -147,18 +170,30 @@ async fn create(
     let booking = match created {
         Ok(b) => b,
         Err(BookingRefused::Overlap) => {
-            return Err(ApiError::Conflict("these dates overlap an existing booking"));
+            return Err(ApiError::Conflict(
+                "these dates overlap an existing booking",
+            ));
         }
-        Err(BookingRefused::NoProperty) => return Err(ApiError::field("property_id", "no such property")),
+        Err(BookingRefused::NoProperty) => {
+            return Err(ApiError::field("property_id", "no such property"));
+        }
     };
-    invalidate_dashboard(&state, user.id).await;
-    if let Err(e) = state.jobs.enqueue(&Job::BookingConfirmation { booking_id: booking.id }).await {
+    invalidate_dashboard(state, user.id).await;
+    if let Err(e) = state
+        .jobs
+        .enqueue(&Job::BookingConfirmation {
+            booking_id: booking.id,
+        })
+        .await
+    {
         // The booking stands; only its email is late. Operators see this.
-        tracing::error!(booking_id = booking.id, error = format!("{e:#}"), "confirmation email not queued");
+        tracing::error!(
+            booking_id = booking.id,
+            error = format!("{e:#}"),
+            "confirmation email not queued"
+        );
     }
-    let mut r = (StatusCode::CREATED, Json(booking)).into_response();
-    r.extensions_mut().insert(decision);
-    Ok(r)
+    Ok((StatusCode::CREATED, Json(booking)))
 }
 
 async fn cancel(

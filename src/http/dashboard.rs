@@ -6,9 +6,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use axum::Json;
+use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
-use axum::Router;
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
@@ -55,19 +55,32 @@ async fn compute(state: &AppState, user_id: i64) -> anyhow::Result<Dashboard> {
     let stats = Stats {
         total_bookings: stays.len() as i64,
         upcoming_bookings: stays.iter().filter(|s| s.check_in >= today).count() as i64,
-        nights_booked: stays.iter().map(|s| (s.check_out - s.check_in).whole_days()).sum(),
+        nights_booked: stays
+            .iter()
+            .map(|s| (s.check_out - s.check_in).whole_days())
+            .sum(),
         total_spent: spent.to_string(),
     };
     let booked: HashSet<i64> = stays.iter().map(|s| s.property_id).collect();
     let cities: HashSet<&str> = stays.iter().map(|s| s.city.as_str()).collect();
-    let mut recommendations: Vec<Property> =
-        featured_list(state).await?.into_iter().filter(|p| !booked.contains(&p.id)).collect();
+    let mut recommendations: Vec<Property> = featured_list(state)
+        .await?
+        .into_iter()
+        .filter(|p| !booked.contains(&p.id))
+        .collect();
     recommendations.sort_by_key(|p| (!cities.contains(p.city.as_str()), p.id));
     recommendations.truncate(5);
-    Ok(Dashboard { bookings, stats, recommendations })
+    Ok(Dashboard {
+        bookings,
+        stats,
+        recommendations,
+    })
 }
 
-async fn dashboard(State(state): State<AppState>, AuthUser(user): AuthUser) -> ApiResult<Json<Dashboard>> {
+async fn dashboard(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+) -> ApiResult<Json<Dashboard>> {
     let cache = &state.cache;
     let generations = (
         cache.generation(PROPERTIES_NS).await,
@@ -77,7 +90,9 @@ async fn dashboard(State(state): State<AppState>, AuthUser(user): AuthUser) -> A
         (Some(g), Some(ug)) => {
             let key = cache.keys().dashboard(g, ug, user.id);
             cache
-                .get_or_compute("dashboard", &key, DASHBOARD_TTL, || compute(&state, user.id))
+                .get_or_compute("dashboard", &key, DASHBOARD_TTL, || {
+                    compute(&state, user.id)
+                })
                 .await?
         }
         _ => compute(&state, user.id).await?,

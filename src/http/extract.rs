@@ -75,7 +75,12 @@ impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        match parts.extensions.get::<Caller>().copied().unwrap_or(Caller::Anonymous) {
+        match parts
+            .extensions
+            .get::<Caller>()
+            .copied()
+            .unwrap_or(Caller::Anonymous)
+        {
             Caller::Anonymous => Err(ApiError::NotAuthenticated),
             Caller::StoreUnavailable => Err(ApiError::Unavailable("session store")),
             Caller::User(id) => state

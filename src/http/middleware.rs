@@ -41,16 +41,28 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAdd
         .flat_map(|v| v.split(','))
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    forwarded.into_iter().rev().find(|ip| !trusted.contains(ip)).unwrap_or(peer)
+    forwarded
+        .into_iter()
+        .rev()
+        .find(|ip| !trusted.contains(ip))
+        .unwrap_or(peer)
 }
 
 /// Resolves the caller and applies the anonymous or per-user limit to every
 /// `/api/` request; adds `X-RateLimit-*` headers, describing whichever limit
 /// (this one or one a handler applied) has the least remaining.
-pub async fn identify_and_throttle(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+pub async fn identify_and_throttle(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let caller = match session_cookie(req.headers()) {
         None => Caller::Anonymous,
-        Some(id) => match state.sessions.load(&sessions::hash_id(&id), state.settings.session_ttl).await {
+        Some(id) => match state
+            .sessions
+            .load(&sessions::hash_id(&id), state.settings.session_ttl)
+            .await
+        {
             Ok(Some(user_id)) => Caller::User(user_id),
             Ok(None) => Caller::Anonymous,
             Err(e) => {
@@ -71,7 +83,11 @@ pub async fn identify_and_throttle(State(state): State<AppState>, mut req: Reque
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|c| c.0.ip())
                 .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-            Scope::Anon(client_ip(peer, req.headers(), &state.settings.trusted_proxies))
+            Scope::Anon(client_ip(
+                peer,
+                req.headers(),
+                &state.settings.trusted_proxies,
+            ))
         }
     };
     let decision = match state.limiter.check(&scope).await {
@@ -81,7 +97,10 @@ pub async fn identify_and_throttle(State(state): State<AppState>, mut req: Reque
     let mut response = if decision.allowed {
         next.run(req).await
     } else {
-        ApiError::Throttled { retry_after: decision.retry_after_secs() }.into_response()
+        ApiError::Throttled {
+            retry_after: decision.retry_after_secs(),
+        }
+        .into_response()
     };
     let shown = match response.extensions().get::<Decision>() {
         Some(other) if other.remaining < decision.remaining => *other,
@@ -123,7 +142,10 @@ mod tests {
     #[test]
     fn forwarded_for_is_used_only_behind_trusted_proxies() {
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6, 10.0.0.1"));
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, 10.0.0.1"),
+        );
         let proxy: IpAddr = "10.0.0.2".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
         let client: IpAddr = "10.0.0.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
         // Untrusted peer: the header is ignored.

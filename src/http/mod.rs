@@ -44,7 +44,10 @@ pub fn router(state: AppState) -> Router {
         .merge(dashboard::router())
         .fallback(|| async { ApiError::NotFound })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::identify_and_throttle));
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::identify_and_throttle,
+        ));
     Router::new()
         .merge(ops::router())
         .merge(api)

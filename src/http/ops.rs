@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use axum::Json;
+use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::Router;
 use serde_json::{Map, Value};
 
 use super::AppState;
@@ -16,7 +16,9 @@ use super::AppState;
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/health", get(health)).route("/metrics", get(metrics))
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
 }
 
 async fn check<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> &'static str {
@@ -44,11 +46,18 @@ async fn health(State(state): State<AppState>) -> impl IntoResponse {
     ];
     let healthy = parts.iter().all(|(_, s)| *s == "ok");
     let mut body = Map::new();
-    body.insert("status".into(), Value::from(if healthy { "ok" } else { "unavailable" }));
+    body.insert(
+        "status".into(),
+        Value::from(if healthy { "ok" } else { "unavailable" }),
+    );
     for (name, s) in parts {
         body.insert(name.into(), Value::from(s));
     }
-    let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(Value::Object(body)))
 }
 

@@ -5,11 +5,11 @@
 use std::time::Duration;
 
 use axum::Json;
+use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -29,7 +29,10 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/properties", get(list).post(create))
         .route("/api/v1/properties/featured", get(featured))
-        .route("/api/v1/properties/{id}", get(detail).patch(update).delete(remove))
+        .route(
+            "/api/v1/properties/{id}",
+            get(detail).patch(update).delete(remove),
+        )
 }
 
 /// Query of the public list, as sent.
@@ -74,8 +77,10 @@ impl ListQuery {
             }
         };
         let money = |v: Option<String>, name: &str| -> Result<Option<Money>, ApiError> {
-            v.map(|s| Money::parse(&s).map_err(|_| bad(&format!("{name} must be a decimal like 85.50"))))
-                .transpose()
+            v.map(|s| {
+                Money::parse(&s).map_err(|_| bad(&format!("{name} must be a decimal like 85.50")))
+            })
+            .transpose()
         };
         let filter = PropertyFilter {
             city: text(self.city, "city")?,
@@ -97,7 +102,12 @@ impl ListQuery {
             filter.guests,
         ])
         .to_string();
-        Ok(NormalizedList { filter, page, page_size, canonical })
+        Ok(NormalizedList {
+            filter,
+            page,
+            page_size,
+            canonical,
+        })
     }
 }
 
@@ -111,22 +121,37 @@ pub struct Page<T> {
 
 fn json_bytes(status: StatusCode, body: Bytes) -> Response {
     let mut r = (status, body).into_response();
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
-async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Response> {
+async fn list(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Response> {
     let q = q.normalize()?;
     let compute = || async {
-        let (count, results) = state.db.list_properties(&q.filter, q.page, q.page_size).await?;
-        let body = Page { count, page: q.page, results };
+        let (count, results) = state
+            .db
+            .list_properties(&q.filter, q.page, q.page_size)
+            .await?;
+        let body = Page {
+            count,
+            page: q.page,
+            results,
+        };
         Ok(Bytes::from(serde_json::to_vec(&body)?))
     };
     let body = match state.cache.generation(PROPERTIES_NS).await {
         Some(g) => {
             let key = state.cache.keys().property_list(g, &q.canonical);
-            state.cache.get_or_compute_bytes("property_list", &key, LIST_TTL, compute).await?
+            state
+                .cache
+                .get_or_compute_bytes("property_list", &key, LIST_TTL, compute)
+                .await?
         }
         None => compute().await?,
     };
@@ -172,10 +197,15 @@ async fn cached_property(state: &AppState, id: i64) -> anyhow::Result<Option<Pro
 
 /// One property; counts one view, and shows stored plus not yet flushed views.
 async fn detail(State(state): State<AppState>, IdPath(id): IdPath) -> ApiResult<Json<Property>> {
-    let mut property = cached_property(&state, id).await?.ok_or(ApiError::NotFound)?;
+    let mut property = cached_property(&state, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     match state.cache.store().views_incr(id).await {
         Ok(pending) => property.view_count += pending,
-        Err(e) => tracing::warn!(error = format!("{e:#}"), "view not counted: cache unavailable"),
+        Err(e) => tracing::warn!(
+            error = format!("{e:#}"),
+            "view not counted: cache unavailable"
+        ),
     }
     Ok(Json(property))
 }
@@ -229,7 +259,10 @@ impl PropertyBody {
             Some(s) => match Money::parse(&s) {
                 Ok(m) if (1..=MAX_PRICE_CENTS).contains(&m.cents()) => Some(m),
                 Ok(_) => {
-                    errors.insert("price_per_night".into(), "must be between 0.01 and 100000.00".into());
+                    errors.insert(
+                        "price_per_night".into(),
+                        "must be between 0.01 and 100000.00".into(),
+                    );
                     None
                 }
                 Err(m) => {
@@ -274,9 +307,14 @@ async fn create(
     }
     let f = body.validate(true)?;
     let now = OffsetDateTime::now_utc();
-    let (Some(title), Some(description), Some(city), Some(country), Some(price), Some(max_guests)) =
-        (f.title, f.description, f.city, f.country, f.price_per_night, f.max_guests)
-    else {
+    let (Some(title), Some(description), Some(city), Some(country), Some(price), Some(max_guests)) = (
+        f.title,
+        f.description,
+        f.city,
+        f.country,
+        f.price_per_night,
+        f.max_guests,
+    ) else {
         return Err(ApiError::InvalidRequest("missing fields".into()));
     };
     let property = state
@@ -324,7 +362,10 @@ async fn update(
         .ok_or(ApiError::NotFound)?;
     state.cache.invalidate(PROPERTIES_NS).await;
     let pending = state.cache.store().views_pending(id).await.unwrap_or(0);
-    Ok(Json(Property { view_count: updated.view_count + pending, ..updated }))
+    Ok(Json(Property {
+        view_count: updated.view_count + pending,
+        ..updated
+    }))
 }
 
 async fn remove(
@@ -340,8 +381,8 @@ async fn remove(
             Ok(StatusCode::NO_CONTENT)
         }
         DeleteOutcome::NotFound => Err(ApiError::NotFound),
-        DeleteOutcome::HasActiveBookings => {
-            Err(ApiError::Conflict("the property has confirmed bookings that have not ended"))
-        }
+        DeleteOutcome::HasActiveBookings => Err(ApiError::Conflict(
+            "the property has confirmed bookings that have not ended",
+        )),
     }
 }

@@ -101,7 +101,8 @@ pub trait QueueBackend: Send + Sync + 'static {
     async fn reserve(&self, worker_id: &str) -> anyhow::Result<Option<Leased>>;
     /// Extends a lease; false when the worker no longer holds the job.
     async fn extend(&self, id: &str, worker_id: &str, timeout: Duration) -> anyhow::Result<bool>;
-    async fn complete(&self, id: &str, worker_id: &str, result: Option<&str>) -> anyhow::Result<()>;
+    async fn complete(&self, id: &str, worker_id: &str, result: Option<&str>)
+    -> anyhow::Result<()>;
     /// Back to the queue at `retry_at_ms`, or dead when `None`.
     async fn fail(
         &self,
@@ -115,7 +116,8 @@ pub trait QueueBackend: Send + Sync + 'static {
     /// Queues a dead job again with fresh attempts; false if it is not dead.
     async fn replay(&self, id: &str) -> anyhow::Result<bool>;
     /// True for exactly one caller per (name, slot).
-    async fn claim_periodic(&self, name: &str, slot: i64, period: Duration) -> anyhow::Result<bool>;
+    async fn claim_periodic(&self, name: &str, slot: i64, period: Duration)
+    -> anyhow::Result<bool>;
     async fn counts(&self) -> anyhow::Result<QueueCounts>;
     /// Housekeeping: drops results older than their TTL.
     async fn purge(&self, result_ttl: Duration) -> anyhow::Result<()>;

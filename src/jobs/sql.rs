@@ -40,7 +40,14 @@ impl QueueBackend for SqlQueue {
         let payload = serde_json::to_string(job)?;
         let attempts = i32::try_from(job.max_attempts()).unwrap_or(i32::MAX);
         self.db
-            .job_insert(id, job.name(), &payload, attempts, ms(job.timeout()), run_at_ms.max(now_ms()))
+            .job_insert(
+                id,
+                job.name(),
+                &payload,
+                attempts,
+                ms(job.timeout()),
+                run_at_ms.max(now_ms()),
+            )
             .await
     }
 
@@ -58,11 +65,21 @@ impl QueueBackend for SqlQueue {
     }
 
     async fn extend(&self, id: &str, worker_id: &str, timeout: Duration) -> anyhow::Result<bool> {
-        self.db.job_extend(id, worker_id, now_ms() + ms(timeout)).await
+        self.db
+            .job_extend(id, worker_id, now_ms() + ms(timeout))
+            .await
     }
 
-    async fn complete(&self, id: &str, worker_id: &str, result: Option<&str>) -> anyhow::Result<()> {
-        self.db.job_complete(id, worker_id, result).await.map(|_| ())
+    async fn complete(
+        &self,
+        id: &str,
+        worker_id: &str,
+        result: Option<&str>,
+    ) -> anyhow::Result<()> {
+        self.db
+            .job_complete(id, worker_id, result)
+            .await
+            .map(|_| ())
     }
 
     async fn fail(
@@ -81,23 +98,41 @@ impl QueueBackend for SqlQueue {
 
     async fn dead(&self, limit: usize) -> anyhow::Result<Vec<JobInfo>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        Ok(self.db.jobs_dead(limit).await?.into_iter().map(info).collect())
+        Ok(self
+            .db
+            .jobs_dead(limit)
+            .await?
+            .into_iter()
+            .map(info)
+            .collect())
     }
 
     async fn replay(&self, id: &str) -> anyhow::Result<bool> {
         self.db.job_replay(id).await
     }
 
-    async fn claim_periodic(&self, name: &str, slot: i64, _period: Duration) -> anyhow::Result<bool> {
+    async fn claim_periodic(
+        &self,
+        name: &str,
+        slot: i64,
+        _period: Duration,
+    ) -> anyhow::Result<bool> {
         self.db.periodic_claim(name, slot).await
     }
 
     async fn counts(&self) -> anyhow::Result<QueueCounts> {
         let (queued, running, dead) = self.db.job_counts().await?;
-        Ok(QueueCounts { queued, running, dead })
+        Ok(QueueCounts {
+            queued,
+            running,
+            dead,
+        })
     }
 
     async fn purge(&self, result_ttl: Duration) -> anyhow::Result<()> {
-        self.db.jobs_purge_done(now_ms() - ms(result_ttl)).await.map(|_| ())
+        self.db
+            .jobs_purge_done(now_ms() - ms(result_ttl))
+            .await
+            .map(|_| ())
     }
 }

@@ -40,7 +40,11 @@ impl Worker {
     pub fn new(queue: JobQueue, ctx: Arc<JobContext>) -> Self {
         // Unique per process and start: a restarted worker never inherits the
         // leases of the process it replaces.
-        let id = format!("w-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let id = format!(
+            "w-{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
         Worker { queue, ctx, id }
     }
 
@@ -59,25 +63,39 @@ impl Worker {
             Ok(job) => job,
             Err(e) => {
                 tracing::error!(job_id = %lease.id, error = %e, "undecodable job payload; dead");
-                backend.fail(&lease.id, &self.id, &format!("undecodable payload: {e}"), None).await?;
+                backend
+                    .fail(
+                        &lease.id,
+                        &self.id,
+                        &format!("undecodable payload: {e}"),
+                        None,
+                    )
+                    .await?;
                 return Ok(true);
             }
         };
         let name = job.name();
-        let span = tracing::info_span!("job", job_id = %lease.id, job = name, attempt = lease.attempt);
+        let span =
+            tracing::info_span!("job", job_id = %lease.id, job = name, attempt = lease.attempt);
         async {
             tracing::info!("job started");
             let started = std::time::Instant::now();
             let keep_alive = {
-                let (backend, id, worker, timeout) =
-                    (backend.clone(), lease.id.clone(), self.id.clone(), lease.timeout);
+                let (backend, id, worker, timeout) = (
+                    backend.clone(),
+                    lease.id.clone(),
+                    self.id.clone(),
+                    lease.timeout,
+                );
                 tokio::spawn(async move {
                     loop {
                         tokio::time::sleep(timeout / 3).await;
                         match backend.extend(&id, &worker, timeout).await {
                             Ok(true) => {}
                             Ok(false) => break,
-                            Err(e) => tracing::warn!(error = format!("{e:#}"), "lease extension failed"),
+                            Err(e) => {
+                                tracing::warn!(error = format!("{e:#}"), "lease extension failed")
+                            }
                         }
                     }
                 })
@@ -88,9 +106,14 @@ impl Worker {
                 .record(started.elapsed().as_secs_f64());
             match outcome {
                 Ok(result) => {
-                    backend.complete(&lease.id, &self.id, result.as_deref()).await?;
+                    backend
+                        .complete(&lease.id, &self.id, result.as_deref())
+                        .await?;
                     metrics::counter!("jobs_completed_total", "job" => name).increment(1);
-                    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "job done");
+                    tracing::info!(
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "job done"
+                    );
                 }
                 Err(e) => {
                     let error = format!("{e:#}");
@@ -100,7 +123,9 @@ impl Worker {
                         tracing::error!(error, "job failed for the last time; dead");
                     } else {
                         let retry_at = now_ms() + backoff_ms(lease.attempt);
-                        backend.fail(&lease.id, &self.id, &error, Some(retry_at)).await?;
+                        backend
+                            .fail(&lease.id, &self.id, &error, Some(retry_at))
+                            .await?;
                         metrics::counter!("jobs_retried_total", "job" => name).increment(1);
                         tracing::warn!(error, "job failed; will retry");
                     }
@@ -122,8 +147,14 @@ impl Worker {
                 if ctx.db.user_by_email(&email).await?.is_none() {
                     return Ok(None);
                 }
-                let code = format!("{:06}", rand::rngs::OsRng.unwrap_err().random_range(0..1_000_000u32));
-                ctx.cache.otp_put(&email, &code, ctx.otp_ttl).await.context("storing the code")?;
+                let code = format!(
+                    "{:06}",
+                    rand::rngs::OsRng.unwrap_err().random_range(0..1_000_000u32)
+                );
+                ctx.cache
+                    .otp_put(&email, &code, ctx.otp_ttl)
+                    .await
+                    .context("storing the code")?;
                 let minutes = ctx.otp_ttl.as_secs().div_ceil(60);
                 ctx.mailer
                     .send(&email::Email {
@@ -140,7 +171,11 @@ impl Worker {
                 let Some(b) = ctx.db.booking(*booking_id).await? else {
                     return Ok(Some("booking no longer exists".into()));
                 };
-                let guest = ctx.db.user_by_id(b.guest_id).await?.context("guest missing")?;
+                let guest = ctx
+                    .db
+                    .user_by_id(b.guest_id)
+                    .await?
+                    .context("guest missing")?;
                 ctx.mailer
                     .send(&email::Email {
                         to: guest.email,
@@ -222,7 +257,12 @@ impl Worker {
         let period = self.ctx.view_flush_interval;
         let secs = i64::try_from(period.as_secs().max(1)).unwrap_or(60);
         let slot = now_ms() / 1000 / secs;
-        if self.queue.backend().claim_periodic("flush_views", slot, period).await? {
+        if self
+            .queue
+            .backend()
+            .claim_periodic("flush_views", slot, period)
+            .await?
+        {
             self.queue.enqueue(&Job::FlushViews).await?;
         }
         Ok(())
@@ -232,7 +272,9 @@ impl Worker {
 /// Retry delay after `attempt` failures: 1 s doubling, capped at 5 min, with
 /// up to 50 % jitter so retries of many jobs do not stampede.
 fn backoff_ms(attempt: u32) -> i64 {
-    let base = 1_000i64.saturating_mul(1 << attempt.saturating_sub(1).min(20)).min(300_000);
+    let base = 1_000i64
+        .saturating_mul(1 << attempt.saturating_sub(1).min(20))
+        .min(300_000);
     base + rand::rng().random_range(0..=base / 2)
 }
 

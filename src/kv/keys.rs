@@ -21,7 +21,9 @@ pub fn email_tag(email: &Email) -> String {
 
 impl Keys {
     pub fn new(prefix: &str) -> Self {
-        Keys { prefix: prefix.to_owned() }
+        Keys {
+            prefix: prefix.to_owned(),
+        }
     }
 
     pub fn prefix(&self) -> &str {
@@ -57,7 +59,9 @@ impl Keys {
     }
 
     pub fn dashboard(&self, generation: u64, user_generation: u64, user_id: i64) -> String {
-        self.cache(&format!("user:dashboard:{user_id}:g{generation}:u{user_generation}"))
+        self.cache(&format!(
+            "user:dashboard:{user_id}:g{generation}:u{user_generation}"
+        ))
     }
 
     /// Namespace of one user's cached data (bumped when their bookings change).

@@ -1,9 +1,12 @@
 //! Redis connections, one per role (the guide's four DBs or one URL each),
 //! and [`keys`], the only place Redis and cache keys are built.
 
+pub mod breaker;
 pub mod keys;
 
-use std::time::Duration;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -45,4 +48,94 @@ pub async fn connect(url: &str, response_timeout: Duration) -> anyhow::Result<Co
     ConnectionManager::new_with_config(client, config)
         .await
         .context("cannot connect to Redis")
+}
+
+/// One Redis role's connection with its timeout and circuit breaker. Every
+/// Redis call of a backend goes through [`RedisRole::run`].
+#[derive(Clone)]
+pub struct RedisRole {
+    pub role: Role,
+    conn: ConnectionManager,
+    timeout: Duration,
+    breaker: Arc<breaker::Breaker>,
+}
+
+/// Per-command timeout of the request path.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
+
+impl RedisRole {
+    /// Connects `url` for `role` (fails if Redis cannot be reached now).
+    pub async fn connect(role: Role, url: &str) -> anyhow::Result<RedisRole> {
+        let conn = connect(url, COMMAND_TIMEOUT)
+            .await
+            .with_context(|| format!("Redis for the {} role ({})", role.name(), redact(url)))?;
+        Ok(RedisRole {
+            role,
+            conn,
+            timeout: COMMAND_TIMEOUT,
+            breaker: Arc::new(breaker::Breaker::new(
+                role.name(),
+                3,
+                Duration::from_secs(2),
+            )),
+        })
+    }
+
+    /// A clone of the multiplexed connection, for calls that must not go
+    /// through the breaker (operator commands, blocking reads).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Runs one Redis call with the role's timeout, breaker and metrics.
+    pub async fn run<T, F, Fut>(&self, f: F) -> anyhow::Result<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        if !self.breaker.allow() {
+            anyhow::bail!("Redis {} role unavailable (circuit open)", self.role.name());
+        }
+        let started = Instant::now();
+        let res = tokio::time::timeout(self.timeout, f(self.conn.clone())).await;
+        metrics::histogram!("redis_roundtrip_seconds", "role" => self.role.name())
+            .record(started.elapsed().as_secs_f64());
+        match res {
+            Ok(Ok(v)) => {
+                self.breaker.success();
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                if e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                {
+                    self.breaker.failure();
+                }
+                Err(anyhow::Error::new(e).context(format!("Redis {} role", self.role.name())))
+            }
+            Err(_) => {
+                self.breaker.failure();
+                anyhow::bail!(
+                    "Redis {} role timed out after {:?}",
+                    self.role.name(),
+                    self.timeout
+                )
+            }
+        }
+    }
+}
+
+/// A Redis URL with any password removed, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "<invalid URL>".to_owned(),
+    }
 }

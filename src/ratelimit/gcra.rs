@@ -20,7 +20,13 @@ pub struct Decision {
 impl Decision {
     /// An allow that a failed-open check reports.
     pub fn open(limit: u32) -> Decision {
-        Decision { allowed: true, limit, remaining: limit, reset_after_us: 0, retry_after_us: 0 }
+        Decision {
+            allowed: true,
+            limit,
+            remaining: limit,
+            reset_after_us: 0,
+            retry_after_us: 0,
+        }
     }
 
     pub fn reset_after_secs(&self) -> u64 {
@@ -39,7 +45,12 @@ fn ceil_secs(us: i64) -> u64 {
 
 /// One GCRA step at time `now_us` for a key whose stored TAT is `tat_us`.
 /// Returns the decision and the TAT to store (`None`: leave it unchanged).
-pub fn check(tat_us: Option<i64>, now_us: i64, limit: u32, period_us: i64) -> (Decision, Option<i64>) {
+pub fn check(
+    tat_us: Option<i64>,
+    now_us: i64,
+    limit: u32,
+    period_us: i64,
+) -> (Decision, Option<i64>) {
     let limit_i = i64::from(limit.max(1));
     let interval = (period_us / limit_i).max(1);
     let tat = tat_us.unwrap_or(now_us).max(now_us);

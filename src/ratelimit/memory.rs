@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 
-use super::gcra::{self, Decision};
 use super::LimiterBackend;
+use super::gcra::{self, Decision};
 use crate::config::Rate;
 
 /// In-process [`LimiterBackend`].
@@ -21,7 +21,10 @@ pub struct MemoryLimiter {
 
 impl Default for MemoryLimiter {
     fn default() -> Self {
-        MemoryLimiter { origin: Instant::now(), state: Mutex::new(HashMap::new()) }
+        MemoryLimiter {
+            origin: Instant::now(),
+            state: Mutex::new(HashMap::new()),
+        }
     }
 }
 
@@ -49,7 +52,10 @@ impl LimiterBackend for MemoryLimiter {
     }
 
     async fn reset(&self, key: &str) -> anyhow::Result<()> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
         Ok(())
     }
 

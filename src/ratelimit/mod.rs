@@ -91,7 +91,11 @@ pub struct LimiterUnavailable;
 
 impl RateLimiter {
     pub fn new(backend: Arc<dyn LimiterBackend>, keys: Keys, rates: Throttles) -> Self {
-        RateLimiter { backend, keys, rates }
+        RateLimiter {
+            backend,
+            keys,
+            rates,
+        }
     }
 
     pub fn rates(&self) -> &Throttles {
@@ -113,8 +117,16 @@ impl RateLimiter {
             Err(e) => {
                 metrics::counter!("ratelimit_decisions_total", "scope" => name, "outcome" => "error")
                     .increment(1);
-                tracing::warn!(scope = name, error = format!("{e:#}"), "rate limiter failed");
-                if scope.fails_open() { Ok(Decision::open(rate.limit)) } else { Err(LimiterUnavailable) }
+                tracing::warn!(
+                    scope = name,
+                    error = format!("{e:#}"),
+                    "rate limiter failed"
+                );
+                if scope.fails_open() {
+                    Ok(Decision::open(rate.limit))
+                } else {
+                    Err(LimiterUnavailable)
+                }
             }
         }
     }
@@ -128,7 +140,11 @@ impl RateLimiter {
     pub async fn reset(&self, scope: &Scope) {
         let key = self.keys.ratelimit(scope.name(), &scope.subject());
         if let Err(e) = self.backend.reset(&key).await {
-            tracing::warn!(scope = scope.name(), error = format!("{e:#}"), "rate limit reset failed");
+            tracing::warn!(
+                scope = scope.name(),
+                error = format!("{e:#}"),
+                "rate limit reset failed"
+            );
         }
     }
 

@@ -43,10 +43,16 @@ pub fn new_session_id() -> anyhow::Result<String> {
 
 /// What the store keys a session by: a leaked store does not leak usable ids.
 pub fn hash_id(id: &str) -> String {
-    Sha256::digest(id.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(id.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Plausible session ids only: anything else is not looked up at all.
 pub fn looks_like_id(id: &str) -> bool {
-    id.len() == 43 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    id.len() == 43
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }

@@ -25,7 +25,9 @@ fn ms(d: Duration) -> i64 {
 #[async_trait]
 impl SessionStore for SqlSessionStore {
     async fn create(&self, id_hash: &str, user_id: i64, ttl: Duration) -> anyhow::Result<()> {
-        self.db.session_insert(id_hash, user_id, now_ms() + ms(ttl)).await
+        self.db
+            .session_insert(id_hash, user_id, now_ms() + ms(ttl))
+            .await
     }
 
     async fn load(&self, id_hash: &str, ttl: Duration) -> anyhow::Result<Option<i64>> {

@@ -1,1 +1,10 @@
+//! The one integration test binary: the real server over HTTP, on SQLite
+//! and PostgreSQL, and the behaviour suites run against every backend.
 
+mod helpers;
+
+mod auth;
+mod bookings;
+mod errors;
+mod properties;
+mod seed_import;

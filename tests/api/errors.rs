@@ -1,0 +1,146 @@
+//! The error contract: body shape, 413, 415, 400, 404, request ids,
+//! throttling headers, health and metrics.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{TestDb, TestOptions, error_code, spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn error_bodies_and_limits() -> anyhow::Result<()> {
+    let app = spawn_app(TestDb::Sqlite).await?;
+    // Not JSON content type -> 415.
+    let r = app
+        .client
+        .post(app.url("/api/v1/auth/register"))
+        .body("{}")
+        .header("content-type", "text/plain")
+        .send()
+        .await?;
+    assert_eq!(r.status(), 415);
+    assert_eq!(error_code(r).await?, "unsupported_media_type");
+    // Over 64 KiB -> 413.
+    let big = json!({"email": "a@b.com", "password": "x".repeat(70_000), "full_name": "A", "role": "guest"});
+    let r = app.post("/api/v1/auth/register", &big).await?;
+    assert_eq!(r.status(), 413);
+    // Broken JSON -> 400 with the error shape.
+    let r = app
+        .client
+        .post(app.url("/api/v1/auth/login"))
+        .body("{not json")
+        .header("content-type", "application/json")
+        .send()
+        .await?;
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await?;
+    assert_eq!(v["error"]["code"], "invalid_request");
+    assert!(v["error"]["message"].is_string());
+    // Unknown route -> 404 JSON; every response has a request id.
+    let r = app.get("/api/v1/nothing-here").await?;
+    assert_eq!(r.status(), 404);
+    assert!(r.headers().contains_key("x-request-id"));
+    assert_eq!(error_code(r).await?, "not_found");
+    // A given request id is echoed.
+    let r = app
+        .client
+        .get(app.url("/health"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await?;
+    assert_eq!(
+        r.headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some("abc-123")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn anonymous_throttle_is_exact_with_headers() -> anyhow::Result<()> {
+    let app = spawn_app_with(TestOptions {
+        tweak: Box::new(|s| {
+            s.throttles.anon =
+                stayafrica::config::Rate::new(50, std::time::Duration::from_secs(3600))
+        }),
+        ..TestOptions::default()
+    })
+    .await?;
+    let first = app.get("/api/v1/properties").await?;
+    assert_eq!(
+        first
+            .headers()
+            .get("x-ratelimit-limit")
+            .and_then(|v| v.to_str().ok()),
+        Some("50")
+    );
+    assert_eq!(
+        first
+            .headers()
+            .get("x-ratelimit-remaining")
+            .and_then(|v| v.to_str().ok()),
+        Some("49")
+    );
+    let mut handles = Vec::new();
+    for _ in 0..200 {
+        let (c, url) = (app.client.clone(), app.url("/api/v1/properties"));
+        handles.push(tokio::spawn(async move { c.get(url).send().await }));
+    }
+    let (mut ok, mut throttled) = (0, 0);
+    for h in handles {
+        let r = h.await??;
+        match r.status().as_u16() {
+            200 => ok += 1,
+            429 => {
+                throttled += 1;
+                let retry: u64 = r
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                assert!(retry >= 1);
+            }
+            s => anyhow::bail!("unexpected status {s}"),
+        }
+    }
+    assert_eq!((ok, throttled), (49, 151));
+    // /health and /metrics are not throttled.
+    assert_eq!(app.get("/health").await?.status(), 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn booking_attempts_are_limited() -> anyhow::Result<()> {
+    let app = spawn_app(TestDb::Sqlite).await?;
+    app.signup("guest@example.com", "guest").await?;
+    for i in 0..5 {
+        let r = app.post("/api/v1/bookings", &json!({"property_id": 12345, "check_in": "2030-01-01", "check_out": "2030-01-02", "guests": 1})).await?;
+        assert_eq!(r.status(), 422, "attempt {i}");
+        assert_eq!(
+            r.headers()
+                .get("x-ratelimit-limit")
+                .and_then(|v| v.to_str().ok()),
+            Some("5")
+        );
+    }
+    let r = app.post("/api/v1/bookings", &json!({"property_id": 12345, "check_in": "2030-01-01", "check_out": "2030-01-02", "guests": 1})).await?;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn health_and_metrics() -> anyhow::Result<()> {
+    let app = spawn_app(TestDb::Sqlite).await?;
+    let r = app.get("/health").await?;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await?;
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["database"], "ok");
+    assert_eq!(v["cache"], "ok");
+    app.get("/api/v1/properties").await?;
+    let text = app.get("/metrics").await?.text().await?;
+    assert!(text.contains("http_requests_total"), "{text}");
+    assert!(text.contains("route=\"/api/v1/properties\""), "{text}");
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! Seeder and importer tests (in progress).
