@@ -1,5 +1,6 @@
 //! The `stayafrica` command line: one binary, one subcommand per file.
 
+mod cache;
 mod import;
 mod jobs;
 mod migrate;
@@ -43,6 +44,9 @@ pub enum Command {
     Jobs(jobs::Args),
     /// Manage user sessions.
     Sessions(sessions::Args),
+    /// Inspect and manage the Redis roles (ping, keys, get, ttl, del,
+    /// invalidate, flush, info, check).
+    Cache(cache::Args),
 }
 
 impl Cli {
@@ -57,6 +61,7 @@ impl Cli {
             Command::Import(a) => import::run(settings, a).await,
             Command::Jobs(a) => jobs::run(settings, a).await,
             Command::Sessions(a) => sessions::run(settings, a).await,
+            Command::Cache(a) => cache::run(settings, a).await,
         }
     }
 }

@@ -23,7 +23,12 @@ pub struct Args {
 pub async fn run(settings: Settings, a: Args) -> anyhow::Result<()> {
     let db = Db::connect(&settings.database_url).await?;
     db.migrate().await?;
-    let opts = SeedOptions { users: a.users, properties: a.properties, bookings: a.bookings, seed: a.seed };
+    let opts = SeedOptions {
+        users: a.users,
+        properties: a.properties,
+        bookings: a.bookings,
+        seed: a.seed,
+    };
     let report = seed::run(&db, &opts, true).await?;
     println!("{report}");
     Ok(())

@@ -7,6 +7,7 @@
 //! Money is stored in cents (integers), never floats.
 
 pub mod bookings;
+pub mod bulk;
 pub mod jobs;
 pub mod properties;
 pub mod sessions;

@@ -7,4 +7,5 @@ mod auth;
 mod bookings;
 mod errors;
 mod properties;
+mod restart;
 mod seed_import;

@@ -1,0 +1,521 @@
+//! `stayafrica cache …`: the guide's redis-cli checks as one safe tool.
+//! Keys are logical (the tool adds `{prefix}{role namespace}`), every
+//! listing uses SCAN in batches (never KEYS), deletes use UNLINK, and a
+//! flush removes only our keys of one role (never FLUSHDB/FLUSHALL: a shared
+//! Redis may hold other applications' data).
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use indicatif::{ProgressBar, ProgressStyle};
+use redis::aio::MultiplexedConnection;
+use serde_json::{Value, json};
+
+use crate::config::Settings;
+use crate::kv::{Role, redact};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: CacheCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum CacheCommand {
+    /// Reach every configured role and print its round-trip time.
+    Ping,
+    /// List keys matching a glob PATTERN (SCAN, never KEYS) with TTL and size.
+    Keys {
+        /// Role whose keys to list: cache, sessions, ratelimit or jobs.
+        #[arg(long, default_value = "cache")]
+        role: String,
+        /// Glob over logical keys, e.g. `property:*`.
+        #[arg(default_value = "*")]
+        pattern: String,
+        /// Stop after this many keys.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Show a key's value, decoded (decompressed, JSON pretty-printed).
+    Get {
+        key: String,
+        #[arg(long, default_value = "cache")]
+        role: String,
+    },
+    /// Show a key's remaining time to live.
+    Ttl {
+        key: String,
+        #[arg(long, default_value = "cache")]
+        role: String,
+    },
+    /// Delete one key.
+    Del {
+        key: String,
+        #[arg(long, default_value = "cache")]
+        role: String,
+    },
+    /// Delete every cache key matching PATTERN (SCAN + UNLINK in batches).
+    Invalidate { pattern: String },
+    /// Remove all of one role's keys under our prefix.
+    Flush {
+        /// cache, sessions, ratelimit or jobs.
+        #[arg(long)]
+        role: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        /// Needed for sessions (logs everyone out) and jobs (drops queued work).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Memory, our key counts, hit ratios, evictions and eviction policy per role.
+    Info {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write, read, expire and delete a probe key in every role.
+    Check,
+}
+
+/// Logical key namespace of each role under the prefix.
+fn namespace(role: Role) -> &'static str {
+    match role {
+        Role::Cache => "cache:",
+        Role::Sessions => "session:",
+        Role::RateLimit => "rl:",
+        Role::Broker => "jobs:",
+    }
+}
+
+struct Target {
+    role: Role,
+    url: String,
+    ns: String,
+}
+
+fn targets(settings: &Settings) -> anyhow::Result<Vec<Target>> {
+    let Some(r) = &settings.redis else {
+        bail!(
+            "no Redis configured (REDIS_URL is unset): on the embedded default the cache and rate \
+             limits live inside the `serve` process and sessions and jobs in the database; set \
+             REDIS_URL to inspect Redis"
+        );
+    };
+    Ok(Role::ALL
+        .into_iter()
+        .map(|role| {
+            let url = match role {
+                Role::Cache => &r.cache,
+                Role::Sessions => &r.sessions,
+                Role::RateLimit => &r.ratelimit,
+                Role::Broker => &r.broker,
+            };
+            Target {
+                role,
+                url: url.clone(),
+                ns: format!("{}{}", settings.key_prefix, namespace(role)),
+            }
+        })
+        .collect())
+}
+
+fn target(settings: &Settings, role: &str) -> anyhow::Result<Target> {
+    let role = Role::parse(role)
+        .ok_or_else(|| anyhow::anyhow!("--role must be cache, sessions, ratelimit or jobs"))?;
+    targets(settings)?
+        .into_iter()
+        .find(|t| t.role == role)
+        .ok_or_else(|| anyhow::anyhow!("role not configured"))
+}
+
+async fn connect(t: &Target) -> anyhow::Result<MultiplexedConnection> {
+    let client = redis::Client::open(t.url.as_str()).context("invalid Redis URL")?;
+    let conn = tokio::time::timeout(
+        Duration::from_secs(3),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("timed out"))
+    .and_then(|r| r.map_err(anyhow::Error::from))
+    .with_context(|| {
+        format!(
+            "cannot reach Redis for the {} role at {}",
+            t.role.name(),
+            redact(&t.url)
+        )
+    })?;
+    Ok(conn)
+}
+
+/// Glob special characters in our prefix must not act as wildcards.
+fn escape_glob(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if "*?[]\\".contains(c) {
+                vec!['\\', c]
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+/// Scans `match_pattern` and hands each batch of keys to `f`; stops after
+/// `limit` keys. Returns how many were seen.
+async fn scan_batches<F, Fut>(
+    conn: &mut MultiplexedConnection,
+    match_pattern: &str,
+    limit: usize,
+    mut f: F,
+) -> anyhow::Result<usize>
+where
+    F: FnMut(Vec<String>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let mut cursor: u64 = 0;
+    let mut seen = 0;
+    loop {
+        let (next, mut keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(match_pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await?;
+        keys.truncate(limit - seen);
+        seen += keys.len();
+        if !keys.is_empty() {
+            f(keys).await?;
+        }
+        cursor = next;
+        if cursor == 0 || seen >= limit {
+            return Ok(seen);
+        }
+    }
+}
+
+fn progress(label: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new_spinner();
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg}: {pos} keys") {
+        pb.set_style(style);
+    }
+    pb.set_message(label.to_owned());
+    pb
+}
+
+/// Deletes every key matching `pattern` under a target's namespace.
+async fn delete_matching(t: &Target, pattern: &str, label: &str) -> anyhow::Result<usize> {
+    let mut conn = connect(t).await?;
+    let mut deleter = conn.clone();
+    let pb = progress(label);
+    let full = format!("{}{}", escape_glob(&t.ns), pattern);
+    let pb2 = pb.clone();
+    let n = scan_batches(&mut conn, &full, usize::MAX, |keys| {
+        let mut c = deleter.clone();
+        let pb = pb2.clone();
+        async move {
+            let n = keys.len() as u64;
+            let _: i64 = redis::cmd("UNLINK").arg(&keys).query_async(&mut c).await?;
+            pb.inc(n);
+            Ok(())
+        }
+    })
+    .await?;
+    pb.finish_and_clear();
+    let _ = &mut deleter;
+    Ok(n)
+}
+
+fn decode(raw: &[u8]) -> String {
+    let pretty = |b: &[u8]| {
+        serde_json::from_slice::<Value>(b)
+            .ok()
+            .and_then(|v| serde_json::to_string_pretty(&v).ok())
+    };
+    if let Some(p) = pretty(raw) {
+        return p;
+    }
+    // Our cache codec: one header byte (0 raw, 1 lz4 with size prefix).
+    match raw.split_first() {
+        Some((0, rest)) if pretty(rest).is_some() => return pretty(rest).unwrap_or_default(),
+        Some((1, rest)) => {
+            if let Ok(d) = lz4_flex::decompress_size_prepended(rest) {
+                return pretty(&d).unwrap_or_else(|| String::from_utf8_lossy(&d).into_owned());
+            }
+        }
+        _ => {}
+    }
+    String::from_utf8_lossy(raw).into_owned()
+}
+
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        bail!("refusing without confirmation: pass --yes in scripts");
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
+    match args.command {
+        CacheCommand::Ping => {
+            let mut failed = 0;
+            for t in targets(&settings)? {
+                let started = Instant::now();
+                let res = async {
+                    let mut c = connect(&t).await?;
+                    let pong: String = redis::cmd("PING").query_async(&mut c).await?;
+                    anyhow::Ok(pong)
+                }
+                .await;
+                match res {
+                    Ok(_) => println!(
+                        "{:<10} ok    {:>8.2} ms  {}",
+                        t.role.name(),
+                        started.elapsed().as_secs_f64() * 1000.0,
+                        redact(&t.url)
+                    ),
+                    Err(e) => {
+                        failed += 1;
+                        println!("{:<10} DOWN  {e:#}", t.role.name());
+                    }
+                }
+            }
+            if failed > 0 {
+                bail!("{failed} role(s) unreachable");
+            }
+        }
+        CacheCommand::Keys {
+            role,
+            pattern,
+            limit,
+        } => {
+            let t = target(&settings, &role)?;
+            let mut conn = connect(&t).await?;
+            let reader = conn.clone();
+            let full = format!("{}{}", escape_glob(&t.ns), pattern);
+            let ns_len = t.ns.len();
+            let n = scan_batches(&mut conn, &full, limit, |keys| {
+                let mut c = reader.clone();
+                async move {
+                    let mut pipe = redis::pipe();
+                    for k in &keys {
+                        pipe.cmd("PTTL").arg(k).cmd("MEMORY").arg("USAGE").arg(k);
+                    }
+                    let info: Vec<Option<i64>> = pipe.query_async(&mut c).await?;
+                    for (k, pair) in keys.iter().zip(info.chunks(2)) {
+                        let ttl = match pair.first().copied().flatten() {
+                            Some(ms) if ms >= 0 => format!("{:.1}s", ms as f64 / 1000.0),
+                            _ => "none".to_owned(),
+                        };
+                        let size = pair.get(1).copied().flatten().unwrap_or(0);
+                        println!("{}\tttl={ttl}\tbytes={size}", &k[ns_len.min(k.len())..]);
+                    }
+                    Ok(())
+                }
+            })
+            .await?;
+            eprintln!("{n} key(s)");
+        }
+        CacheCommand::Get { key, role } => {
+            let t = target(&settings, &role)?;
+            let mut c = connect(&t).await?;
+            let full = format!("{}{}", t.ns, key);
+            let kind: String = redis::cmd("TYPE").arg(&full).query_async(&mut c).await?;
+            match kind.as_str() {
+                "none" => bail!("no such key: {key}"),
+                "string" => {
+                    let raw: Vec<u8> = redis::cmd("GET").arg(&full).query_async(&mut c).await?;
+                    println!("{}", decode(&raw));
+                }
+                "hash" => {
+                    let h: Vec<(String, String)> =
+                        redis::cmd("HGETALL").arg(&full).query_async(&mut c).await?;
+                    let map: serde_json::Map<String, Value> =
+                        h.into_iter().map(|(k, v)| (k, Value::from(v))).collect();
+                    println!("{}", serde_json::to_string_pretty(&map)?);
+                }
+                other => println!("({other}: use redis-cli for this type)"),
+            }
+        }
+        CacheCommand::Ttl { key, role } => {
+            let t = target(&settings, &role)?;
+            let mut c = connect(&t).await?;
+            let ms: i64 = redis::cmd("PTTL")
+                .arg(format!("{}{}", t.ns, key))
+                .query_async(&mut c)
+                .await?;
+            match ms {
+                -2 => bail!("no such key: {key}"),
+                -1 => println!("no expiry"),
+                ms => println!("{:.3}s", ms as f64 / 1000.0),
+            }
+        }
+        CacheCommand::Del { key, role } => {
+            let t = target(&settings, &role)?;
+            let mut c = connect(&t).await?;
+            let n: i64 = redis::cmd("UNLINK")
+                .arg(format!("{}{}", t.ns, key))
+                .query_async(&mut c)
+                .await?;
+            println!("{n} key(s) removed");
+        }
+        CacheCommand::Invalidate { pattern } => {
+            let t = target(&settings, "cache")?;
+            let n = delete_matching(&t, &pattern, "invalidating").await?;
+            println!("{n} key(s) removed");
+        }
+        CacheCommand::Flush { role, yes, force } => {
+            let t = target(&settings, &role)?;
+            if matches!(t.role, Role::Sessions | Role::Broker) && !force {
+                bail!(
+                    "flushing {} {}: pass --force if you mean it",
+                    t.role.name(),
+                    if t.role == Role::Sessions {
+                        "logs every user out"
+                    } else {
+                        "drops queued and running jobs"
+                    }
+                );
+            }
+            if !yes && !confirm(&format!("Remove every key under {}* ?", t.ns))? {
+                bail!("aborted");
+            }
+            let n = delete_matching(&t, "*", "flushing").await?;
+            println!("{n} key(s) removed from the {} role", t.role.name());
+        }
+        CacheCommand::Info { json: as_json } => {
+            let mut report = Vec::new();
+            for t in targets(&settings)? {
+                report.push(
+                    role_info(&t).await.unwrap_or_else(
+                        |e| json!({"role": t.role.name(), "error": format!("{e:#}")}),
+                    ),
+                );
+            }
+            if as_json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for r in &report {
+                    println!("{}", r["role"].as_str().unwrap_or("?"));
+                    if let Some(obj) = r.as_object() {
+                        for (k, v) in obj.iter().filter(|(k, _)| *k != "role") {
+                            println!("  {k:<22} {v}");
+                        }
+                    }
+                }
+            }
+        }
+        CacheCommand::Check => {
+            let mut failed = 0;
+            for t in targets(&settings)? {
+                match check_role(&t).await {
+                    Ok(steps) => println!("{:<10} ok    {}", t.role.name(), steps.join(", ")),
+                    Err(e) => {
+                        failed += 1;
+                        println!("{:<10} FAIL  {e:#}", t.role.name());
+                    }
+                }
+            }
+            if failed > 0 {
+                bail!("cache check failed for {failed} role(s)");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn info_field(info: &str, name: &str) -> Option<String> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
+        .map(|v| v.trim().to_owned())
+}
+
+async fn role_info(t: &Target) -> anyhow::Result<Value> {
+    let mut c = connect(t).await?;
+    let memory: String = redis::cmd("INFO").arg("memory").query_async(&mut c).await?;
+    let stats: String = redis::cmd("INFO").arg("stats").query_async(&mut c).await?;
+    let policy: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(&mut c)
+        .await
+        .unwrap_or_default();
+    let policy = policy.get(1).cloned().unwrap_or_else(|| "unknown".into());
+    let mut scanner = c.clone();
+    let ours = scan_batches(
+        &mut scanner,
+        &format!("{}*", escape_glob(&t.ns)),
+        usize::MAX,
+        |_| async { Ok(()) },
+    )
+    .await?;
+    let num = |s: &str, f: &str| {
+        info_field(s, f)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let (hits, misses) = (num(&stats, "keyspace_hits"), num(&stats, "keyspace_misses"));
+    let mut v = json!({
+        "role": t.role.name(),
+        "used_memory": info_field(&memory, "used_memory_human"),
+        "keys_under_prefix": ours,
+        "redis_keyspace_hit_ratio": if hits + misses > 0.0 { Some(hits / (hits + misses)) } else { None },
+        "evicted_keys": num(&stats, "evicted_keys"),
+        "maxmemory_policy": policy,
+    });
+    if t.role != Role::Cache && policy != "noeviction" {
+        v["warning"] = json!("this role's keys can be evicted: use maxmemory-policy noeviction");
+    }
+    Ok(v)
+}
+
+async fn check_role(t: &Target) -> anyhow::Result<Vec<String>> {
+    let mut c = connect(t).await?;
+    let key = format!("{}check:{}", t.ns, uuid::Uuid::new_v4().simple());
+    let mut steps = Vec::new();
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("probe")
+        .arg("PX")
+        .arg(10_000)
+        .query_async(&mut c)
+        .await?;
+    steps.push("write");
+    let got: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut c).await?;
+    anyhow::ensure!(
+        got.as_deref() == Some("probe"),
+        "read back {got:?} instead of the probe"
+    );
+    steps.push("read");
+    let _: i64 = redis::cmd("PEXPIRE")
+        .arg(&key)
+        .arg(50)
+        .query_async(&mut c)
+        .await?;
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let exists: i64 = redis::cmd("EXISTS").arg(&key).query_async(&mut c).await?;
+    anyhow::ensure!(exists == 0, "the probe did not expire");
+    steps.push("expire");
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("probe")
+        .arg("PX")
+        .arg(10_000)
+        .query_async(&mut c)
+        .await?;
+    let removed: i64 = redis::cmd("UNLINK").arg(&key).query_async(&mut c).await?;
+    anyhow::ensure!(removed == 1, "the probe could not be deleted");
+    steps.push("invalidate");
+    Ok(steps.into_iter().map(str::to_owned).collect())
+}
