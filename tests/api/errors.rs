@@ -129,18 +129,67 @@ async fn booking_attempts_are_limited() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Parses Prometheus text: every sample line is `name{labels} value`.
+fn samples(text: &str) -> anyhow::Result<Vec<(String, f64)>> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (series, value) = l
+                .rsplit_once(' ')
+                .ok_or_else(|| anyhow::anyhow!("bad line {l}"))?;
+            Ok((series.to_owned(), value.parse::<f64>()?))
+        })
+        .collect()
+}
+
+fn value(samples: &[(String, f64)], name: &str, labels: &[&str]) -> f64 {
+    samples
+        .iter()
+        .filter(|(s, _)| s.starts_with(name) && labels.iter().all(|l| s.contains(l)))
+        .map(|(_, v)| v)
+        .sum()
+}
+
 #[tokio::test]
 async fn health_and_metrics() -> anyhow::Result<()> {
     let app = spawn_app(TestDb::Sqlite).await?;
     let r = app.get("/health").await?;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await?;
-    assert_eq!(v["status"], "ok");
-    assert_eq!(v["database"], "ok");
-    assert_eq!(v["cache"], "ok");
-    app.get("/api/v1/properties").await?;
+    for part in [
+        "status",
+        "database",
+        "cache",
+        "sessions",
+        "ratelimit",
+        "jobs",
+    ] {
+        assert_eq!(v[part], "ok", "{part}: {v}");
+    }
+    app.get("/api/v1/properties/featured").await?;
+    let labels = ["route=\"/api/v1/properties/featured\"", "status=\"200\""];
+    let before = samples(&app.get("/metrics").await?.text().await?)?;
+    for _ in 0..3 {
+        app.get("/api/v1/properties/featured").await?;
+    }
     let text = app.get("/metrics").await?.text().await?;
-    assert!(text.contains("http_requests_total"), "{text}");
-    assert!(text.contains("route=\"/api/v1/properties\""), "{text}");
+    let after = samples(&text)?;
+    // The metrics recorder is process-wide and tests run in parallel: other
+    // tests may add to the same series, never subtract.
+    assert!(
+        value(&after, "http_requests_total", &labels)
+            >= value(&before, "http_requests_total", &labels) + 3.0
+    );
+    assert!(value(&after, "http_request_duration_seconds_count", &labels) >= 4.0);
+    assert!(
+        value(
+            &after,
+            "cache_requests_total",
+            &["family=\"featured\"", "outcome=\"hit\""]
+        ) >= 3.0,
+        "{text}"
+    );
+    assert!(value(&after, "ratelimit_decisions_total", &["scope=\"anon\""]) >= 4.0);
+    assert!(text.contains("jobs_queue_depth"), "{text}");
     Ok(())
 }

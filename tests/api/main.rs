@@ -4,6 +4,7 @@
 mod helpers;
 
 mod auth;
+mod cli_cache;
 mod bookings;
 mod errors;
 mod properties;
