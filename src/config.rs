@@ -405,6 +405,27 @@ mod tests {
     }
 
     #[test]
+    fn a_toml_file_overrides_defaults() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("stayafrica.toml");
+        std::fs::write(
+            &path,
+            "throttle_anon = \"7/minute\"\nkey_prefix = \"sa2:\"\n",
+        )?;
+        let s = Settings::load(Some(&path))?;
+        assert_eq!(s.throttles.anon, Rate::new(7, Duration::from_secs(60)));
+        assert_eq!(s.key_prefix, "sa2:");
+        std::fs::write(&path, "throttle_anonymous = \"7/minute\"\n")?;
+        let err = Settings::load(Some(&path))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("throttle_anonymous"), "{err}");
+        assert!(Settings::load(Some(&dir.path().join("missing.toml"))).is_err());
+        Ok(())
+    }
+
+    #[test]
     fn bad_values_name_the_variable() {
         let raw = RawSettings {
             throttle_anon: "lots".into(),

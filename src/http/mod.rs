@@ -43,6 +43,7 @@ pub fn router(state: AppState) -> Router {
         .merge(bookings::router())
         .merge(dashboard::router())
         .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

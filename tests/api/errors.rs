@@ -39,6 +39,10 @@ async fn error_bodies_and_limits() -> anyhow::Result<()> {
     assert_eq!(r.status(), 404);
     assert!(r.headers().contains_key("x-request-id"));
     assert_eq!(error_code(r).await?, "not_found");
+    // Wrong method on a known route -> 405 with the error body.
+    let r = app.client.put(app.url("/api/v1/properties")).send().await?;
+    assert_eq!(r.status(), 405);
+    assert_eq!(error_code(r).await?, "method_not_allowed");
     // A given request id is echoed.
     let r = app
         .client
