@@ -32,25 +32,60 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSettings {
+    #[serde(deserialize_with = "string_like")]
     bind: String,
+    #[serde(deserialize_with = "string_like")]
     database_url: String,
     redis_url: Option<String>,
     redis_cache_url: Option<String>,
     redis_sessions_url: Option<String>,
     redis_ratelimit_url: Option<String>,
     redis_broker_url: Option<String>,
+    #[serde(deserialize_with = "string_like")]
     key_prefix: String,
+    #[serde(deserialize_with = "string_like")]
     throttle_anon: String,
+    #[serde(deserialize_with = "string_like")]
     throttle_user: String,
+    #[serde(deserialize_with = "string_like")]
     throttle_booking: String,
+    #[serde(deserialize_with = "string_like")]
     throttle_otp: String,
+    #[serde(deserialize_with = "string_like")]
     throttle_login: String,
+    #[serde(deserialize_with = "string_like")]
     email: String,
+    #[serde(deserialize_with = "string_like")]
     session_ttl_secs: String,
+    #[serde(deserialize_with = "string_like")]
     cookie_secure: String,
+    #[serde(deserialize_with = "string_like")]
     trusted_proxies: String,
+    #[serde(deserialize_with = "string_like")]
     view_flush_secs: String,
+    #[serde(deserialize_with = "string_like")]
     otp_ttl_secs: String,
+}
+
+/// Environment values such as `60` or `true` arrive typed; every raw
+/// setting is read as text and validated by [`Settings::validate`].
+fn string_like<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        S(String),
+        I(i64),
+        U(u64),
+        F(f64),
+        B(bool),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::S(s) => s,
+        Raw::I(n) => n.to_string(),
+        Raw::U(n) => n.to_string(),
+        Raw::F(n) => n.to_string(),
+        Raw::B(b) => b.to_string(),
+    })
 }
 
 impl Default for RawSettings {
@@ -415,6 +450,10 @@ mod tests {
         let s = Settings::load(Some(&path))?;
         assert_eq!(s.throttles.anon, Rate::new(7, Duration::from_secs(60)));
         assert_eq!(s.key_prefix, "sa2:");
+        std::fs::write(&path, "view_flush_secs = 5\ncookie_secure = true\n")?;
+        let s = Settings::load(Some(&path))?;
+        assert_eq!(s.view_flush_interval, Duration::from_secs(5));
+        assert!(s.cookie_secure);
         std::fs::write(&path, "throttle_anonymous = \"7/minute\"\n")?;
         let err = Settings::load(Some(&path))
             .err()

@@ -103,13 +103,14 @@ fn redis_cache_store(_role: RedisRole, _keys: &Keys) -> anyhow::Result<Arc<dyn C
 }
 
 /// The Redis rate limiter (issue: rate limiting on Redis).
-fn redis_limiter(_role: RedisRole, _keys: &Keys) -> anyhow::Result<Arc<dyn LimiterBackend>> {
-    anyhow::bail!("REDIS_URL: the Redis rate limiter is not part of this build yet")
+fn redis_limiter(role: RedisRole, _keys: &Keys) -> anyhow::Result<Arc<dyn LimiterBackend>> {
+    // The limiter receives keys already built by `RateLimiter` from `keys`.
+    Ok(Arc::new(crate::ratelimit::redis::RedisLimiter::new(role)))
 }
 
 /// The Redis session store (issue: sessions on Redis).
-fn redis_sessions(_role: RedisRole, _keys: &Keys) -> anyhow::Result<Arc<dyn SessionStore>> {
-    anyhow::bail!("REDIS_URL: the Redis session store is not part of this build yet")
+fn redis_sessions(role: RedisRole, keys: &Keys) -> anyhow::Result<Arc<dyn SessionStore>> {
+    Ok(Arc::new(crate::sessions::redis::RedisSessionStore::new(role, keys.clone())))
 }
 
 /// The Redis job queue (issue: background jobs on Redis).

@@ -10,3 +10,5 @@ mod errors;
 mod properties;
 mod restart;
 mod seed_import;
+mod limiter_suite;
+mod session_suite;

@@ -1,0 +1,16 @@
+-- Ends every session of one user atomically: no session of theirs can be
+-- loaded once this returns, and none is half deleted.
+--
+-- KEYS[1]  the user's index, a set of id hashes (`{prefix}session:user:{id}`)
+-- ARGV[1]  the session key prefix (`{prefix}session:`): member `h` names the
+--          session key ARGV[1] .. h (Keys::session builds the same string)
+--
+-- Returns how many live sessions were ended (index members whose session
+-- had already expired or been logged out do not count).
+
+local ended = 0
+for _, h in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+    ended = ended + redis.call('DEL', ARGV[1] .. h)
+end
+redis.call('DEL', KEYS[1])
+return ended
