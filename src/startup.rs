@@ -54,16 +54,23 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<Jo
             cache_store: redis_cache_store(
                 RedisRole::connect(Role::Cache, &r.cache).await?,
                 &keys,
+                &db,
             )?,
             limiter_backend: redis_limiter(
                 RedisRole::connect(Role::RateLimit, &r.ratelimit).await?,
                 &keys,
+                &db,
             )?,
             sessions: redis_sessions(
                 RedisRole::connect(Role::Sessions, &r.sessions).await?,
                 &keys,
+                &db,
             )?,
-            queue: redis_queue(RedisRole::connect(Role::Broker, &r.broker).await?, &keys)?,
+            queue: redis_queue(
+                RedisRole::connect(Role::Broker, &r.broker).await?,
+                &keys,
+                &db,
+            )?,
         },
     };
     let cache = Cache::new(cache_store, keys.clone());
@@ -97,25 +104,43 @@ struct Backends {
     queue: Arc<dyn QueueBackend>,
 }
 
+// The four constructors below pick each role's Redis backend. Until a
+// role's Redis backend exists, it falls back to the in-process one with a
+// warning (TEMPORARY: removed as each Redis backend lands).
+
 /// The Redis cache store (issue: cache role on Redis).
-fn redis_cache_store(_role: RedisRole, _keys: &Keys) -> anyhow::Result<Arc<dyn CacheStore>> {
-    anyhow::bail!("REDIS_URL: the Redis cache store is not part of this build yet")
+fn redis_cache_store(
+    role: RedisRole,
+    keys: &Keys,
+    _db: &Db,
+) -> anyhow::Result<Arc<dyn CacheStore>> {
+    Ok(Arc::new(crate::cache::redis::RedisStore::new(
+        role,
+        keys.clone(),
+    )))
 }
 
 /// The Redis rate limiter (issue: rate limiting on Redis).
-fn redis_limiter(role: RedisRole, _keys: &Keys) -> anyhow::Result<Arc<dyn LimiterBackend>> {
+fn redis_limiter(
+    role: RedisRole,
+    _keys: &Keys,
+    _db: &Db,
+) -> anyhow::Result<Arc<dyn LimiterBackend>> {
     // The limiter receives keys already built by `RateLimiter` from `keys`.
     Ok(Arc::new(crate::ratelimit::redis::RedisLimiter::new(role)))
 }
 
 /// The Redis session store (issue: sessions on Redis).
-fn redis_sessions(role: RedisRole, keys: &Keys) -> anyhow::Result<Arc<dyn SessionStore>> {
-    Ok(Arc::new(crate::sessions::redis::RedisSessionStore::new(role, keys.clone())))
+fn redis_sessions(role: RedisRole, keys: &Keys, _db: &Db) -> anyhow::Result<Arc<dyn SessionStore>> {
+    Ok(Arc::new(crate::sessions::redis::RedisSessionStore::new(
+        role,
+        keys.clone(),
+    )))
 }
 
 /// The Redis job queue (issue: background jobs on Redis).
-fn redis_queue(_role: RedisRole, _keys: &Keys) -> anyhow::Result<Arc<dyn QueueBackend>> {
-    anyhow::bail!("REDIS_URL: the Redis job queue is not part of this build yet")
+fn redis_queue(role: RedisRole, keys: &Keys, _db: &Db) -> anyhow::Result<Arc<dyn QueueBackend>> {
+    Ok(Arc::new(crate::jobs::redis::RedisQueue::new(role, keys)))
 }
 
 /// How `serve` runs workers.

@@ -9,11 +9,19 @@
 //!
 //! The cache is an optimisation: when the store fails, reads are misses,
 //! writes are skipped and callers compute from the database.
+//!
+//! Parts: [`store::CacheStore`] (the backend trait), [`memory`] (in-process
+//! store of the embedded default), [`redis`] (the Redis store, one round
+//! trip per cached read), [`codec`] (the byte format both stores hold:
+//! header byte, LZ4 above a threshold), and [`Cache`], the facade: metrics,
+//! encoding, single flight in a process and across processes.
 
+pub mod codec;
 pub mod memory;
+pub mod redis;
 pub mod store;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,23 +32,51 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use crate::domain::Email;
-use crate::kv::keys::Keys;
+use crate::kv::keys::{KeyTemplate, Keys};
 pub use store::{CacheStore, OtpOutcome, ViewBatch};
 
 /// Namespace of everything derived from properties (lists, featured, details).
 pub const PROPERTIES_NS: &str = "properties";
 
-/// The cache facade the service uses.
+/// How long a cross-process compute lock lives if its holder never releases
+/// it (crashed): longer than any computation should take.
+const LOCK_TTL: Duration = Duration::from_secs(5);
+/// How long a caller waits for another process's computation before it
+/// computes the value itself: a bound, so nobody waits on a slow or dead
+/// holder for long.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+/// Pause between two looks at a value another process is computing.
+const LOCK_POLL: Duration = Duration::from_millis(20);
+
+/// The cache facade the service uses: encoding ([`codec`]), metrics
+/// (`cache_requests_total{family,outcome}`, `cache_latency_seconds{family}`),
+/// single flight, and the rule that a failing store is a miss.
 #[derive(Clone)]
 pub struct Cache {
     store: Arc<dyn CacheStore>,
     keys: Keys,
     flights: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Generation counters whose bump failed (store unreachable) and is
+    /// being retried: until it succeeds this process bypasses the cache for
+    /// them, so it never serves what its own write made stale.
+    unbumped: Arc<Mutex<HashSet<String>>>,
 }
 
 fn record(family: &'static str, outcome: &'static str) {
     metrics::counter!("cache_requests_total", "family" => family, "outcome" => outcome)
         .increment(1);
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The outcome of waiting for other processes computing a key.
+enum Turn {
+    /// Someone else stored the value meanwhile.
+    Filled(Bytes),
+    /// Compute it; holding the lock `(key, token)` if one was taken.
+    Compute(Option<(String, String)>),
 }
 
 impl Cache {
@@ -49,6 +85,7 @@ impl Cache {
             store,
             keys,
             flights: Arc::default(),
+            unbumped: Arc::default(),
         }
     }
 
@@ -60,10 +97,21 @@ impl Cache {
         &self.store
     }
 
-    /// Stored bytes of `key`, or `None` on a miss or a store failure.
-    pub async fn get_bytes(&self, family: &'static str, key: &str) -> Option<Bytes> {
-        let started = Instant::now();
-        let res = self.store.get(key).await;
+    /// The decoded value of `key`, without metrics.
+    async fn fetch(&self, key: &str) -> anyhow::Result<Option<Bytes>> {
+        match self.store.get(key).await? {
+            Some(stored) => Ok(Some(codec::decode(stored)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Records the outcome and latency of one read of `family`.
+    fn observe(
+        &self,
+        family: &'static str,
+        started: Instant,
+        res: anyhow::Result<Option<Bytes>>,
+    ) -> Option<Bytes> {
         metrics::histogram!("cache_latency_seconds", "family" => family)
             .record(started.elapsed().as_secs_f64());
         match res {
@@ -83,9 +131,17 @@ impl Cache {
         }
     }
 
-    /// Stores bytes; a failure is logged and otherwise ignored.
+    /// Stored bytes of `key`, or `None` on a miss or a store failure.
+    pub async fn get_bytes(&self, family: &'static str, key: &str) -> Option<Bytes> {
+        let started = Instant::now();
+        let res = self.fetch(key).await;
+        self.observe(family, started, res)
+    }
+
+    /// Stores bytes (compressed when large); a failure is logged and
+    /// otherwise ignored.
     pub async fn set_bytes(&self, family: &'static str, key: &str, value: Bytes, ttl: Duration) {
-        if let Err(e) = self.store.set(key, value, ttl).await {
+        if let Err(e) = self.store.set(key, codec::encode(&value), ttl).await {
             record(family, "error");
             tracing::warn!(family, error = format!("{e:#}"), "cache write failed");
         }
@@ -94,7 +150,11 @@ impl Cache {
     /// The generation of a namespace, or `None` when the store cannot say
     /// (then the caller must not use the cache for this request).
     pub async fn generation(&self, ns: &str) -> Option<u64> {
-        match self.store.generation(&self.keys.generation(ns)).await {
+        let key = self.keys.generation(ns);
+        if lock(&self.unbumped).contains(&key) {
+            return None;
+        }
+        match self.store.generation(&key).await {
             Ok(g) => Some(g),
             Err(e) => {
                 record("generation", "error");
@@ -104,17 +164,49 @@ impl Cache {
         }
     }
 
-    /// Makes every cached entry of a namespace stale, in O(1).
+    /// Makes every cached entry of a namespace stale, in O(1). If the store
+    /// cannot be reached, the bump is retried in the background until it
+    /// succeeds, and meanwhile this process does not use the namespace's
+    /// cache (other processes cannot reach the store either, or will see the
+    /// bump when it lands).
     pub async fn invalidate(&self, ns: &str) {
-        if let Err(e) = self.store.bump(&self.keys.generation(ns)).await {
+        let key = self.keys.generation(ns);
+        if let Err(e) = self.store.bump(&key).await {
             record("generation", "error");
-            tracing::error!(ns, error = format!("{e:#}"), "cache invalidation failed");
+            tracing::error!(
+                ns,
+                error = format!("{e:#}"),
+                "cache invalidation failed; retrying"
+            );
+            if lock(&self.unbumped).insert(key.clone()) {
+                let (store, unbumped) = (self.store.clone(), self.unbumped.clone());
+                tokio::spawn(async move {
+                    let mut pause = Duration::from_millis(100);
+                    loop {
+                        tokio::time::sleep(pause).await;
+                        if store.bump(&key).await.is_ok() {
+                            lock(&unbumped).remove(&key);
+                            tracing::info!("delayed cache invalidation done");
+                            return;
+                        }
+                        pause = (pause * 2).min(Duration::from_secs(5));
+                    }
+                });
+            }
         }
     }
 
+    /// Deletes every cache entry whose logical key matches the glob
+    /// `pattern` (e.g. `property:*`), with SCAN + UNLINK in batches on Redis:
+    /// the guide's `invalidate_cache_pattern`, for operators. The request
+    /// path invalidates with [`Self::invalidate`] instead, in O(1).
+    pub async fn invalidate_pattern(&self, pattern: &str) -> anyhow::Result<u64> {
+        self.store.delete_pattern(&self.keys.cache(pattern)).await
+    }
+
     /// Cache-aside: the cached value of `key`, or `compute()` stored for
-    /// `ttl`. Concurrent callers for one key in this process wait for the
-    /// one computation instead of repeating it.
+    /// `ttl`. Concurrent callers for one key wait for the one computation
+    /// instead of repeating it, in this process and across processes.
     pub async fn get_or_compute<T, F, Fut>(
         &self,
         family: &'static str,
@@ -127,19 +219,12 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = anyhow::Result<T>>,
     {
+        let mut slot = Some(compute);
         let mut computed = None;
         let bytes = self
-            .get_or_compute_bytes(family, key, ttl, || async {
-                let value = compute().await?;
-                let bytes = Bytes::from(serde_json::to_vec(&value)?);
-                computed = Some(value);
-                Ok(bytes)
-            })
+            .get_or_compute_bytes(family, key, ttl, || to_bytes(slot.take(), &mut computed))
             .await?;
-        match computed {
-            Some(v) => Ok(v),
-            None => Ok(serde_json::from_slice(&bytes)?),
-        }
+        from_bytes(family, bytes, computed, slot).await
     }
 
     /// [`Self::get_or_compute`] for values that are already bytes (whole
@@ -158,26 +243,153 @@ impl Cache {
         if let Some(v) = self.get_bytes(family, key).await {
             return Ok(v);
         }
-        let flight = {
-            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
-            flights.entry(key.to_owned()).or_default().clone()
+        self.fill(family, key, ttl, compute).await
+    }
+
+    /// [`Self::get_or_compute`] for a key embedding namespace generations:
+    /// the generations and the entry are read together, in one round trip on
+    /// Redis (the hot path of every cached GET).
+    pub async fn get_or_compute_in<T, F, Fut>(
+        &self,
+        family: &'static str,
+        template: &KeyTemplate,
+        ttl: Duration,
+        compute: F,
+    ) -> anyhow::Result<T>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = anyhow::Result<T>>,
+    {
+        let mut slot = Some(compute);
+        let mut computed = None;
+        let bytes = self
+            .get_or_compute_bytes_in(family, template, ttl, || {
+                to_bytes(slot.take(), &mut computed)
+            })
+            .await?;
+        from_bytes(family, bytes, computed, slot).await
+    }
+
+    /// [`Self::get_or_compute_bytes`] for a key embedding namespace
+    /// generations (see [`Self::get_or_compute_in`]).
+    pub async fn get_or_compute_bytes_in<F, Fut>(
+        &self,
+        family: &'static str,
+        template: &KeyTemplate,
+        ttl: Duration,
+        compute: F,
+    ) -> anyhow::Result<Bytes>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = anyhow::Result<Bytes>>,
+    {
+        let bypass = {
+            let unbumped = lock(&self.unbumped);
+            template
+                .generation_keys()
+                .iter()
+                .any(|k| unbumped.contains(k))
         };
+        if bypass {
+            return compute().await;
+        }
+        let started = Instant::now();
+        let (generations, res) = match self.store.lookup(template).await {
+            Ok((g, Some(stored))) => (Some(g), codec::decode(stored).map(Some)),
+            Ok((g, None)) => (Some(g), Ok(None)),
+            Err(e) => (None, Err(e)),
+        };
+        if let Some(v) = self.observe(family, started, res) {
+            return Ok(v);
+        }
+        match generations {
+            Some(g) => self.fill(family, &template.render(&g), ttl, compute).await,
+            None => compute().await,
+        }
+    }
+
+    /// The miss path: one computation of `key` at a time in this process
+    /// (a per-key async mutex) and across processes (a compute lock in the
+    /// store); whoever waited reads the value the computation stored.
+    async fn fill<F, Fut>(
+        &self,
+        family: &'static str,
+        key: &str,
+        ttl: Duration,
+        compute: F,
+    ) -> anyhow::Result<Bytes>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = anyhow::Result<Bytes>>,
+    {
+        let flight = lock(&self.flights)
+            .entry(key.to_owned())
+            .or_default()
+            .clone();
         let result = async {
             let _turn = flight.lock().await;
             // Whoever held the turn before us may have filled the key.
-            if let Some(v) = self.get_bytes(family, key).await {
+            if let Ok(Some(v)) = self.fetch(key).await {
                 return Ok(v);
             }
-            let value = compute().await?;
-            self.set_bytes(family, key, value.clone(), ttl).await;
-            Ok(value)
+            let held = match self.cross_process_turn(key).await {
+                Turn::Filled(v) => return Ok(v),
+                Turn::Compute(held) => held,
+            };
+            let value = compute().await;
+            if let Ok(v) = &value {
+                self.set_bytes(family, key, v.clone(), ttl).await;
+            }
+            if let Some((lock_key, token)) = held
+                && let Err(e) = self.store.unlock(&lock_key, &token).await
+            {
+                tracing::debug!(error = format!("{e:#}"), "compute lock not released");
+            }
+            value
         }
         .await;
-        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        let mut flights = lock(&self.flights);
         if Arc::strong_count(&flight) <= 2 {
             flights.remove(key);
         }
         result
+    }
+
+    /// Takes the cross-process compute lock of `key`, or waits (bounded by
+    /// [`LOCK_WAIT`]) for the process holding it to store the value. If the
+    /// holder vanishes without storing it, the lock frees and we take it;
+    /// if the wait runs out or the store fails, we compute without it:
+    /// nobody is ever left without an answer.
+    async fn cross_process_turn(&self, key: &str) -> Turn {
+        let lock_key = self.keys.compute_lock(key);
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let deadline = Instant::now() + LOCK_WAIT;
+        loop {
+            match self.store.try_lock(&lock_key, &token, LOCK_TTL).await {
+                Ok(true) => {
+                    // The previous holder may have stored the value and
+                    // released the lock since we last looked.
+                    if let Ok(Some(v)) = self.fetch(key).await {
+                        let _ = self.store.unlock(&lock_key, &token).await;
+                        return Turn::Filled(v);
+                    }
+                    return Turn::Compute(Some((lock_key, token)));
+                }
+                Ok(false) => {}
+                Err(_) => return Turn::Compute(None),
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!("gave up waiting for another process to fill a cache key");
+                return Turn::Compute(None);
+            }
+            tokio::time::sleep(LOCK_POLL).await;
+            match self.fetch(key).await {
+                Ok(Some(v)) => return Turn::Filled(v),
+                Ok(None) => {}
+                Err(_) => return Turn::Compute(None),
+            }
+        }
     }
 
     /// Stores a fresh one-time code for `email` (hashed), replacing any
@@ -199,6 +411,50 @@ impl Cache {
         self.store
             .otp_attempt(&key, &otp_hash(&key, code), max_attempts)
             .await
+    }
+}
+
+/// Runs the typed computation (once) and keeps its value, so that the
+/// caller that computed does not deserialize what it just serialized.
+async fn to_bytes<T, F, Fut>(compute: Option<F>, computed: &mut Option<T>) -> anyhow::Result<Bytes>
+where
+    T: Serialize,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let compute = compute.ok_or_else(|| anyhow::anyhow!("cache computation called twice"))?;
+    let value = compute().await?;
+    let bytes = Bytes::from(serde_json::to_vec(&value)?);
+    *computed = Some(value);
+    Ok(bytes)
+}
+
+/// The typed value: the one computed, or the cached one deserialized. An
+/// entry that no longer deserializes (written by another version of the
+/// service) is counted as an error and the value computed afresh.
+async fn from_bytes<T, F, Fut>(
+    family: &'static str,
+    bytes: Bytes,
+    computed: Option<T>,
+    compute: Option<F>,
+) -> anyhow::Result<T>
+where
+    T: DeserializeOwned,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    if let Some(v) = computed {
+        return Ok(v);
+    }
+    match serde_json::from_slice(&bytes) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            record(family, "error");
+            tracing::warn!(family, error = %e, "cached value does not deserialize; computing");
+            let compute =
+                compute.ok_or_else(|| anyhow::anyhow!("cached value does not deserialize: {e}"))?;
+            compute().await
+        }
     }
 }
 

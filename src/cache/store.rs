@@ -7,6 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::kv::keys::KeyTemplate;
+
 /// The outcome of one try at a one-time code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OtpOutcome {
@@ -44,6 +46,28 @@ pub trait CacheStore: Send + Sync + 'static {
     /// Bumps a namespace generation, making every key built on the old one
     /// unreachable at once.
     async fn bump(&self, key: &str) -> anyhow::Result<u64>;
+
+    /// The generations `template` embeds and the entry stored under the key
+    /// they render to. A store that can should do this in one round trip
+    /// (Redis: one script); the default takes one call per generation plus
+    /// one for the entry.
+    async fn lookup(&self, template: &KeyTemplate) -> anyhow::Result<(Vec<u64>, Option<Bytes>)> {
+        let mut generations = Vec::with_capacity(template.generation_keys().len());
+        for key in template.generation_keys() {
+            generations.push(self.generation(key).await?);
+        }
+        let value = self.get(&template.render(&generations)).await?;
+        Ok((generations, value))
+    }
+
+    /// Takes the cross-process compute lock `key` for `ttl` if nobody holds
+    /// it; `token` identifies the holder for [`Self::unlock`]. A store that
+    /// lives inside one process returns `true`: the facade's in-process
+    /// single flight already covers it.
+    async fn try_lock(&self, key: &str, token: &str, ttl: Duration) -> anyhow::Result<bool>;
+    /// Releases a lock taken with `token` (a lock that expired and was taken
+    /// by someone else is left alone).
+    async fn unlock(&self, key: &str, token: &str) -> anyhow::Result<()>;
 
     /// Stores a one-time code hash with a TTL, replacing any earlier code.
     async fn otp_put(&self, key: &str, code_hash: &str, ttl: Duration) -> anyhow::Result<()>;

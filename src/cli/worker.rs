@@ -1,5 +1,9 @@
 //! `stayafrica worker`: runs background jobs until SIGINT/SIGTERM, then stops
-//! taking jobs and finishes the running ones.
+//! taking jobs, lets the running ones finish for a grace period, and gives
+//! the ones still running back to the queue (another worker takes them at
+//! once, without losing an attempt).
+
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -7,20 +11,29 @@ use crate::config::Settings;
 use crate::jobs::worker::Worker;
 use crate::startup::{build_state, shutdown_signal};
 
+/// Options of `stayafrica worker`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Jobs run at once by this process.
     #[arg(long, default_value_t = 4, value_name = "N")]
     concurrency: usize,
+    /// Seconds running jobs get to finish after SIGINT/SIGTERM before they
+    /// are given back to the queue.
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    grace_secs: f64,
 }
 
+/// Runs the worker until a shutdown signal, then stops it gracefully.
 pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
+    let grace = Duration::try_from_secs_f64(args.grace_secs)
+        .map_err(|_| anyhow::anyhow!("--grace-secs must be a non-negative number"))?;
     let (state, ctx) = build_state(settings).await?;
-    let worker = Worker::new(state.jobs.clone(), ctx);
+    let worker = Worker::new(state.jobs.clone(), ctx).with_grace(grace);
     let (tx, rx) = watch::channel(false);
     let handle = tokio::spawn(worker.run(args.concurrency, rx));
     shutdown_signal().await;
     let _ = tx.send(true);
     let _ = handle.await;
+    state.db.close().await;
     Ok(())
 }

@@ -19,10 +19,14 @@ pub struct JobRow {
     pub run_at: i64,
     pub last_error: Option<String>,
     pub result: Option<String>,
+    pub worker_id: Option<String>,
 }
 
-const COLS: &str =
-    "id, name, payload, status, attempts, max_attempts, timeout_ms, run_at, last_error, result";
+const COLS: &str = "id, name, payload, status, attempts, max_attempts, timeout_ms, run_at, \
+                    last_error, result, worker_id";
+
+/// Prefix of the `periodic_runs` rows that hold diagnostic tallies.
+const TALLY_PREFIX: &str = "tally:";
 
 impl Db {
     pub async fn job_insert(
@@ -45,8 +49,16 @@ impl Db {
     }
 
     /// Takes the next due job (queued and due, or running with an expired
-    /// lease), leasing it to `worker_id` for the job's own timeout.
+    /// lease), leasing it to `worker_id` for the job's own timeout. A job
+    /// whose lease ran out on its last attempt is dead instead: a job that
+    /// kills its worker every time must not loop for ever.
     pub async fn job_reserve(&self, worker_id: &str) -> anyhow::Result<Option<JobRow>> {
+        let now = now_ms();
+        with_pool!(self, p => sqlx::query(
+            "UPDATE jobs SET status = 'dead', finished_at = $1, lease_until = NULL,
+               last_error = 'lease expired: the worker was lost on the last attempt'
+             WHERE status = 'running' AND lease_until <= $1 AND attempts >= max_attempts")
+            .bind(now).execute(p).await.map(|r| r.rows_affected()))?;
         // PostgreSQL needs SKIP LOCKED so that two workers never take the same
         // row; SQLite has one writer at a time, so the subquery cannot race.
         let lock = match self.kind() {
@@ -65,8 +77,18 @@ impl Db {
         );
         Ok(
             with_pool!(self, p => sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(sql))
-            .bind(now_ms()).bind(worker_id).fetch_optional(p).await)?,
+            .bind(now).bind(worker_id).fetch_optional(p).await)?,
         )
+    }
+
+    /// Gives a held job back, due now, without counting the attempt.
+    pub async fn job_release(&self, id: &str, worker_id: &str) -> anyhow::Result<bool> {
+        Ok(with_pool!(self, p => sqlx::query(
+            "UPDATE jobs SET status = 'queued', attempts = attempts - 1, run_at = $3,
+               lease_until = NULL, worker_id = NULL
+             WHERE id = $1 AND worker_id = $2 AND status = 'running'")
+            .bind(id).bind(worker_id).bind(now_ms()).execute(p).await.map(|r| r.rows_affected()))?
+            == 1)
     }
 
     /// Extends the lease of a job this worker holds; false if it lost it.
@@ -96,25 +118,26 @@ impl Db {
             == 1)
     }
 
-    /// Records a failure: back to the queue at `retry_at_ms`, or dead.
+    /// Records a failure: back to the queue at `retry_at_ms`, or dead;
+    /// false if this worker no longer holds the job.
     pub async fn job_fail(
         &self,
         id: &str,
         worker_id: &str,
         error: &str,
         retry_at_ms: Option<i64>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
         let (status, run_at) = match retry_at_ms {
             Some(t) => ("queued", t),
             None => ("dead", now_ms()),
         };
-        with_pool!(self, p => sqlx::query(
+        Ok(with_pool!(self, p => sqlx::query(
             "UPDATE jobs SET status = $3, run_at = $4, last_error = $5, lease_until = NULL,
                finished_at = CASE WHEN $3 = 'dead' THEN $6 ELSE NULL END
              WHERE id = $1 AND worker_id = $2 AND status = 'running'")
             .bind(id).bind(worker_id).bind(status).bind(run_at).bind(error).bind(now_ms())
-            .execute(p).await.map(|r| r.rows_affected()))?;
-        Ok(())
+            .execute(p).await.map(|r| r.rows_affected()))?
+            == 1)
     }
 
     pub async fn job_get(&self, id: &str) -> anyhow::Result<Option<JobRow>> {
@@ -168,5 +191,30 @@ impl Db {
         Ok(with_pool!(self, p => sqlx::query(
             "DELETE FROM jobs WHERE status = 'done' AND finished_at < $1")
             .bind(before_ms).execute(p).await.map(|r| r.rows_affected()))?)
+    }
+
+    /// Counts one run of `member` under `tally` (diagnostics). Runs are rows
+    /// of `periodic_runs` named `tally:{tally}:{member}`, one per run (a
+    /// random slot), so the embedded queue needs no table of its own and
+    /// concurrent runs never conflict.
+    pub async fn tally_incr(&self, tally: &str, member: &str) -> anyhow::Result<()> {
+        let name = format!("{TALLY_PREFIX}{tally}:{member}");
+        let slot = rand::random::<i64>();
+        with_pool!(self, p => sqlx::query("INSERT INTO periodic_runs (name, slot) VALUES ($1, $2)")
+            .bind(&name).bind(slot).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Runs counted under `tally`, by member.
+    pub async fn tally_get(&self, tally: &str) -> anyhow::Result<Vec<(String, i64)>> {
+        let prefix = format!("{TALLY_PREFIX}{tally}:");
+        let len = i32::try_from(prefix.len())?;
+        let rows = with_pool!(self, p => sqlx::query_as::<_, (String, i64)>(
+            "SELECT name, COUNT(*) FROM periodic_runs WHERE substr(name, 1, $2) = $1 GROUP BY name")
+            .bind(&prefix).bind(len).fetch_all(p).await)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(name, n)| name.strip_prefix(&prefix).map(|m| (m.to_owned(), n)))
+            .collect())
     }
 }

@@ -1,5 +1,7 @@
-//! The embedded queue: jobs in the database (see [`crate::db::jobs`]).
+//! The embedded queue: jobs in the database (see [`crate::db::jobs`]), so
+//! that the single-process default loses no job on a restart.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,6 +16,7 @@ pub struct SqlQueue {
 }
 
 impl SqlQueue {
+    /// A queue in `db`'s `jobs` table.
     pub fn new(db: Db) -> Self {
         SqlQueue { db }
     }
@@ -31,6 +34,7 @@ fn info(r: JobRow) -> JobInfo {
         attempts: u32::try_from(r.attempts).unwrap_or(0),
         last_error: r.last_error,
         result: r.result,
+        worker: r.worker_id,
     }
 }
 
@@ -75,11 +79,8 @@ impl QueueBackend for SqlQueue {
         id: &str,
         worker_id: &str,
         result: Option<&str>,
-    ) -> anyhow::Result<()> {
-        self.db
-            .job_complete(id, worker_id, result)
-            .await
-            .map(|_| ())
+    ) -> anyhow::Result<bool> {
+        self.db.job_complete(id, worker_id, result).await
     }
 
     async fn fail(
@@ -88,8 +89,12 @@ impl QueueBackend for SqlQueue {
         worker_id: &str,
         error: &str,
         retry_at_ms: Option<i64>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
         self.db.job_fail(id, worker_id, error, retry_at_ms).await
+    }
+
+    async fn release(&self, id: &str, worker_id: &str) -> anyhow::Result<bool> {
+        self.db.job_release(id, worker_id).await
     }
 
     async fn info(&self, id: &str) -> anyhow::Result<Option<JobInfo>> {
@@ -134,5 +139,13 @@ impl QueueBackend for SqlQueue {
             .jobs_purge_done(now_ms() - ms(result_ttl))
             .await
             .map(|_| ())
+    }
+
+    async fn tally_run(&self, tally: &str, member: &str) -> anyhow::Result<()> {
+        self.db.tally_incr(tally, member).await
+    }
+
+    async fn tally(&self, tally: &str) -> anyhow::Result<BTreeMap<String, i64>> {
+        Ok(self.db.tally_get(tally).await?.into_iter().collect())
     }
 }

@@ -1,16 +1,19 @@
 //! The worker: reserves jobs, runs their handlers with the lease kept alive,
 //! records results, retries failures with exponential backoff and jitter,
-//! schedules periodic jobs once per period across all workers.
+//! schedules periodic jobs once per period across all workers, and shuts
+//! down gracefully (no new jobs; running ones finish within a grace period
+//! or are given back to the queue).
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rand::{Rng, TryRngCore};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use super::{Job, JobQueue};
+use super::{Job, JobQueue, Leased};
 use crate::cache::{Cache, PROPERTIES_NS};
 use crate::db::{Db, now_ms};
 use crate::domain::Email;
@@ -31,12 +34,21 @@ pub struct Worker {
     queue: JobQueue,
     ctx: Arc<JobContext>,
     id: String,
+    grace: Duration,
 }
 
 /// How long finished jobs' results are kept.
 pub const RESULT_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// How long a stopping worker lets running jobs finish before it gives them
+/// back to the queue.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+
+/// Longest pause between two polls of an empty queue.
+const MAX_IDLE: Duration = Duration::from_millis(400);
+
 impl Worker {
+    /// A worker on `queue` with a fresh id.
     pub fn new(queue: JobQueue, ctx: Arc<JobContext>) -> Self {
         // Unique per process and start: a restarted worker never inherits the
         // leases of the process it replaces.
@@ -45,9 +57,21 @@ impl Worker {
             std::process::id(),
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
-        Worker { queue, ctx, id }
+        Worker {
+            queue,
+            ctx,
+            id,
+            grace: DEFAULT_GRACE,
+        }
     }
 
+    /// Sets how long [`Worker::run`] lets running jobs finish at shutdown.
+    pub fn with_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// This worker's id (lease owner in the queue, and in its logs).
     pub fn id(&self) -> &str {
         &self.id
     }
@@ -55,21 +79,22 @@ impl Worker {
     /// Runs one due job if there is one; `Ok(true)` if a job was handled
     /// (whatever its outcome). Tests drain the queue with it.
     pub async fn try_execute_one(&self) -> anyhow::Result<bool> {
+        self.execute_one(None).await
+    }
+
+    /// [`Worker::try_execute_one`], giving the job back to the queue as soon
+    /// as `release` turns true (the grace period of a shutdown is over).
+    async fn execute_one(&self, release: Option<watch::Receiver<bool>>) -> anyhow::Result<bool> {
         let backend = self.queue.backend();
         let Some(lease) = backend.reserve(&self.id).await? else {
             return Ok(false);
         };
-        let job = match lease.job {
-            Ok(job) => job,
+        let job = match &lease.job {
+            Ok(job) => job.clone(),
             Err(e) => {
                 tracing::error!(job_id = %lease.id, error = %e, "undecodable job payload; dead");
-                backend
-                    .fail(
-                        &lease.id,
-                        &self.id,
-                        &format!("undecodable payload: {e}"),
-                        None,
-                    )
+                let error = format!("undecodable payload: {e}");
+                self.settle(&lease, || backend.fail(&lease.id, &self.id, &error, None))
                     .await?;
                 return Ok(true);
             }
@@ -79,57 +104,71 @@ impl Worker {
             tracing::info_span!("job", job_id = %lease.id, job = name, attempt = lease.attempt);
         async {
             tracing::info!("job started");
-            let started = std::time::Instant::now();
-            let keep_alive = {
-                let (backend, id, worker, timeout) = (
-                    backend.clone(),
-                    lease.id.clone(),
-                    self.id.clone(),
-                    lease.timeout,
-                );
-                tokio::spawn(async move {
-                    loop {
-                        tokio::time::sleep(timeout / 3).await;
-                        match backend.extend(&id, &worker, timeout).await {
-                            Ok(true) => {}
-                            Ok(false) => break,
-                            Err(e) => {
-                                tracing::warn!(error = format!("{e:#}"), "lease extension failed")
-                            }
+            let started = Instant::now();
+            // The lease is kept alive until the outcome is recorded, so that
+            // a slow write of the outcome cannot let the job be redelivered.
+            let keep_alive = self.keep_alive(&lease);
+            let outcome = match release {
+                None => Some(self.handle(&lease.id, &job).await),
+                Some(mut release) => tokio::select! {
+                    outcome = self.handle(&lease.id, &job) => Some(outcome),
+                    _ = async {
+                        if release.wait_for(|r| *r).await.is_err() {
+                            std::future::pending::<()>().await;
                         }
-                    }
-                })
+                    } => None,
+                },
             };
-            let outcome = self.handle(&job).await;
-            keep_alive.abort();
             metrics::histogram!("job_duration_seconds", "job" => name)
                 .record(started.elapsed().as_secs_f64());
-            match outcome {
-                Ok(result) => {
-                    backend
-                        .complete(&lease.id, &self.id, result.as_deref())
-                        .await?;
+            let recorded = match outcome {
+                None => {
+                    let held = self
+                        .settle(&lease, || backend.release(&lease.id, &self.id))
+                        .await;
+                    tracing::warn!("worker stopping: job given back to the queue unfinished");
+                    held
+                }
+                Some(Ok(result)) => {
+                    let held = self
+                        .settle(&lease, || {
+                            backend.complete(&lease.id, &self.id, result.as_deref())
+                        })
+                        .await;
                     metrics::counter!("jobs_completed_total", "job" => name).increment(1);
                     tracing::info!(
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "job done"
                     );
+                    held
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     let error = format!("{e:#}");
                     if lease.attempt >= lease.max_attempts {
-                        backend.fail(&lease.id, &self.id, &error, None).await?;
+                        let held = self
+                            .settle(&lease, || backend.fail(&lease.id, &self.id, &error, None))
+                            .await;
                         metrics::counter!("jobs_dead_total", "job" => name).increment(1);
                         tracing::error!(error, "job failed for the last time; dead");
+                        held
                     } else {
-                        let retry_at = now_ms() + backoff_ms(lease.attempt);
-                        backend
-                            .fail(&lease.id, &self.id, &error, Some(retry_at))
-                            .await?;
+                        let retry_at = now_ms() + backoff_ms(lease.attempt, job.backoff_base());
+                        let held = self
+                            .settle(&lease, || {
+                                backend.fail(&lease.id, &self.id, &error, Some(retry_at))
+                            })
+                            .await;
                         metrics::counter!("jobs_retried_total", "job" => name).increment(1);
                         tracing::warn!(error, "job failed; will retry");
+                        held
                     }
                 }
+            };
+            keep_alive.abort();
+            if !recorded? {
+                tracing::warn!(
+                    "lease lost before the outcome was recorded; the job's other delivery decides"
+                );
             }
             anyhow::Ok(())
         }
@@ -138,7 +177,58 @@ impl Worker {
         Ok(true)
     }
 
-    async fn handle(&self, job: &Job) -> anyhow::Result<Option<String>> {
+    /// Extends the lease every third of its timeout until aborted.
+    fn keep_alive(&self, lease: &Leased) -> tokio::task::JoinHandle<()> {
+        let (backend, id, worker, timeout) = (
+            self.queue.backend().clone(),
+            lease.id.clone(),
+            self.id.clone(),
+            lease.timeout,
+        );
+        tokio::spawn(
+            async move {
+                loop {
+                    tokio::time::sleep(timeout / 3).await;
+                    match backend.extend(&id, &worker, timeout).await {
+                        Ok(true) => {}
+                        Ok(false) => break,
+                        Err(e) => {
+                            tracing::warn!(error = format!("{e:#}"), "lease extension failed")
+                        }
+                    }
+                }
+            }
+            .in_current_span(),
+        )
+    }
+
+    /// Records an outcome, retrying while the queue is briefly unreachable
+    /// (the lease is still extended meanwhile). Gives up after the lease's
+    /// timeout: the job is then delivered again (at least once).
+    async fn settle<F, Fut>(&self, lease: &Leased, record: F) -> anyhow::Result<bool>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = anyhow::Result<bool>>,
+    {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match record().await {
+                Ok(held) => return Ok(held),
+                Err(e) if started.elapsed() < lease.timeout.max(Duration::from_secs(5)) => {
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "recording the outcome failed; retrying"
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e.context("recording the job's outcome")),
+            }
+        }
+    }
+
+    async fn handle(&self, id: &str, job: &Job) -> anyhow::Result<Option<String>> {
         let ctx = &self.ctx;
         match job {
             Job::SendOtp { email } => {
@@ -192,8 +282,20 @@ impl Worker {
                 let flushed = flush_views(&ctx.db, &ctx.cache).await?;
                 Ok(Some(format!("{{\"views_flushed\":{flushed}}}")))
             }
-            Job::Probe { fail, sleep_ms } => {
+            Job::Probe {
+                fail,
+                sleep_ms,
+                tally,
+                ..
+            } => {
                 tokio::time::sleep(Duration::from_millis(*sleep_ms)).await;
+                if let Some(tally) = tally {
+                    self.queue
+                        .backend()
+                        .tally_run(tally, id)
+                        .await
+                        .context("counting the probe's run")?;
+                }
                 if *fail {
                     anyhow::bail!("probe job asked to fail");
                 }
@@ -203,26 +305,35 @@ impl Worker {
     }
 
     /// Runs `concurrency` job slots plus the periodic scheduler until
-    /// `shutdown` turns true; then stops taking jobs and lets running ones
-    /// finish.
+    /// `shutdown` turns true (or its sender is dropped); then stops taking
+    /// jobs, lets running ones finish for the grace period, and gives the
+    /// ones still running back to the queue.
     pub async fn run(self, concurrency: usize, mut shutdown: watch::Receiver<bool>) {
         tracing::info!(worker_id = %self.id, concurrency, "worker started");
+        let (release_tx, release_rx) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..concurrency.max(1) {
-            let (me, mut stop) = (self.clone(), shutdown.clone());
+            let (me, mut stop, release) = (self.clone(), shutdown.clone(), release_rx.clone());
             tasks.spawn(async move {
+                let mut idle = Duration::ZERO;
                 while !*stop.borrow() {
-                    let idle = match me.try_execute_one().await {
-                        Ok(true) => continue,
-                        Ok(false) => Duration::from_millis(50),
+                    match me.execute_one(Some(release.clone())).await {
+                        Ok(true) => {
+                            idle = Duration::ZERO;
+                            continue;
+                        }
+                        Ok(false) => {
+                            idle = (idle * 2).clamp(Duration::from_millis(25), MAX_IDLE);
+                        }
                         Err(e) => {
                             tracing::warn!(error = format!("{e:#}"), "queue unavailable");
-                            Duration::from_secs(1)
+                            idle = Duration::from_secs(1);
                         }
-                    };
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(idle) => {}
-                        _ = stop.changed() => {}
+                        // A dropped sender means stop too (never spin on it).
+                        changed = stop.changed() => if changed.is_err() { break },
                     }
                 }
             });
@@ -231,24 +342,36 @@ impl Worker {
         let mut stop = shutdown.clone();
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
-            let mut last_purge = std::time::Instant::now();
+            let mut last_purge = Instant::now();
             while !*stop.borrow() {
                 tokio::select! {
                     _ = tick.tick() => {}
-                    _ = stop.changed() => continue,
+                    changed = stop.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
                 }
                 if let Err(e) = sched.schedule_periodic().await {
                     tracing::warn!(error = format!("{e:#}"), "periodic scheduling failed");
                 }
                 if last_purge.elapsed() > Duration::from_secs(600) {
-                    last_purge = std::time::Instant::now();
+                    last_purge = Instant::now();
                     let _ = sched.queue.backend().purge(RESULT_TTL).await;
                     let _ = sched.ctx.db.session_purge_expired().await;
                 }
             }
         });
-        let _ = shutdown.changed().await;
-        while tasks.join_next().await.is_some() {}
+        let _ = shutdown.wait_for(|stop| *stop).await;
+        tracing::info!(worker_id = %self.id, grace_secs = self.grace.as_secs_f64(),
+            "worker stopping: taking no new jobs, letting running ones finish");
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.grace, drain).await.is_err() {
+            tracing::warn!(worker_id = %self.id, "grace period over; giving unfinished jobs back");
+            let _ = release_tx.send(true);
+            while tasks.join_next().await.is_some() {}
+        }
         tracing::info!(worker_id = %self.id, "worker stopped");
     }
 
@@ -269,13 +392,14 @@ impl Worker {
     }
 }
 
-/// Retry delay after `attempt` failures: 1 s doubling, capped at 5 min, with
-/// up to 50 % jitter so retries of many jobs do not stampede.
-fn backoff_ms(attempt: u32) -> i64 {
-    let base = 1_000i64
+/// Retry delay after `attempt` failures: `base` doubling, capped at 5 min,
+/// plus up to 50 % jitter so that retries of many jobs do not stampede.
+pub fn backoff_ms(attempt: u32, base: Duration) -> i64 {
+    let base_ms = i64::try_from(base.as_millis()).unwrap_or(1_000).max(1);
+    let delay = base_ms
         .saturating_mul(1 << attempt.saturating_sub(1).min(20))
         .min(300_000);
-    base + rand::rng().random_range(0..=base / 2)
+    delay + rand::rng().random_range(0..=delay / 2)
 }
 
 /// Moves pending view counts into the database; returns the views moved.

@@ -4,12 +4,63 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::cache::PROPERTIES_NS;
 use crate::domain::Email;
 
 /// Key builder for one deployment (one prefix).
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
+}
+
+/// Cache role: hash tag of the generation counters and of every entry keyed
+/// by them.
+const GEN_TAG: &str = "{g}";
+
+/// Cache role: hash tag of the view counters (pending hash, in-flight set, batches).
+const VIEWS_TAG: &str = "{v}";
+
+/// Cache role: a key embedding the generations of one or more namespaces, before
+/// they are read: the counters' keys and the text around each generation.
+/// The store renders it once it has the generations (on Redis, inside the
+/// script that also reads the entry, so a cached read is one round trip).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyTemplate {
+    generation_keys: Vec<String>,
+    /// One more than `generation_keys`: text before, between and after.
+    parts: Vec<String>,
+}
+
+impl KeyTemplate {
+    fn new(generation_keys: Vec<String>, parts: Vec<String>) -> Self {
+        debug_assert_eq!(parts.len(), generation_keys.len() + 1);
+        KeyTemplate {
+            generation_keys,
+            parts,
+        }
+    }
+
+    /// Keys of the generation counters the key embeds, in order.
+    pub fn generation_keys(&self) -> &[String] {
+        &self.generation_keys
+    }
+
+    /// The text around the generations: `parts[0] g0 parts[1] g1 …`.
+    pub fn parts(&self) -> &[String] {
+        &self.parts
+    }
+
+    /// The key for these generations (one per generation key).
+    pub fn render(&self, generations: &[u64]) -> String {
+        let mut key = String::with_capacity(self.parts.iter().map(String::len).sum::<usize>() + 40);
+        for (i, part) in self.parts.iter().enumerate() {
+            key.push_str(part);
+            if let Some(g) = generations.get(i).filter(|_| i + 1 < self.parts.len()) {
+                key.push_str(&g.to_string());
+            }
+        }
+        key
+    }
 }
 
 /// A short, stable, non-reversible id for an email, so that keys carry no
@@ -30,6 +81,16 @@ impl Keys {
         &self.prefix
     }
 
+    // ---- Cache role (owner: the cache engineer) ----------------------------
+    //
+    // Layout: `{prefix}cache:{guide-style name}`. Entries keyed by namespace
+    // generations, and the generation counters themselves, carry the hash
+    // tag `{g}`: one Lua script reads the generations and the entry they
+    // name in a single round trip, and on Redis Cluster the keys one script
+    // touches must share a slot. The tag comes after the guide-style name so
+    // that the guide's patterns (`property:*`) still match. The view
+    // counters share the tag `{v}` for the same reason.
+
     /// `{prefix}cache:` — everything of the cache role starts with this.
     pub fn cache_ns(&self) -> String {
         format!("{}cache:", self.prefix)
@@ -42,26 +103,76 @@ impl Keys {
 
     /// Generation counter of a cache namespace (bumped to invalidate it).
     pub fn generation(&self, ns: &str) -> String {
-        self.cache(&format!("gen:{ns}"))
+        self.cache(&format!("gen:{GEN_TAG}:{ns}"))
+    }
+
+    /// Whole response of the public property list for one normalized query,
+    /// before the properties generation is known.
+    pub fn property_list_template(&self, normalized_query: &str) -> KeyTemplate {
+        KeyTemplate::new(
+            vec![self.generation(PROPERTIES_NS)],
+            vec![
+                self.cache(&format!("property:list:{GEN_TAG}:g")),
+                format!(":{normalized_query}"),
+            ],
+        )
     }
 
     /// Whole response of the public property list for one normalized query.
     pub fn property_list(&self, generation: u64, normalized_query: &str) -> String {
-        self.cache(&format!("property:list:g{generation}:{normalized_query}"))
+        self.property_list_template(normalized_query)
+            .render(&[generation])
+    }
+
+    /// The featured list, before the properties generation is known.
+    pub fn featured_template(&self) -> KeyTemplate {
+        KeyTemplate::new(
+            vec![self.generation(PROPERTIES_NS)],
+            vec![
+                self.cache(&format!("property:list:featured:{GEN_TAG}:g")),
+                String::new(),
+            ],
+        )
     }
 
     pub fn featured(&self, generation: u64) -> String {
-        self.cache(&format!("property:list:featured:g{generation}"))
+        self.featured_template().render(&[generation])
+    }
+
+    /// One property, before the properties generation is known.
+    pub fn property_detail_template(&self, id: i64) -> KeyTemplate {
+        KeyTemplate::new(
+            vec![self.generation(PROPERTIES_NS)],
+            vec![
+                self.cache(&format!("property:detail:{GEN_TAG}:g")),
+                format!(":{id}"),
+            ],
+        )
     }
 
     pub fn property_detail(&self, generation: u64, id: i64) -> String {
-        self.cache(&format!("property:detail:g{generation}:{id}"))
+        self.property_detail_template(id).render(&[generation])
+    }
+
+    /// A user's dashboard, before the properties and user generations are
+    /// known.
+    pub fn dashboard_template(&self, user_id: i64) -> KeyTemplate {
+        KeyTemplate::new(
+            vec![
+                self.generation(PROPERTIES_NS),
+                self.generation(&Self::user_ns(user_id)),
+            ],
+            vec![
+                self.cache(&format!("user:dashboard:{user_id}:{GEN_TAG}:g")),
+                ":u".to_owned(),
+                String::new(),
+            ],
+        )
     }
 
     pub fn dashboard(&self, generation: u64, user_generation: u64, user_id: i64) -> String {
-        self.cache(&format!(
-            "user:dashboard:{user_id}:g{generation}:u{user_generation}"
-        ))
+        self.dashboard_template(user_id)
+            .render(&[generation, user_generation])
     }
 
     /// Namespace of one user's cached data (bumped when their bookings change).
@@ -74,10 +185,39 @@ impl Keys {
         self.cache(&format!("otp:{}", email_tag(email)))
     }
 
-    /// Views counted but not yet written to the database.
-    pub fn views_pending(&self) -> String {
-        self.cache("views:pending")
+    /// The lock one process holds while it computes `value_key`, so that
+    /// other processes wait for its result instead of computing it again.
+    /// Hashed: value keys can be long (normalized queries).
+    pub fn compute_lock(&self, value_key: &str) -> String {
+        let digest = Sha256::digest(value_key.as_bytes());
+        let tag: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        self.cache(&format!("lock:{tag}"))
     }
+
+    /// Views counted but not yet written to the database (a hash: property
+    /// id to count).
+    pub fn views_pending(&self) -> String {
+        self.cache(&format!("views:{VIEWS_TAG}:pending"))
+    }
+
+    /// Ids of the view batches taken but not yet acknowledged (a sorted set
+    /// scored by the time each was taken, so the oldest comes first).
+    pub fn views_in_flight(&self) -> String {
+        self.cache(&format!("views:{VIEWS_TAG}:inflight"))
+    }
+
+    /// Prefix of the view batch keys; a batch is this followed by its id
+    /// (scripts build them from the ids in [`Self::views_in_flight`]).
+    pub fn views_batch_prefix(&self) -> String {
+        self.cache(&format!("views:{VIEWS_TAG}:batch:"))
+    }
+
+    /// One view batch taken for flushing (a hash: property id to views).
+    pub fn views_batch(&self, flush_id: &str) -> String {
+        format!("{}{flush_id}", self.views_batch_prefix())
+    }
+
+    // ---- end of the cache role ---------------------------------------------
 
     pub fn session_ns(&self) -> String {
         format!("{}session:", self.prefix)
@@ -103,4 +243,57 @@ impl Keys {
     pub fn jobs_ns(&self) -> String {
         format!("{}jobs:", self.prefix)
     }
+
+    // ---- Jobs (broker role, src/jobs/redis.rs) ----
+    // Every key of the queue carries the hash tag `{q}` so that all of them
+    // live in one Redis Cluster slot: the Lua scripts touch several of them
+    // (and job hashes they compute from ids) atomically.
+
+    /// `{prefix}jobs:{q}:`: the hash-tagged base of every queue key.
+    fn jobs_base(&self) -> String {
+        format!("{}jobs:{{q}}:", self.prefix)
+    }
+
+    /// List of ids due now (pushed left, popped right).
+    pub fn jobs_ready(&self) -> String {
+        format!("{}ready", self.jobs_base())
+    }
+
+    /// Sorted set of ids waiting for their time (score: run-at, Unix ms).
+    pub fn jobs_delayed(&self) -> String {
+        format!("{}delayed", self.jobs_base())
+    }
+
+    /// Sorted set of leased ids (score: lease deadline, Unix ms).
+    pub fn jobs_leases(&self) -> String {
+        format!("{}leases", self.jobs_base())
+    }
+
+    /// Sorted set of dead ids (score: when they died, Unix ms).
+    pub fn jobs_dead(&self) -> String {
+        format!("{}dead", self.jobs_base())
+    }
+
+    /// Prefix of the job hashes: the hash of job `id` is this plus `id`
+    /// (the Lua scripts append ids they pop).
+    pub fn jobs_job_prefix(&self) -> String {
+        format!("{}job:", self.jobs_base())
+    }
+
+    /// Hash of one job (name, payload, status, attempts, lease owner,
+    /// last error, result).
+    pub fn jobs_job(&self, id: &str) -> String {
+        format!("{}{id}", self.jobs_job_prefix())
+    }
+
+    /// Claim marker of one period of a periodic job (SET NX).
+    pub fn jobs_periodic(&self, name: &str, slot: i64) -> String {
+        format!("{}periodic:{name}:{slot}", self.jobs_base())
+    }
+
+    /// Hash of run counts by job id, for diagnostics (probe jobs).
+    pub fn jobs_tally(&self, tally: &str) -> String {
+        format!("{}tally:{tally}", self.jobs_base())
+    }
+    // ---- end of Jobs ----
 }

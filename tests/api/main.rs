@@ -4,11 +4,13 @@
 mod helpers;
 
 mod auth;
-mod cli_cache;
 mod bookings;
+mod cache_suite;
+mod cli_cache;
 mod errors;
+mod jobs_suite;
+mod limiter_suite;
 mod properties;
 mod restart;
 mod seed_import;
-mod limiter_suite;
 mod session_suite;

@@ -1,0 +1,157 @@
+//! `stayafrica jobs bench`: throughput of the queue with real worker
+//! processes. It starts N `stayafrica worker` processes on the configured
+//! queue (they inherit this process's environment), queues no-op probe jobs
+//! that count their runs in a tally, waits until every job has run, checks
+//! that each ran exactly once, and reports jobs per second.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::StreamExt;
+
+use super::{Job, JobQueue};
+
+/// What to measure.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchOptions {
+    pub jobs: usize,
+    pub processes: usize,
+    pub concurrency: usize,
+    /// Give up after this long.
+    pub timeout: Duration,
+}
+
+/// What was measured.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchReport {
+    pub jobs: usize,
+    /// Time to queue every job (workers already consuming meanwhile).
+    pub enqueue: Duration,
+    /// From the first enqueue until the last job's run was counted.
+    pub total: Duration,
+}
+
+impl BenchReport {
+    /// Jobs queued, run and recorded per second, end to end.
+    pub fn jobs_per_sec(&self) -> f64 {
+        self.jobs as f64 / self.total.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Worker processes, stopped (SIGTERM, then SIGKILL) when dropped.
+struct Workers(Vec<Child>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+        }
+        for c in &mut self.0 {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs the benchmark on `queue` (which must be the queue the spawned
+/// workers see: same settings).
+pub async fn run(queue: &JobQueue, opts: BenchOptions) -> anyhow::Result<BenchReport> {
+    let exe = std::env::current_exe().context("finding the stayafrica binary")?;
+    let mut workers = Workers(Vec::new());
+    for _ in 0..opts.processes.max(1) {
+        let mut cmd = Command::new(&exe);
+        cmd.arg("worker")
+            .arg("--concurrency")
+            .arg(opts.concurrency.max(1).to_string())
+            .arg("--grace-secs")
+            .arg("5")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "warn");
+        }
+        workers
+            .0
+            .push(cmd.spawn().context("starting a worker process")?);
+    }
+    // Warm up: every process connected and polling before the clock starts.
+    let warm = format!("bench-warm-{}", uuid::Uuid::new_v4().simple());
+    let warm_jobs = opts.processes.max(1) * opts.concurrency.max(1) * 4;
+    enqueue_all(queue, warm_jobs, &warm).await?;
+    wait_for_tally(queue, &warm, warm_jobs, Duration::from_secs(60)).await?;
+
+    let tally = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    let started = Instant::now();
+    enqueue_all(queue, opts.jobs, &tally).await?;
+    let enqueue = started.elapsed();
+    let runs = wait_for_tally(queue, &tally, opts.jobs, opts.timeout).await?;
+    let total = started.elapsed();
+    drop(workers);
+    let doubles = runs.iter().filter(|(_, n)| **n != 1).count();
+    anyhow::ensure!(
+        runs.len() == opts.jobs && doubles == 0,
+        "{} jobs ran, {doubles} of them more than once (expected {} runs of one)",
+        runs.len(),
+        opts.jobs
+    );
+    Ok(BenchReport {
+        jobs: opts.jobs,
+        enqueue,
+        total,
+    })
+}
+
+async fn enqueue_all(queue: &JobQueue, n: usize, tally: &str) -> anyhow::Result<()> {
+    let job = Job::noop_probe(Some(tally.to_owned()));
+    let results: Vec<anyhow::Result<String>> = futures::stream::iter(0..n)
+        .map(|_| queue.enqueue(&job))
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    for r in results {
+        r?;
+    }
+    Ok(())
+}
+
+/// Waits until the queue is empty (every job queued before the call has
+/// run), then reads the tally. Polls the cheap counts, not the tally.
+async fn wait_for_tally(
+    queue: &JobQueue,
+    tally: &str,
+    n: usize,
+    timeout: Duration,
+) -> anyhow::Result<std::collections::BTreeMap<String, i64>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let c = queue.backend().counts().await?;
+        if c.queued == 0 && c.running == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{} jobs still queued and {} running after {timeout:?}",
+            c.queued,
+            c.running
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let runs = queue.backend().tally(tally).await?;
+    anyhow::ensure!(
+        runs.len() >= n,
+        "the queue is empty but only {} of {n} jobs ran",
+        runs.len()
+    );
+    Ok(runs)
+}
