@@ -14,12 +14,10 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::extract::AuthUser;
 use super::properties::featured_list;
-use crate::cache::PROPERTIES_NS;
 use crate::db::bookings::Booking;
 use crate::db::properties::Property;
 use crate::domain::Money;
 use crate::error::ApiResult;
-use crate::kv::keys::Keys;
 
 pub const DASHBOARD_TTL: Duration = Duration::from_secs(3600);
 
@@ -81,21 +79,12 @@ async fn dashboard(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
 ) -> ApiResult<Json<Dashboard>> {
-    let cache = &state.cache;
-    let generations = (
-        cache.generation(PROPERTIES_NS).await,
-        cache.generation(&Keys::user_ns(user.id)).await,
-    );
-    let dashboard = match generations {
-        (Some(g), Some(ug)) => {
-            let key = cache.keys().dashboard(g, ug, user.id);
-            cache
-                .get_or_compute("dashboard", &key, DASHBOARD_TTL, || {
-                    compute(&state, user.id)
-                })
-                .await?
-        }
-        _ => compute(&state, user.id).await?,
-    };
+    let key = state.cache.keys().dashboard_template(user.id);
+    let dashboard = state
+        .cache
+        .get_or_compute_in("dashboard", &key, DASHBOARD_TTL, || {
+            compute(&state, user.id)
+        })
+        .await?;
     Ok(Json(dashboard))
 }

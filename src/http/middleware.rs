@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -90,17 +90,37 @@ pub async fn identify_and_throttle(
             ))
         }
     };
-    let decision = match state.limiter.check(&scope).await {
+    let speculative = req.method() == Method::GET && is_pure_read(req.uri().path());
+    let (decision, response) = if speculative {
+        // A pure read may start while the limiter decides: the two Redis
+        // round trips (limiter, cache lookup) then overlap, so a cached GET
+        // costs one round trip of latency. A denied request's read is dropped
+        // (cancelled) as soon as the limiter answers.
+        let mut handler = std::pin::pin!(next.run(req));
+        let mut check = std::pin::pin!(state.limiter.check(&scope));
+        tokio::select! {
+            decided = &mut check => match decided {
+                Ok(d) if d.allowed => (Ok(d), Some(handler.await)),
+                other => (other, None),
+            },
+            response = &mut handler => (check.await, Some(response)),
+        }
+    } else {
+        match state.limiter.check(&scope).await {
+            Ok(d) if d.allowed => (Ok(d), Some(next.run(req).await)),
+            other => (other, None),
+        }
+    };
+    let decision = match decision {
         Ok(d) => d,
         Err(_) => return ApiError::Unavailable("rate limiter").into_response(),
     };
-    let mut response = if decision.allowed {
-        next.run(req).await
-    } else {
-        ApiError::Throttled {
+    let mut response = match response {
+        Some(r) if decision.allowed => r,
+        _ => ApiError::Throttled {
             retry_after: decision.retry_after_secs(),
         }
-        .into_response()
+        .into_response(),
     };
     let shown = match response.extensions().get::<Decision>() {
         Some(other) if other.remaining < decision.remaining => *other,
@@ -108,6 +128,19 @@ pub async fn identify_and_throttle(
     };
     set_limit_headers(response.headers_mut(), &shown);
     response
+}
+
+/// Routes whose GET has no side effect (no view counted, nothing written),
+/// so they may run while the rate limiter decides.
+fn is_pure_read(path: &str) -> bool {
+    matches!(
+        path,
+        "/api/v1/properties"
+            | "/api/v1/properties/featured"
+            | "/api/v1/dashboard"
+            | "/api/v1/bookings"
+            | "/api/v1/me"
+    )
 }
 
 /// Writes the `X-RateLimit-*` headers of a decision.

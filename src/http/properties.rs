@@ -145,34 +145,25 @@ async fn list(
         };
         Ok(Bytes::from(serde_json::to_vec(&body)?))
     };
-    let body = match state.cache.generation(PROPERTIES_NS).await {
-        Some(g) => {
-            let key = state.cache.keys().property_list(g, &q.canonical);
-            state
-                .cache
-                .get_or_compute_bytes("property_list", &key, LIST_TTL, compute)
-                .await?
-        }
-        None => compute().await?,
-    };
+    // The generation and the entry are read in one round trip.
+    let key = state.cache.keys().property_list_template(&q.canonical);
+    let body = state
+        .cache
+        .get_or_compute_bytes_in("property_list", &key, LIST_TTL, compute)
+        .await?;
     Ok(json_bytes(StatusCode::OK, body))
 }
 
 /// Every featured property (cache-aside, 1 hour).
 pub async fn featured_list(state: &AppState) -> anyhow::Result<Vec<Property>> {
     let db = state.db.clone();
-    match state.cache.generation(PROPERTIES_NS).await {
-        Some(g) => {
-            let key = state.cache.keys().featured(g);
-            state
-                .cache
-                .get_or_compute("featured", &key, FEATURED_TTL, || async move {
-                    db.featured_properties().await
-                })
-                .await
-        }
-        None => db.featured_properties().await,
-    }
+    let key = state.cache.keys().featured_template();
+    state
+        .cache
+        .get_or_compute_in("featured", &key, FEATURED_TTL, || async move {
+            db.featured_properties().await
+        })
+        .await
 }
 
 async fn featured(State(state): State<AppState>) -> ApiResult<Json<Vec<Property>>> {
@@ -181,18 +172,13 @@ async fn featured(State(state): State<AppState>) -> ApiResult<Json<Vec<Property>
 
 async fn cached_property(state: &AppState, id: i64) -> anyhow::Result<Option<Property>> {
     let db = state.db.clone();
-    match state.cache.generation(PROPERTIES_NS).await {
-        Some(g) => {
-            let key = state.cache.keys().property_detail(g, id);
-            state
-                .cache
-                .get_or_compute("property_detail", &key, DETAIL_TTL, || async move {
-                    db.property(id).await
-                })
-                .await
-        }
-        None => db.property(id).await,
-    }
+    let key = state.cache.keys().property_detail_template(id);
+    state
+        .cache
+        .get_or_compute_in("property_detail", &key, DETAIL_TTL, || async move {
+            db.property(id).await
+        })
+        .await
 }
 
 /// One property; counts one view, and shows stored plus not yet flushed views.
