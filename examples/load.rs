@@ -49,6 +49,17 @@ enum Command {
         #[arg(long, default_value = "city=Nairobi&page_size=20")]
         query: String,
     },
+    /// One phase of GETs of one URL (e.g. a bare hello handler, for scale).
+    Get {
+        #[arg(long)]
+        url: String,
+    },
+    /// Serve a bare axum "hello" handler: the baseline cached endpoints are
+    /// compared with.
+    Hello {
+        #[arg(long, default_value = "127.0.0.1:8099")]
+        bind: String,
+    },
     /// Generation + entry in two round trips against one script.
     Cache {
         #[arg(long, default_value = "redis://127.0.0.1:6379/1")]
@@ -263,5 +274,26 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Http { base, query } => http(base, query, cli.concurrency, duration).await,
         Command::Cache { redis } => cache(redis, cli.concurrency, duration).await,
+        Command::Get { url } => {
+            let client = reqwest::Client::new();
+            run("GET", cli.concurrency, duration, move |_, _| {
+                let (client, url) = (client.clone(), url.clone());
+                async move {
+                    match client.get(&url).send().await {
+                        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                        Err(_) => false,
+                    }
+                }
+            })
+            .await
+            .report();
+            Ok(())
+        }
+        Command::Hello { bind } => {
+            let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
+            let listener = tokio::net::TcpListener::bind(&bind).await?;
+            axum::serve(listener, app).await?;
+            Ok(())
+        }
     }
 }
