@@ -17,6 +17,9 @@ use super::store::{CacheStore, OtpOutcome, ViewBatch};
 struct Entry {
     value: Bytes,
     ttl: Duration,
+    /// moka hides expired entries from `get` but `remove` still returns
+    /// them: `take` checks this.
+    expires: Instant,
 }
 
 struct PerEntryTtl;
@@ -55,6 +58,7 @@ pub struct MemoryStore {
     generations: Mutex<HashMap<String, u64>>,
     otps: Mutex<HashMap<String, Otp>>,
     views: Mutex<Views>,
+    counters: Mutex<HashMap<String, (i64, Instant)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -78,6 +82,7 @@ impl MemoryStore {
             generations: Mutex::new(HashMap::new()),
             otps: Mutex::new(HashMap::new()),
             views: Mutex::new(Views::default()),
+            counters: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -111,9 +116,41 @@ impl CacheStore for MemoryStore {
         Ok(self.values.get(key).await.map(|e| e.value))
     }
 
+    async fn take(&self, key: &str) -> anyhow::Result<Option<Bytes>> {
+        // moka's remove hands the removed value to exactly one caller.
+        let now = Instant::now();
+        Ok(self
+            .values
+            .remove(key)
+            .await
+            .filter(|e| e.expires > now)
+            .map(|e| e.value))
+    }
+
+    async fn incr(&self, key: &str, by: i64, ttl: Duration) -> anyhow::Result<i64> {
+        let now = Instant::now();
+        let mut counters = lock(&self.counters);
+        if counters.len() > 10_000 {
+            counters.retain(|_, (_, expires)| *expires > now);
+        }
+        let entry = counters.entry(key.to_owned()).or_insert((0, now + ttl));
+        if entry.1 <= now {
+            *entry = (0, now + ttl);
+        }
+        entry.0 += by;
+        Ok(entry.0)
+    }
+
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> anyhow::Result<()> {
         self.values
-            .insert(key.to_owned(), Entry { value, ttl })
+            .insert(
+                key.to_owned(),
+                Entry {
+                    value,
+                    ttl,
+                    expires: Instant::now() + ttl,
+                },
+            )
             .await;
         Ok(())
     }

@@ -16,6 +16,7 @@
 //! header byte, LZ4 above a threshold), and [`Cache`], the facade: metrics,
 //! encoding, single flight in a process and across processes.
 
+pub mod api;
 pub mod codec;
 pub mod memory;
 pub mod redis;

@@ -162,6 +162,41 @@ impl CacheStore for RedisStore {
         Ok(value.map(Bytes::from))
     }
 
+    async fn take(&self, key: &str) -> anyhow::Result<Option<Bytes>> {
+        let value: Option<Vec<u8>> =
+            self.role
+                .run(|mut conn| async move {
+                    redis::cmd("GETDEL").arg(key).query_async(&mut conn).await
+                })
+                .await
+                .context("cache GETDEL")?;
+        Ok(value.map(Bytes::from))
+    }
+
+    async fn incr(&self, key: &str, by: i64, ttl: Duration) -> anyhow::Result<i64> {
+        // One round trip, atomic: the counter and its expiry (set once, when
+        // the counter is new: PEXPIRE NX) cannot be separated by a crash.
+        let (value,): (i64,) = self
+            .role
+            .run(|mut conn| async move {
+                redis::pipe()
+                    .atomic()
+                    .cmd("INCRBY")
+                    .arg(key)
+                    .arg(by)
+                    .cmd("PEXPIRE")
+                    .arg(key)
+                    .arg(ttl_ms(ttl))
+                    .arg("NX")
+                    .ignore()
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await
+            .context("cache INCRBY")?;
+        Ok(value)
+    }
+
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> anyhow::Result<()> {
         self.role
             .run(|mut conn| async move {

@@ -41,6 +41,13 @@ pub trait CacheStore: Send + Sync + 'static {
     /// blocking the store; returns how many were removed. Operators only.
     async fn delete_pattern(&self, pattern: &str) -> anyhow::Result<u64>;
 
+    /// Gets and deletes `key` in one atomic step: of two concurrent takers,
+    /// one gets the value and the other nothing.
+    async fn take(&self, key: &str) -> anyhow::Result<Option<Bytes>>;
+    /// Adds `by` to the counter `key` (created at 0) and returns the new
+    /// value; a new counter expires after `ttl`.
+    async fn incr(&self, key: &str, by: i64, ttl: Duration) -> anyhow::Result<i64>;
+
     /// Current generation of a namespace (0 if never bumped).
     async fn generation(&self, key: &str) -> anyhow::Result<u64>;
     /// Bumps a namespace generation, making every key built on the old one

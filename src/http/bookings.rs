@@ -19,7 +19,6 @@ use crate::db::users::User;
 use crate::domain::BookingStatus;
 use crate::error::{ApiError, ApiResult, FieldErrors};
 use crate::jobs::Job;
-use crate::kv::keys::Keys;
 use crate::ratelimit::Scope;
 
 /// Longest stay that can be booked.
@@ -74,7 +73,7 @@ fn parse_date(s: &str) -> Option<Date> {
 
 /// Makes the user's cached dashboard stale.
 pub async fn invalidate_dashboard(state: &AppState, user_id: i64) {
-    state.cache.invalidate(&Keys::user_ns(user_id)).await;
+    state.cache.invalidate_user_cache(user_id).await;
 }
 
 async fn create(

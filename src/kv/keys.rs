@@ -175,6 +175,42 @@ impl Keys {
             .render(&[generation, user_generation])
     }
 
+    /// Short-lived data stored once and taken once (the guide's
+    /// `cache_temporary_data`).
+    pub fn temporary(&self, name: &str) -> String {
+        self.cache(&format!("tmp:{name}"))
+    }
+
+    /// A counter (the guide's `increment_counter`).
+    pub fn counter(&self, name: &str) -> String {
+        self.cache(&format!("counter:{name}"))
+    }
+
+    /// Query results cached under a name (the guide's `cache_query_result`),
+    /// before the properties generation is known: a property change makes
+    /// them stale.
+    pub fn query_template(&self, name: &str) -> KeyTemplate {
+        KeyTemplate::new(
+            vec![self.generation(PROPERTIES_NS)],
+            vec![
+                self.cache(&format!("query:{GEN_TAG}:g")),
+                format!(":{name}"),
+            ],
+        )
+    }
+
+    /// Data cached for one user under a name (the guide's `cache_user_data`),
+    /// before that user's generation is known.
+    pub fn user_data_template(&self, user_id: i64, name: &str) -> KeyTemplate {
+        KeyTemplate::new(
+            vec![self.generation(&Self::user_ns(user_id))],
+            vec![
+                self.cache(&format!("user:data:{user_id}:{GEN_TAG}:u")),
+                format!(":{name}"),
+            ],
+        )
+    }
+
     /// Namespace of one user's cached data (bumped when their bookings change).
     pub fn user_ns(user_id: i64) -> String {
         format!("user:{user_id}")

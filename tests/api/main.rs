@@ -5,6 +5,7 @@ mod helpers;
 
 mod auth;
 mod bookings;
+mod cache_api;
 mod cache_suite;
 mod cli_cache;
 mod errors;
