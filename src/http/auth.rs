@@ -30,6 +30,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/auth/login", post(login))
         .route("/api/v1/auth/logout", post(logout))
         .route("/api/v1/auth/logout-all", post(logout_all))
+        .route("/api/v1/auth/password", post(change_password))
         .route("/api/v1/auth/otp", post(otp_request))
         .route("/api/v1/auth/otp/verify", post(otp_verify))
         .route("/api/v1/me", get(me))
@@ -214,6 +215,60 @@ async fn logout_all(
         .await
         .map_err(|_| ApiError::Unavailable("session store"))?;
     Ok(clear_cookie(&state))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PasswordBody {
+    current_password: String,
+    new_password: String,
+}
+
+/// Changes the caller's password: every session of the user ends (a stolen
+/// session dies with the old password) and this client gets a fresh one.
+/// Wrong current passwords count against the login limit of the email.
+async fn change_password(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    ApiJson(body): ApiJson<PasswordBody>,
+) -> ApiResult<Response> {
+    check_len(&body.new_password, 8, 128).map_err(|m| ApiError::field("new_password", m))?;
+    let email =
+        Email::parse(&user.email).map_err(|m| anyhow::anyhow!("stored email invalid: {m}"))?;
+    let scope = Scope::Login(email.clone());
+    let decision = state
+        .limiter
+        .check(&scope)
+        .await
+        .map_err(|_| ApiError::Unavailable("rate limiter"))?;
+    if !decision.allowed {
+        return Err(ApiError::Throttled {
+            retry_after: decision.retry_after_secs(),
+        });
+    }
+    let row = state
+        .db
+        .user_by_email(&email)
+        .await?
+        .ok_or(ApiError::NotAuthenticated)?;
+    let (current, new) = (body.current_password, body.new_password);
+    let (verified, new_hash) = tokio::task::spawn_blocking(move || {
+        let verified = passwords::verify(&current, &row.password_hash)?;
+        anyhow::Ok((verified, passwords::hash(&new)?))
+    })
+    .await
+    .map_err(anyhow::Error::from)??;
+    if verified == Verified::No {
+        return Err(ApiError::InvalidCredentials("wrong current password"));
+    }
+    state.limiter.reset(&scope).await;
+    state.db.set_password_hash(user.id, &new_hash).await?;
+    state
+        .sessions
+        .delete_user(user.id)
+        .await
+        .map_err(|_| ApiError::Unavailable("session store"))?;
+    start_session(&state, &HeaderMap::new(), user).await
 }
 
 #[derive(Deserialize)]

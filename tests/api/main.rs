@@ -11,6 +11,7 @@ mod cli_cache;
 mod errors;
 mod jobs_suite;
 mod limiter_suite;
+mod ops;
 mod properties;
 mod restart;
 mod seed_import;

@@ -1,0 +1,173 @@
+//! Sign-in limits, password change and `/health` on the production setup
+//! (every role on Redis), including Redis going away.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{RedisServer, SHARED_REDIS, TestDb, TestOptions, error_code, spawn_app_with};
+
+fn on_redis(url: String, db: TestDb) -> TestOptions {
+    TestOptions {
+        db,
+        redis: Some(url),
+        ..TestOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_failed_logins_then_429_and_otp_requests_limited() -> anyhow::Result<()> {
+    let app = spawn_app_with(on_redis(SHARED_REDIS.into(), TestDb::Sqlite)).await?;
+    app.signup_with(&app.new_client(), "kamau@example.com", "guest")
+        .await?;
+    let login = |pw: &'static str| json!({"email": "kamau@example.com", "password": pw});
+    // A success clears earlier failures.
+    for _ in 0..4 {
+        assert_eq!(
+            app.post("/api/v1/auth/login", &login("wrongpass1"))
+                .await?
+                .status(),
+            401
+        );
+    }
+    assert_eq!(
+        app.post("/api/v1/auth/login", &login("password123"))
+            .await?
+            .status(),
+        200
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            app.post("/api/v1/auth/login", &login("wrongpass1"))
+                .await?
+                .status(),
+            401
+        );
+    }
+    // The sixth attempt is refused, even with the right password.
+    let r = app
+        .post("/api/v1/auth/login", &login("password123"))
+        .await?;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(error_code(r).await?, "throttled");
+    // Unknown emails are limited the same way (no difference to probe).
+    for _ in 0..5 {
+        let r = app
+            .post(
+                "/api/v1/auth/login",
+                &json!({"email": "nobody@example.com", "password": "x"}),
+            )
+            .await?;
+        assert_eq!(r.status(), 401);
+    }
+    let r = app
+        .post(
+            "/api/v1/auth/login",
+            &json!({"email": "nobody@example.com", "password": "x"}),
+        )
+        .await?;
+    assert_eq!(r.status(), 429);
+
+    for _ in 0..5 {
+        assert_eq!(
+            app.post("/api/v1/auth/otp", &json!({"email": "kamau@example.com"}))
+                .await?
+                .status(),
+            202
+        );
+    }
+    assert_eq!(
+        app.post("/api/v1/auth/otp", &json!({"email": "kamau@example.com"}))
+            .await?
+            .status(),
+        429
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_change_ends_every_session() -> anyhow::Result<()> {
+    let app = spawn_app_with(on_redis(SHARED_REDIS.into(), TestDb::Postgres)).await?;
+    let laptop = app.new_client();
+    app.signup_with(&laptop, "wanjiru@example.com", "guest")
+        .await?;
+    let phone = app.new_client();
+    let r = phone
+        .post(app.url("/api/v1/auth/login"))
+        .json(&json!({"email": "wanjiru@example.com", "password": "password123"}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+
+    let change =
+        |current: &str| json!({"current_password": current, "new_password": "a-new-password"});
+    let r = laptop
+        .post(app.url("/api/v1/auth/password"))
+        .json(&change("not-my-password"))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 401);
+    let r = laptop
+        .post(app.url("/api/v1/auth/password"))
+        .json(&json!({"current_password": "password123", "new_password": "short"}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 422);
+    let r = laptop
+        .post(app.url("/api/v1/auth/password"))
+        .json(&change("password123"))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    // The phone's session is gone; the laptop got a fresh one.
+    assert_eq!(phone.get(app.url("/api/v1/me")).send().await?.status(), 401);
+    assert_eq!(
+        laptop.get(app.url("/api/v1/me")).send().await?.status(),
+        200
+    );
+    let login = |pw: &str| json!({"email": "wanjiru@example.com", "password": pw});
+    assert_eq!(
+        app.post("/api/v1/auth/login", &login("password123"))
+            .await?
+            .status(),
+        401
+    );
+    assert_eq!(
+        app.post("/api/v1/auth/login", &login("a-new-password"))
+            .await?
+            .status(),
+        200
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_names_what_is_down_and_recovers() -> anyhow::Result<()> {
+    let mut redis = RedisServer::start().await?;
+    let app = spawn_app_with(on_redis(redis.url(), TestDb::Sqlite)).await?;
+    let v: Value = app.get("/health").await?.json().await?;
+    assert_eq!(v["status"], "ok", "{v}");
+
+    redis.stop();
+    let r = app.get("/health").await?;
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await?;
+    assert_eq!(v["status"], "unavailable");
+    assert_eq!(v["database"], "ok");
+    for part in ["cache", "sessions", "ratelimit", "jobs"] {
+        assert_ne!(v[part], "ok", "{part} should be reported down: {v}");
+    }
+
+    redis.restart().await?;
+    let mut status = 0;
+    for _ in 0..50 {
+        status = app.get("/health").await?.status().as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(status, 200, "health did not recover after Redis came back");
+    Ok(())
+}
