@@ -60,6 +60,12 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8099")]
         bind: String,
     },
+    /// One rate-limit check per request: in-process against Redis (the
+    /// latency the limiter adds to a request that waits for it).
+    Limiter {
+        #[arg(long, default_value = "redis://127.0.0.1:6379/3")]
+        redis: String,
+    },
     /// Generation + entry in two round trips against one script.
     Cache {
         #[arg(long, default_value = "redis://127.0.0.1:6379/1")]
@@ -263,6 +269,40 @@ async fn cache(redis: String, concurrency: usize, duration: Duration) -> anyhow:
     Ok(())
 }
 
+/// Times `RateLimiter::check` on the in-process and the Redis backend. Every
+/// worker has its own client key and a limit it never reaches, so each check
+/// is a full check-and-count (the script's GET, TIME and SET).
+async fn limiter(redis: String, concurrency: usize, duration: Duration) -> anyhow::Result<()> {
+    use stayafrica::config::{Rate, Throttles};
+    use stayafrica::ratelimit::memory::MemoryLimiter;
+    use stayafrica::ratelimit::redis::RedisLimiter;
+    use stayafrica::ratelimit::{LimiterBackend, RateLimiter, Scope};
+
+    let rate = Rate::new(u32::MAX / 2, Duration::from_secs(3600));
+    let rates = Throttles { anon: rate, user: rate, booking: rate, otp: rate, login: rate };
+    let keys = Keys::new(&format!("bench:{}:", std::process::id()));
+    let backends: [(&'static str, Arc<dyn LimiterBackend>); 2] = [
+        ("limiter check, in-process", Arc::new(MemoryLimiter::default())),
+        (
+            "limiter check, Redis",
+            Arc::new(RedisLimiter::new(RedisRole::connect(Role::RateLimit, &redis).await?)),
+        ),
+    ];
+    for (name, backend) in backends {
+        let limiter = RateLimiter::new(backend, keys.clone(), rates);
+        run(name, concurrency, duration, move |w, _| {
+            let limiter = limiter.clone();
+            async move {
+                let ip = std::net::IpAddr::from([10, 0, (w / 256) as u8, (w % 256) as u8]);
+                matches!(limiter.check(&Scope::Anon(ip)).await, Ok(d) if d.allowed)
+            }
+        })
+        .await
+        .report();
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -274,6 +314,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Http { base, query } => http(base, query, cli.concurrency, duration).await,
         Command::Cache { redis } => cache(redis, cli.concurrency, duration).await,
+        Command::Limiter { redis } => limiter(redis, cli.concurrency, duration).await,
         Command::Get { url } => {
             let client = reqwest::Client::new();
             run("GET", cli.concurrency, duration, move |_, _| {
