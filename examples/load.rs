@@ -279,13 +279,24 @@ async fn limiter(redis: String, concurrency: usize, duration: Duration) -> anyho
     use stayafrica::ratelimit::{LimiterBackend, RateLimiter, Scope};
 
     let rate = Rate::new(u32::MAX / 2, Duration::from_secs(3600));
-    let rates = Throttles { anon: rate, user: rate, booking: rate, otp: rate, login: rate };
+    let rates = Throttles {
+        anon: rate,
+        user: rate,
+        booking: rate,
+        otp: rate,
+        login: rate,
+    };
     let keys = Keys::new(&format!("bench:{}:", std::process::id()));
     let backends: [(&'static str, Arc<dyn LimiterBackend>); 2] = [
-        ("limiter check, in-process", Arc::new(MemoryLimiter::default())),
+        (
+            "limiter check, in-process",
+            Arc::new(MemoryLimiter::default()),
+        ),
         (
             "limiter check, Redis",
-            Arc::new(RedisLimiter::new(RedisRole::connect(Role::RateLimit, &redis).await?)),
+            Arc::new(RedisLimiter::new(
+                RedisRole::connect(Role::RateLimit, &redis).await?,
+            )),
         ),
     ];
     for (name, backend) in backends {

@@ -465,6 +465,32 @@ mod tests {
     }
 
     #[test]
+    fn each_role_can_have_its_own_redis() -> anyhow::Result<()> {
+        let raw = RawSettings {
+            redis_url: Some("redis://10.0.0.1:6379".into()),
+            redis_cache_url: Some("redis://cache.internal:6380/0".into()),
+            ..RawSettings::default()
+        };
+        let r = Settings::validate(raw)?
+            .redis
+            .ok_or_else(|| anyhow!("no redis"))?;
+        assert_eq!(r.cache, "redis://cache.internal:6380/0");
+        assert_eq!(r.sessions, "redis://10.0.0.1:6379/2");
+        assert_eq!(r.ratelimit, "redis://10.0.0.1:6379/3");
+        assert_eq!(r.broker, "redis://10.0.0.1:6379/0");
+        let raw = RawSettings {
+            redis_cache_url: Some("redis://cache.internal:6380/0".into()),
+            ..RawSettings::default()
+        };
+        let err = Settings::validate(raw)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("REDIS_CACHE_URL"), "{err}");
+        Ok(())
+    }
+
+    #[test]
     fn bad_values_name_the_variable() {
         let raw = RawSettings {
             throttle_anon: "lots".into(),

@@ -16,3 +16,4 @@ mod properties;
 mod restart;
 mod seed_import;
 mod session_suite;
+mod shutdown;
