@@ -125,6 +125,28 @@ impl RedisStore {
         }
         Ok((generations, entry))
     }
+
+    /// Adds `by` (0 to only read) to a property's pending views; returns
+    /// its views not yet in the database, in-flight batches included.
+    async fn count_views(&self, id: i64, by: i64) -> anyhow::Result<i64> {
+        let (pending, in_flight, batch) = (
+            self.keys.views_pending(),
+            self.keys.views_in_flight(),
+            self.keys.views_batch_prefix(),
+        );
+        self.role
+            .run(|mut conn| async move {
+                self.views_count
+                    .key(&pending)
+                    .key(&in_flight)
+                    .arg(id)
+                    .arg(by)
+                    .arg(&batch)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await
+    }
 }
 
 /// A TTL in whole milliseconds, at least 1 (Redis refuses `PX 0`).
@@ -353,43 +375,13 @@ impl CacheStore for RedisStore {
     }
 
     async fn views_incr(&self, id: i64) -> anyhow::Result<i64> {
-        let (pending, in_flight, batch) = (
-            self.keys.views_pending(),
-            self.keys.views_in_flight(),
-            self.keys.views_batch_prefix(),
-        );
-        self.role
-            .run(|mut conn| async move {
-                self.views_count
-                    .key(&pending)
-                    .key(&in_flight)
-                    .arg(id)
-                    .arg(1)
-                    .arg(&batch)
-                    .invoke_async(&mut conn)
-                    .await
-            })
+        self.count_views(id, 1)
             .await
             .context("cannot count the view")
     }
 
     async fn views_pending(&self, id: i64) -> anyhow::Result<i64> {
-        let (pending, in_flight, batch) = (
-            self.keys.views_pending(),
-            self.keys.views_in_flight(),
-            self.keys.views_batch_prefix(),
-        );
-        self.role
-            .run(|mut conn| async move {
-                self.views_count
-                    .key(&pending)
-                    .key(&in_flight)
-                    .arg(id)
-                    .arg(0)
-                    .arg(&batch)
-                    .invoke_async(&mut conn)
-                    .await
-            })
+        self.count_views(id, 0)
             .await
             .context("cannot read the pending views")
     }

@@ -58,7 +58,6 @@ const COLS: &str =
 /// A booking to insert.
 #[derive(Debug, Clone)]
 pub struct NewBooking {
-    pub id: Option<i64>,
     pub property_id: i64,
     pub guest_id: i64,
     pub check_in: Date,

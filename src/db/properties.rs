@@ -90,7 +90,6 @@ pub struct PropertyFields {
 
 /// A property to insert (seeder and importer set every column).
 pub struct NewProperty {
-    pub id: Option<i64>,
     pub host_id: i64,
     pub title: String,
     pub description: String,

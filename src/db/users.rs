@@ -43,8 +43,6 @@ impl UserRow {
 
 /// A user to insert.
 pub struct NewUser<'a> {
-    /// `Some` to keep an imported id.
-    pub id: Option<i64>,
     pub email: &'a str,
     pub password_hash: &'a str,
     pub full_name: &'a str,

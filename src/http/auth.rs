@@ -77,7 +77,6 @@ async fn register(
     let user = state
         .db
         .create_user(&NewUser {
-            id: None,
             email: email.as_str(),
             password_hash: &hash,
             full_name: body.full_name.trim(),

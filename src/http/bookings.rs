@@ -155,7 +155,6 @@ async fn create_checked(
     let created = state
         .db
         .create_booking(&NewBooking {
-            id: None,
             property_id: property.id,
             guest_id: user.id,
             check_in,

@@ -306,7 +306,6 @@ async fn create(
     let property = state
         .db
         .create_property(&NewProperty {
-            id: None,
             host_id: user.id,
             title,
             description,

@@ -256,7 +256,6 @@ async fn django_user_is_rehashed(db: TestDb) -> anyhow::Result<()> {
     let django = passwords::django_hash("oldpassword1", "legacysalt", 1000);
     app.db()
         .create_user(&stayafrica::db::users::NewUser {
-            id: None,
             email: "legacy@example.com",
             password_hash: &django,
             full_name: "Legacy User",

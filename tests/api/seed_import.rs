@@ -252,7 +252,6 @@ async fn seed_counts_determinism_and_no_overlap(backend: Backend) -> anyhow::Res
     // New rows get ids above the seeded ones.
     let now = OffsetDateTime::now_utc();
     let new_user = NewUser {
-        id: None,
         email: "fresh@example.com",
         password_hash: &user.password_hash,
         full_name: "Fresh User",
@@ -294,7 +293,6 @@ async fn seed_is_the_same_on_both_databases() -> anyhow::Result<()> {
 
 fn new_property(host_id: i64, now: OffsetDateTime) -> NewProperty {
     NewProperty {
-        id: None,
         host_id,
         title: "Brand new loft in Accra".into(),
         description: String::new(),
@@ -399,7 +397,6 @@ async fn import_sample_keeps_ids_and_passwords(backend: Backend) -> anyhow::Resu
     let property = t.db.create_property(&new_property(1, now)).await?;
     assert_eq!(property.id, 101);
     let booking = stayafrica::db::bookings::NewBooking {
-        id: None,
         property_id: property.id,
         guest_id: 12,
         check_in: date!(2030 - 01 - 01),
@@ -412,7 +409,6 @@ async fn import_sample_keeps_ids_and_passwords(backend: Backend) -> anyhow::Resu
     let created = t.db.create_booking(&booking).await?;
     assert!(matches!(created, Ok(ref b) if b.id == 151), "{created:?}");
     let new_user = NewUser {
-        id: None,
         email: "late@example.com",
         password_hash: &user.password_hash,
         full_name: "Late Comer",
