@@ -101,12 +101,6 @@ async fn login(
     ApiJson(body): ApiJson<LoginBody>,
 ) -> ApiResult<Response> {
     let email = Email::parse(&body.email).map_err(|m| ApiError::field("email", m))?;
-    if body.password.len() > 1024 {
-        return Err(ApiError::field(
-            "password",
-            "must be at most 128 characters long",
-        ));
-    }
     let scope = Scope::Login(email.clone());
     let decision = state
         .limiter
@@ -117,6 +111,10 @@ async fn login(
         return Err(ApiError::Throttled {
             retry_after: decision.retry_after_secs(),
         });
+    }
+    // No account has a longer password: refuse without hashing megabytes.
+    if body.password.chars().count() > 128 {
+        return Err(ApiError::InvalidCredentials("wrong email or password"));
     }
     let row = state.db.user_by_email(&email).await?;
     let password = body.password;
