@@ -20,6 +20,7 @@ pub mod api;
 pub mod codec;
 pub mod memory;
 pub mod redis;
+pub mod stats;
 pub mod store;
 
 use std::collections::{HashMap, HashSet};
@@ -66,6 +67,7 @@ pub struct Cache {
 fn record(family: &'static str, outcome: &'static str) {
     metrics::counter!("cache_requests_total", "family" => family, "outcome" => outcome)
         .increment(1);
+    stats::count(family, outcome);
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

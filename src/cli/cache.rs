@@ -474,10 +474,57 @@ async fn role_info(t: &Target) -> anyhow::Result<Value> {
         "evicted_keys": num(&stats, "evicted_keys"),
         "maxmemory_policy": policy,
     });
+    if t.role == Role::Cache {
+        v["our_hit_ratio_by_family"] = our_hit_ratios(t, &mut c).await?;
+    }
     if t.role != Role::Cache && policy != "noeviction" {
         v["warning"] = json!("this role's keys can be evicted: use maxmemory-policy noeviction");
     }
     Ok(v)
+}
+
+/// Our hit ratio per key family, from the counters every instance adds to
+/// (`cache::stats`): `{family: {hits, misses, errors, hit_ratio}}`.
+async fn our_hit_ratios(t: &Target, c: &mut MultiplexedConnection) -> anyhow::Result<Value> {
+    let stats_ns = format!("{}stats:", t.ns);
+    let mut names = Vec::new();
+    let mut scanner = c.clone();
+    scan_batches(
+        &mut scanner,
+        &format!("{}*", escape_glob(&stats_ns)),
+        10_000,
+        |keys| {
+            names.extend(keys);
+            async { Ok(()) }
+        },
+    )
+    .await?;
+    let mut families: std::collections::BTreeMap<String, [f64; 3]> = Default::default();
+    if !names.is_empty() {
+        let values: Vec<Option<f64>> = redis::cmd("MGET").arg(&names).query_async(c).await?;
+        for (name, value) in names.iter().zip(values) {
+            let Some((family, outcome)) = name[stats_ns.len()..].rsplit_once(':') else {
+                continue;
+            };
+            let slot = match outcome {
+                "hit" => 0,
+                "miss" => 1,
+                _ => 2,
+            };
+            families.entry(family.to_owned()).or_default()[slot] += value.unwrap_or(0.0);
+        }
+    }
+    Ok(families
+        .into_iter()
+        .map(|(family, [hits, misses, errors])| {
+            let ratio = (hits + misses > 0.0).then(|| hits / (hits + misses));
+            (
+                family,
+                json!({"hits": hits, "misses": misses, "errors": errors, "hit_ratio": ratio}),
+            )
+        })
+        .collect::<serde_json::Map<String, Value>>()
+        .into())
 }
 
 async fn check_role(t: &Target) -> anyhow::Result<Vec<String>> {

@@ -211,6 +211,12 @@ impl Keys {
         )
     }
 
+    /// Shared count of one cache outcome of a key family (see
+    /// `cache::stats`); the logical part is `stats:{family}:{outcome}`.
+    pub fn cache_stats(&self, family: &str, outcome: &str) -> String {
+        self.cache(&format!("stats:{family}:{outcome}"))
+    }
+
     /// Namespace of one user's cached data (bumped when their bookings change).
     pub fn user_ns(user_id: i64) -> String {
         format!("user:{user_id}")

@@ -171,3 +171,30 @@ async fn health_names_what_is_down_and_recovers() -> anyhow::Result<()> {
     assert_eq!(status, 200, "health did not recover after Redis came back");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_info_reports_our_hit_ratio_per_family() -> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let app = spawn_app_with(on_redis(redis.url(), TestDb::Sqlite)).await?;
+    for _ in 0..3 {
+        assert_eq!(
+            app.get("/api/v1/properties?city=Harare").await?.status(),
+            200
+        );
+    }
+    // The server flushes every few seconds; do it now instead of waiting.
+    stayafrica::cache::stats::flush(&app.state.cache).await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stayafrica"))
+        .args(["cache", "info", "--json"])
+        .env("REDIS_URL", redis.url())
+        .env("STAYAFRICA_KEY_PREFIX", &app.state.settings.key_prefix)
+        .output()?;
+    assert!(out.status.success(), "{out:?}");
+    let info: Value = serde_json::from_slice(&out.stdout)?;
+    let list = &info[0]["our_hit_ratio_by_family"]["property_list"];
+    // Other tests of this process count too: at least ours are there.
+    assert!(list["hits"].as_f64().unwrap_or(0.0) >= 2.0, "{info}");
+    assert!(list["misses"].as_f64().unwrap_or(0.0) >= 1.0, "{info}");
+    assert!(list["hit_ratio"].as_f64().is_some(), "{info}");
+    Ok(())
+}
