@@ -267,6 +267,10 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
 }
 
 pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
+    if settings.redis.is_none() && matches!(args.command, CacheCommand::Ping | CacheCommand::Check)
+    {
+        return embedded(&settings, matches!(args.command, CacheCommand::Check)).await;
+    }
     match args.command {
         CacheCommand::Ping => {
             let mut failed = 0;
@@ -432,6 +436,44 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// `ping` and `check` on the embedded default: sessions and jobs live in the
+/// database (checked here, a probe session written, read and deleted); the
+/// cache and rate limits live inside the `serve` process (its `/health`).
+async fn embedded(settings: &Settings, check: bool) -> anyhow::Result<()> {
+    use crate::sessions::SessionStore;
+    let started = Instant::now();
+    let db = crate::db::Db::connect(&settings.database_url).await?;
+    db.migrate().await?;
+    db.ping().await?;
+    let rtt = started.elapsed().as_secs_f64() * 1000.0;
+    println!("cache      in-process (inside `serve`; see its /health)");
+    println!("ratelimit  in-process (inside `serve`; see its /health)");
+    if check {
+        let store = crate::sessions::sql::SqlSessionStore::new(db.clone());
+        let probe = format!("check-{}", uuid::Uuid::new_v4().simple());
+        store.create(&probe, 0, Duration::from_secs(60)).await?;
+        anyhow::ensure!(
+            store.load(&probe, Duration::from_secs(60)).await? == Some(0),
+            "probe session not read back"
+        );
+        store.delete(&probe).await?;
+        anyhow::ensure!(
+            store.load(&probe, Duration::from_secs(60)).await?.is_none(),
+            "probe session not deleted"
+        );
+        println!("sessions   ok    database: write, read, delete");
+    } else {
+        println!("sessions   ok    {rtt:>8.2} ms  database");
+    }
+    let counts = crate::jobs::sql::SqlQueue::new(db);
+    let c = crate::jobs::QueueBackend::counts(&counts).await?;
+    println!(
+        "jobs       ok    database: {} queued, {} running, {} dead",
+        c.queued, c.running, c.dead
+    );
     Ok(())
 }
 

@@ -144,3 +144,33 @@ async fn operator_commands_touch_only_our_keys() -> anyhow::Result<()> {
     assert!(!o.status.success());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_default_checks_the_database_roles() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_stayafrica"))
+            .args(args)
+            .env_remove("REDIS_URL")
+            .env(
+                "DATABASE_URL",
+                format!("sqlite://{}/e.db", dir.path().display()),
+            )
+            .output()
+    };
+    let o = run(&["cache", "check"])?;
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        stdout(&o).contains("sessions   ok    database: write, read, delete"),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(&["cache", "ping"])?;
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("jobs       ok"));
+    // Key listings need Redis: a clear refusal, not a crash.
+    let o = run(&["cache", "keys", "*"])?;
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("REDIS_URL is unset"));
+    Ok(())
+}
