@@ -245,6 +245,8 @@ pub async fn spawn_on(
     // Generous general limits so that tests of other things are not throttled.
     settings.throttles.anon = stayafrica::config::Rate::new(100_000, Duration::from_secs(3600));
     settings.throttles.user = stayafrica::config::Rate::new(100_000, Duration::from_secs(3600));
+    // Test sessions left in the shared Redis expire within the hour.
+    settings.session_ttl = Duration::from_secs(3600);
     tweak(&mut settings);
     let app = Application::build(
         settings,
