@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use time::{Date, OffsetDateTime};
 
-use super::{Db, is_overlap};
+use super::{Db, DbKind, is_overlap};
 use crate::domain::{BookingStatus, Money};
 use crate::with_pool;
 
@@ -94,11 +94,19 @@ impl Db {
         &self,
         b: &NewBooking,
     ) -> anyhow::Result<Result<Booking, BookingRefused>> {
+        // On PostgreSQL the property row is share-locked by the insert, so a
+        // concurrent delete (which locks it for update) either waits for this
+        // booking and then sees it, or wins and this insert finds no live
+        // property. SQLite runs one writer at a time: no lock needed.
+        let lock = match self.kind() {
+            DbKind::Postgres => "FOR SHARE",
+            DbKind::Sqlite => "",
+        };
         let sql = format!(
             "INSERT INTO bookings (property_id, guest_id, check_in, check_out, guests,
                total_cents, status, created_at)
              SELECT id, $2, $3, $4, $5, $6, $7, $8 FROM properties
-             WHERE id = $1 AND deleted_at IS NULL
+             WHERE id = $1 AND deleted_at IS NULL {lock}
              RETURNING {COLS}"
         );
         let res = with_pool!(self, p => sqlx::query_as::<_, BookingRow>(sqlx::AssertSqlSafe(sql))

@@ -210,13 +210,39 @@ impl Db {
         today: time::Date,
         now: OffsetDateTime,
     ) -> anyhow::Result<DeleteOutcome> {
-        let done = with_pool!(self, p => sqlx::query(
-            "UPDATE properties SET deleted_at = $2
+        const DELETE: &str = "UPDATE properties SET deleted_at = $2
              WHERE id = $1 AND deleted_at IS NULL AND NOT EXISTS (
                SELECT 1 FROM bookings
-               WHERE property_id = $1 AND status = 'confirmed' AND check_out > $3)")
-            .bind(id).bind(now).bind(today)
-            .execute(p).await.map(|r| r.rows_affected()))?;
+               WHERE property_id = $1 AND status = 'confirmed' AND check_out > $3)";
+        let done = match self {
+            // One writer at a time: the check and the update cannot race a booking.
+            Db::Sqlite(p) => sqlx::query(DELETE)
+                .bind(id)
+                .bind(now)
+                .bind(today)
+                .execute(p)
+                .await?
+                .rows_affected(),
+            // Lock the property first: bookings being inserted hold a share
+            // lock on it, so once we have it every booking of it is committed,
+            // and the next statement (a new snapshot) sees them all.
+            Db::Postgres(p) => {
+                let mut tx = p.begin().await?;
+                sqlx::query("SELECT id FROM properties WHERE id = $1 FOR UPDATE")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let n = sqlx::query(DELETE)
+                    .bind(id)
+                    .bind(now)
+                    .bind(today)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                tx.commit().await?;
+                n
+            }
+        };
         if done == 1 {
             return Ok(DeleteOutcome::Deleted);
         }

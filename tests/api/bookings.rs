@@ -9,7 +9,8 @@ on_both_dbs!(
     booking_rules_and_cancel,
     concurrent_overlapping_bookings_one_wins,
     dashboard_reflects_bookings,
-    delete_refused_with_active_bookings
+    delete_refused_with_active_bookings,
+    delete_racing_bookings_never_orphans_one
 );
 
 async fn setup(db: TestDb) -> anyhow::Result<(crate::helpers::TestApp, reqwest::Client, i64)> {
@@ -256,5 +257,55 @@ async fn delete_refused_with_active_bookings(db: TestDb) -> anyhow::Result<()> {
     // The booking keeps its record.
     let list: Value = app.get("/api/v1/bookings").await?.json().await?;
     assert_eq!(list["count"], 1);
+    Ok(())
+}
+
+/// A delete racing new bookings: either the delete wins (and no booking of
+/// the deleted property is confirmed for the future) or a booking wins (and
+/// the delete answers 409); never both.
+async fn delete_racing_bookings_never_orphans_one(db: TestDb) -> anyhow::Result<()> {
+    let (app, host, _) = setup(db).await?;
+    app.signup("guest@example.com", "guest").await?;
+    for round in 0..8 {
+        let p = app
+            .create_property_with(&host, property_body("Kampala", "20.00", false))
+            .await?;
+        let pid = p["id"].as_i64().unwrap_or_default();
+        let mut bookings = Vec::new();
+        for n in 0..10i64 {
+            let (c, url) = (app.client.clone(), app.url("/api/v1/bookings"));
+            let body = json!({"property_id": pid, "check_in": day(2 * n + 1), "check_out": day(2 * n + 2), "guests": 1});
+            bookings.push(tokio::spawn(async move {
+                c.post(url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            }));
+        }
+        let (h, url) = (host.clone(), app.url(&format!("/api/v1/properties/{pid}")));
+        let delete =
+            tokio::spawn(async move { h.delete(url).send().await.map(|r| r.status().as_u16()) });
+        let mut created = 0;
+        for b in bookings {
+            let s = b.await??;
+            assert!(s == 201 || s == 422, "round {round}: booking answered {s}");
+            created += usize::from(s == 201);
+        }
+        let deleted = delete.await?? == 204;
+        let live = app.db().property(pid).await?.is_some();
+        assert_eq!(deleted, !live, "round {round}");
+        if deleted {
+            assert_eq!(
+                created, 0,
+                "round {round}: a booking was confirmed for a deleted property"
+            );
+        } else {
+            assert!(
+                created > 0,
+                "round {round}: delete refused without bookings"
+            );
+        }
+    }
     Ok(())
 }
