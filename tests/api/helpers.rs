@@ -234,7 +234,7 @@ pub async fn spawn_on(
     with_worker: bool,
     tweak: Box<dyn FnOnce(&mut Settings) + Send>,
 ) -> anyhow::Result<TestApp> {
-    stayafrica::telemetry::init_logging();
+    stayafrica::telemetry::init_test_logging();
     let tmp = tempfile::tempdir()?;
     let email_dir = tmp.path().join("mail");
     let mut settings = Settings::defaults();
