@@ -233,26 +233,20 @@ async fn delete_matching(t: &Target, pattern: &str, label: &str) -> anyhow::Resu
     Ok(n)
 }
 
+/// A stored value for people: our cache codec undone (decompressed) when it
+/// is one of ours, JSON pretty-printed when it is JSON, text otherwise.
 fn decode(raw: &[u8]) -> String {
     let pretty = |b: &[u8]| {
         serde_json::from_slice::<Value>(b)
             .ok()
             .and_then(|v| serde_json::to_string_pretty(&v).ok())
     };
-    if let Some(p) = pretty(raw) {
-        return p;
-    }
-    // Our cache codec: one header byte (0 raw, 1 lz4 with size prefix).
-    match raw.split_first() {
-        Some((0, rest)) if pretty(rest).is_some() => return pretty(rest).unwrap_or_default(),
-        Some((1, rest)) => {
-            if let Ok(d) = lz4_flex::decompress_size_prepended(rest) {
-                return pretty(&d).unwrap_or_else(|| String::from_utf8_lossy(&d).into_owned());
-            }
-        }
-        _ => {}
-    }
-    String::from_utf8_lossy(raw).into_owned()
+    let plain = crate::cache::codec::decode(bytes::Bytes::copy_from_slice(raw))
+        .map(|b| b.to_vec())
+        .unwrap_or_else(|_| raw.to_vec());
+    pretty(&plain)
+        .or_else(|| pretty(raw))
+        .unwrap_or_else(|| String::from_utf8_lossy(&plain).into_owned())
 }
 
 fn confirm(question: &str) -> anyhow::Result<bool> {

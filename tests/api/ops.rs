@@ -198,3 +198,42 @@ async fn cache_info_reports_our_hit_ratio_per_family() -> anyhow::Result<()> {
     assert!(list["hit_ratio"].as_f64().is_some(), "{info}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_get_decodes_what_the_service_stored() -> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let app = spawn_app_with(on_redis(redis.url(), TestDb::Sqlite)).await?;
+    let host = app.new_client();
+    app.signup_with(&host, "host@example.com", "host").await?;
+    for i in 0..30 {
+        let body = crate::helpers::property_body("Windhoek", &format!("{}.00", 40 + i), false);
+        app.create_property_with(&host, body).await?;
+    }
+    // A 30-item page is well over the compression threshold.
+    assert_eq!(
+        app.get("/api/v1/properties?page_size=30").await?.status(),
+        200
+    );
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_stayafrica"))
+            .args(args)
+            .env("REDIS_URL", redis.url())
+            .env("STAYAFRICA_KEY_PREFIX", &app.state.settings.key_prefix)
+            .output()
+    };
+    let o = cli(&["cache", "keys", "property:list:*"])?;
+    let listing = String::from_utf8_lossy(&o.stdout).into_owned();
+    let key = listing
+        .lines()
+        .find(|l| l.contains("[1,30,"))
+        .and_then(|l| l.split('\t').next())
+        .ok_or_else(|| anyhow::anyhow!("page not listed: {listing}"))?
+        .to_owned();
+    assert!(listing.contains("ttl="), "{listing}");
+    let o = cli(&["cache", "get", &key])?;
+    assert!(o.status.success(), "{o:?}");
+    let shown: Value = serde_json::from_slice(&o.stdout)?;
+    assert_eq!(shown["count"], 30);
+    assert_eq!(shown["results"].as_array().map(Vec::len), Some(30));
+    Ok(())
+}
