@@ -27,7 +27,7 @@ use time::{Date, OffsetDateTime};
 
 use crate::db::bulk::{BookingRecord, BulkTx, CHUNK_ROWS, PropertyRecord, UserRecord};
 use crate::db::{Db, is_overlap};
-use crate::domain::{BookingStatus, Email, MAX_PRICE_CENTS, Money, Role, check_len};
+use crate::domain::{BookingStatus, Email, MAX_PRICE_CENTS, Money, Role, check_len, check_text};
 
 const USERS: &str = "users.jsonl";
 const PROPERTIES: &str = "properties.jsonl";
@@ -197,7 +197,7 @@ struct Seen {
 
 fn text(name: &str, value: String, min: usize, max: usize) -> Result<String, String> {
     let value = value.trim().to_owned();
-    check_len(&value, min, max).map_err(|m| format!("{name}: {m}"))?;
+    check_text(&value, min, max).map_err(|m| format!("{name}: {m}"))?;
     Ok(value)
 }
 

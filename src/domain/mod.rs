@@ -10,4 +10,4 @@ mod text;
 pub use email::Email;
 pub use money::{MAX_PRICE_CENTS, Money};
 pub use role::Role;
-pub use text::{BookingStatus, check_len};
+pub use text::{BookingStatus, check_len, check_text};

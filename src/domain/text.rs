@@ -12,6 +12,18 @@ pub fn check_len(value: &str, min: usize, max: usize) -> Result<(), String> {
     }
 }
 
+/// [`check_len`] for text shown to people: no control characters (NUL
+/// cannot even be stored by PostgreSQL) except line breaks and tabs.
+pub fn check_text(value: &str, min: usize, max: usize) -> Result<(), String> {
+    if value
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err("must not contain control characters".into());
+    }
+    check_len(value, min, max)
+}
+
 /// A booking is confirmed until cancelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -14,7 +14,7 @@ use super::extract::{ApiJson, AuthUser};
 use super::middleware::session_cookie;
 use crate::cache::OtpOutcome;
 use crate::db::users::{NewUser, User};
-use crate::domain::{Email, Role, check_len};
+use crate::domain::{Email, Role, check_len, check_text};
 use crate::error::{ApiError, ApiResult, FieldErrors};
 use crate::jobs::Job;
 use crate::passwords::{self, Verified};
@@ -64,7 +64,7 @@ async fn register(
     if let Err(m) = check_len(&body.password, 8, 128) {
         errors.insert("password".into(), m);
     }
-    if let Err(m) = check_len(body.full_name.trim(), 1, 200) {
+    if let Err(m) = check_text(body.full_name.trim(), 1, 200) {
         errors.insert("full_name".into(), m);
     }
     let Some(email) = email.filter(|_| errors.is_empty()) else {

@@ -18,7 +18,7 @@ use super::AppState;
 use super::extract::{ApiJson, ApiQuery, AuthUser, IdPath};
 use crate::cache::PROPERTIES_NS;
 use crate::db::properties::{DeleteOutcome, NewProperty, Property, PropertyFields, PropertyFilter};
-use crate::domain::{MAX_PRICE_CENTS, Money, Role, check_len};
+use crate::domain::{MAX_PRICE_CENTS, Money, Role, check_text};
 use crate::error::{ApiError, ApiResult, FieldErrors};
 
 pub const LIST_TTL: Duration = Duration::from_secs(600);
@@ -70,9 +70,9 @@ impl ListQuery {
         }
         let text = |v: Option<String>, name: &str| -> Result<Option<String>, ApiError> {
             match v.map(|s| s.trim().to_lowercase()) {
-                Some(s) if s.is_empty() || s.chars().count() > 100 => {
-                    Err(bad(&format!("{name} must be 1 to 100 characters")))
-                }
+                Some(s) if check_text(&s, 1, 100).is_err() => Err(bad(&format!(
+                    "{name} must be 1 to 100 characters, without control characters"
+                ))),
                 other => Ok(other),
             }
         };
@@ -222,7 +222,7 @@ impl PropertyBody {
                 None => None,
                 Some(s) => {
                     let s = s.trim().to_owned();
-                    match check_len(&s, min, max) {
+                    match check_text(&s, min, max) {
                         Ok(()) => Some(s),
                         Err(m) => {
                             errors.insert(name.into(), m);

@@ -197,3 +197,92 @@ async fn health_and_metrics() -> anyhow::Result<()> {
     assert!(text.contains("jobs_queue_depth"), "{text}");
     Ok(())
 }
+
+crate::on_both_dbs!(garbage_in_is_never_a_server_error);
+
+/// Client mistakes are 4xx with the error body, never a 500 or a panic.
+async fn garbage_in_is_never_a_server_error(db: TestDb) -> anyhow::Result<()> {
+    let app = spawn_app(db).await?;
+    app.signup("host@example.com", "host").await?;
+    let bodies = [
+        "null",
+        "[]",
+        "42",
+        "\"text\"",
+        "{}",
+        "{\"property_id\": -1, \"check_in\": \"2030-01-01\", \"check_out\": \"2030-01-02\", \"guests\": 1}",
+        "{\"property_id\": 9223372036854775807, \"check_in\": \"9999-12-31\", \"check_out\": \"9999-12-31\", \"guests\": 2147483647}",
+        "{\"property_id\": 1, \"check_in\": \"+002030-01-01\", \"check_out\": \"2030-1-2\", \"guests\": -5}",
+        "{\"title\": null, \"price_per_night\": \"99999999999999999999.99\", \"max_guests\": 1e9}",
+        "{\"title\": \"\\u0000\", \"description\": \"x\", \"city\": \"\u{1F3E0}\", \"country\": \"K\", \"price_per_night\": \"1.00\", \"max_guests\": 1}",
+        "{\"email\": \"a@b.com\", \"password\": [1,2], \"full_name\": {}, \"role\": \"host\"}",
+        "{\"email\": \"a@b.com\", \"otp\": \"\"}",
+        "{\"current_password\": \"\", \"new_password\": \"\"}",
+        &format!("{}1{}", "[".repeat(200), "]".repeat(200)),
+    ];
+    let posts = [
+        "/api/v1/bookings",
+        "/api/v1/properties",
+        "/api/v1/auth/register",
+        "/api/v1/auth/login",
+        "/api/v1/auth/otp",
+        "/api/v1/auth/otp/verify",
+        "/api/v1/auth/password",
+    ];
+    for path in posts {
+        for body in &bodies {
+            let r = app
+                .client
+                .post(app.url(path))
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await?;
+            let status = r.status().as_u16();
+            assert!(
+                (400..500).contains(&status),
+                "POST {path} {body} -> {status}"
+            );
+            let v: Value = r.json().await?;
+            assert!(v["error"]["code"].is_string(), "POST {path} {body} -> {v}");
+        }
+    }
+    for query in [
+        "page=99999999999",
+        "page_size=-1",
+        "min_price=-1",
+        "max_price=1e3",
+        "guests=99999999999",
+        "city=",
+        "city=%00",
+        "page=1&page=2",
+    ] {
+        let r = app.get(&format!("/api/v1/properties?{query}")).await?;
+        let status = r.status().as_u16();
+        assert!(
+            status == 200 || (400..500).contains(&status),
+            "GET ?{query} -> {status}"
+        );
+    }
+    for path in [
+        "/api/v1/properties/0",
+        "/api/v1/properties/-1",
+        "/api/v1/properties/99999999999999999999",
+        "/api/v1/bookings/abc/cancel",
+    ] {
+        let r = app.client.get(app.url(path)).send().await?;
+        assert!(
+            (400..500).contains(&r.status().as_u16()),
+            "GET {path} -> {}",
+            r.status()
+        );
+    }
+    let r = app
+        .client
+        .patch(app.url("/api/v1/properties/1"))
+        .json(&json!({"title": "x"}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 404);
+    Ok(())
+}
