@@ -69,7 +69,7 @@ impl RedisRole {
         let conn = connect(url, COMMAND_TIMEOUT)
             .await
             .with_context(|| format!("Redis for the {} role ({})", role.name(), redact(url)))?;
-        Ok(RedisRole {
+        let role = RedisRole {
             role,
             conn,
             timeout: COMMAND_TIMEOUT,
@@ -78,7 +78,58 @@ impl RedisRole {
                 3,
                 Duration::from_secs(2),
             )),
-        })
+        };
+        for warning in role.configuration_warnings().await {
+            tracing::warn!(role = role.role.name(), "{warning}");
+        }
+        Ok(role)
+    }
+
+    /// What is risky in this role's Redis configuration (DESIGN: the cache
+    /// may be evicted; sessions, rate limits and jobs must never be, and
+    /// sessions and jobs should survive a Redis restart). Managed Redis often
+    /// forbids CONFIG: then nothing can be said.
+    pub async fn configuration_warnings(&self) -> Vec<String> {
+        let get = |name: &'static str| {
+            let mut conn = self.conn.clone();
+            async move {
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg(name)
+                    .query_async::<Vec<String>>(&mut conn)
+                    .await
+                    .ok()
+                    .and_then(|v| v.into_iter().nth(1))
+            }
+        };
+        let mut warnings = Vec::new();
+        let policy = get("maxmemory-policy").await;
+        match (self.role, policy.as_deref()) {
+            (_, None) => {}
+            (Role::Cache, Some("noeviction")) => warnings.push(
+                "the cache's Redis refuses writes when full (maxmemory-policy noeviction); \
+                 allkeys-lru is recommended"
+                    .to_owned(),
+            ),
+            (Role::Cache, Some(_)) => {}
+            (_, Some("noeviction")) => {}
+            (_, Some(p)) => warnings.push(format!(
+                "maxmemory-policy {p} may evict this role's keys (sessions, rate limits or \
+                 jobs would be lost): give it a Redis with noeviction"
+            )),
+        }
+        if matches!(self.role, Role::Sessions | Role::Broker) {
+            let (save, aof) = (get("save").await, get("appendonly").await);
+            if save.as_deref().is_some_and(|v| v.trim().is_empty()) && aof.as_deref() == Some("no")
+            {
+                warnings.push(
+                    "this Redis persists nothing (no snapshots, no AOF): a restart logs every \
+                     user out or loses queued jobs; enable appendonly"
+                        .to_owned(),
+                );
+            }
+        }
+        warnings
     }
 
     /// A clone of the multiplexed connection, for calls that must not go

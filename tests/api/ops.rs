@@ -237,3 +237,41 @@ async fn cache_get_decodes_what_the_service_stored() -> anyhow::Result<()> {
     assert_eq!(shown["results"].as_array().map(Vec::len), Some(30));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_warns_where_a_role_could_lose_keys() -> anyhow::Result<()> {
+    use stayafrica::kv::{RedisRole, Role};
+    let redis = RedisServer::start().await?;
+    let sessions = RedisRole::connect(Role::Sessions, &redis.url()).await?;
+    let cache = RedisRole::connect(Role::Cache, &redis.url()).await?;
+    // Our own server: appendonly, noeviction. Fine for sessions; the cache
+    // would rather evict.
+    assert!(sessions.configuration_warnings().await.is_empty());
+    assert_eq!(cache.configuration_warnings().await.len(), 1);
+
+    let client = redis::Client::open(redis.url())?;
+    let mut c = client.get_multiplexed_async_connection().await?;
+    for (k, v) in [
+        ("maxmemory-policy", "allkeys-lru"),
+        ("appendonly", "no"),
+        ("save", ""),
+    ] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(k)
+            .arg(v)
+            .query_async(&mut c)
+            .await?;
+    }
+    let warnings = sessions.configuration_warnings().await;
+    assert!(
+        warnings.iter().any(|w| w.contains("allkeys-lru")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings.iter().any(|w| w.contains("persists nothing")),
+        "{warnings:?}"
+    );
+    assert!(cache.configuration_warnings().await.is_empty());
+    Ok(())
+}
