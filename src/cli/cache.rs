@@ -14,6 +14,7 @@ use redis::aio::MultiplexedConnection;
 use serde_json::{Value, json};
 
 use crate::config::Settings;
+use crate::kv::keys::Keys;
 use crate::kv::{Role, redact};
 
 #[derive(Debug, clap::Args)]
@@ -80,16 +81,6 @@ enum CacheCommand {
     Check,
 }
 
-/// Logical key namespace of each role under the prefix.
-fn namespace(role: Role) -> &'static str {
-    match role {
-        Role::Cache => "cache:",
-        Role::Sessions => "session:",
-        Role::RateLimit => "rl:",
-        Role::Broker => "jobs:",
-    }
-}
-
 struct Target {
     role: Role,
     url: String,
@@ -116,7 +107,7 @@ fn targets(settings: &Settings) -> anyhow::Result<Vec<Target>> {
             Target {
                 role,
                 url: url.clone(),
-                ns: format!("{}{}", settings.key_prefix, namespace(role)),
+                ns: Keys::new(&settings.key_prefix).role_ns(role),
             }
         })
         .collect())

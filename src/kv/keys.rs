@@ -81,6 +81,17 @@ impl Keys {
         &self.prefix
     }
 
+    /// Everything of one Redis role starts with this (operators' commands
+    /// list, inspect and flush under it).
+    pub fn role_ns(&self, role: super::Role) -> String {
+        match role {
+            super::Role::Cache => self.cache_ns(),
+            super::Role::Sessions => self.session_ns(),
+            super::Role::RateLimit => self.ratelimit_ns(),
+            super::Role::Broker => self.jobs_ns(),
+        }
+    }
+
     // ---- Cache role (owner: the cache engineer) ----------------------------
     //
     // Layout: `{prefix}cache:{guide-style name}`. Entries keyed by namespace
