@@ -75,7 +75,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<Jo
     };
     let cache = Cache::new(cache_store, keys.clone());
     if settings.redis.is_some() {
-        crate::cache::stats::spawn_flusher(cache.clone(), Duration::from_secs(5));
+        cache.spawn_stats_flusher(Duration::from_secs(5));
     }
     let limiter = RateLimiter::new(limiter_backend, keys.clone(), settings.throttles);
     let jobs = JobQueue::new(queue);

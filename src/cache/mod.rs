@@ -62,12 +62,15 @@ pub struct Cache {
     /// being retried: until it succeeds this process bypasses the cache for
     /// them, so it never serves what its own write made stale.
     unbumped: Arc<Mutex<HashSet<String>>>,
+    /// Hits, misses and errors per family, shared through the store by
+    /// [`stats::flush`].
+    stats: Arc<stats::HitStats>,
 }
 
-fn record(family: &'static str, outcome: &'static str) {
+fn record(stats: &stats::HitStats, family: &'static str, outcome: &'static str) {
     metrics::counter!("cache_requests_total", "family" => family, "outcome" => outcome)
         .increment(1);
-    stats::count(family, outcome);
+    stats.count(family, outcome);
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -89,7 +92,12 @@ impl Cache {
             keys,
             flights: Arc::default(),
             unbumped: Arc::default(),
+            stats: Arc::default(),
         }
+    }
+
+    fn stats(&self) -> &stats::HitStats {
+        &self.stats
     }
 
     pub fn keys(&self) -> &Keys {
@@ -119,15 +127,15 @@ impl Cache {
             .record(started.elapsed().as_secs_f64());
         match res {
             Ok(Some(b)) => {
-                record(family, "hit");
+                record(&self.stats, family, "hit");
                 Some(b)
             }
             Ok(None) => {
-                record(family, "miss");
+                record(&self.stats, family, "miss");
                 None
             }
             Err(e) => {
-                record(family, "error");
+                record(&self.stats, family, "error");
                 tracing::warn!(family, error = format!("{e:#}"), "cache read failed");
                 None
             }
@@ -145,7 +153,7 @@ impl Cache {
     /// otherwise ignored.
     pub async fn set_bytes(&self, family: &'static str, key: &str, value: Bytes, ttl: Duration) {
         if let Err(e) = self.store.set(key, codec::encode(&value), ttl).await {
-            record(family, "error");
+            record(&self.stats, family, "error");
             tracing::warn!(family, error = format!("{e:#}"), "cache write failed");
         }
     }
@@ -160,7 +168,7 @@ impl Cache {
         match self.store.generation(&key).await {
             Ok(g) => Some(g),
             Err(e) => {
-                record("generation", "error");
+                record(&self.stats, "generation", "error");
                 tracing::warn!(ns, error = format!("{e:#}"), "cache generation read failed");
                 None
             }
@@ -175,7 +183,7 @@ impl Cache {
     pub async fn invalidate(&self, ns: &str) {
         let key = self.keys.generation(ns);
         if let Err(e) = self.store.bump(&key).await {
-            record("generation", "error");
+            record(&self.stats, "generation", "error");
             tracing::error!(
                 ns,
                 error = format!("{e:#}"),
@@ -227,7 +235,7 @@ impl Cache {
         let bytes = self
             .get_or_compute_bytes(family, key, ttl, || to_bytes(slot.take(), &mut computed))
             .await?;
-        from_bytes(family, bytes, computed, slot).await
+        from_bytes(&self.stats, family, bytes, computed, slot).await
     }
 
     /// [`Self::get_or_compute`] for values that are already bytes (whole
@@ -271,7 +279,7 @@ impl Cache {
                 to_bytes(slot.take(), &mut computed)
             })
             .await?;
-        from_bytes(family, bytes, computed, slot).await
+        from_bytes(&self.stats, family, bytes, computed, slot).await
     }
 
     /// [`Self::get_or_compute_bytes`] for a key embedding namespace
@@ -436,6 +444,7 @@ where
 /// entry that no longer deserializes (written by another version of the
 /// service) is counted as an error and the value computed afresh.
 async fn from_bytes<T, F, Fut>(
+    stats: &stats::HitStats,
     family: &'static str,
     bytes: Bytes,
     computed: Option<T>,
@@ -452,7 +461,7 @@ where
     match serde_json::from_slice(&bytes) {
         Ok(v) => Ok(v),
         Err(e) => {
-            record(family, "error");
+            record(stats, family, "error");
             tracing::warn!(family, error = %e, "cached value does not deserialize; computing");
             let compute =
                 compute.ok_or_else(|| anyhow::anyhow!("cached value does not deserialize: {e}"))?;

@@ -1,62 +1,65 @@
 //! Our own cache hit ratio per key family, shared by every instance: each
-//! process counts hits, misses and errors in memory (besides `/metrics`) and
-//! a background task adds the counts to Redis counters every few seconds,
-//! off the request path. `stayafrica cache info` reads them.
+//! [`super::Cache`] counts hits, misses and errors in memory (besides
+//! `/metrics`) and a background task adds the counts to counters in the
+//! store every few seconds, off the request path. `stayafrica cache info`
+//! reads them.
 
 use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use super::Cache;
 
-static COUNTS: LazyLock<Mutex<HashMap<(&'static str, &'static str), u64>>> =
-    LazyLock::new(Mutex::default);
+/// Counts not yet added to the store, by (family, outcome).
+#[derive(Debug, Default)]
+pub struct HitStats {
+    counts: Mutex<HashMap<(&'static str, &'static str), u64>>,
+}
 
 /// How long the shared counters live after their last update.
 const STATS_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// Counts one cache outcome of `family` in this process.
-pub fn count(family: &'static str, outcome: &'static str) {
-    *COUNTS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .entry((family, outcome))
-        .or_default() += 1;
-}
+impl HitStats {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(&'static str, &'static str), u64>> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
 
-fn drain() -> Vec<((&'static str, &'static str), u64)> {
-    std::mem::take(&mut *COUNTS.lock().unwrap_or_else(|e| e.into_inner()))
-        .into_iter()
-        .collect()
-}
+    /// Counts one cache outcome of `family`.
+    pub fn count(&self, family: &'static str, outcome: &'static str) {
+        self.add(family, outcome, 1);
+    }
 
-/// Adds this process's counts to the shared counters; on failure they are
-/// kept for the next round.
-pub async fn flush(cache: &Cache) {
-    for ((family, outcome), n) in drain() {
-        let name = cache.keys().cache_stats(family, outcome);
-        if cache
-            .store()
-            .incr(&name, n as i64, STATS_TTL)
-            .await
-            .is_err()
-        {
-            *COUNTS
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry((family, outcome))
-                .or_default() += n;
-        }
+    fn add(&self, family: &'static str, outcome: &'static str, n: u64) {
+        *self.lock().entry((family, outcome)).or_default() += n;
+    }
+
+    fn drain(&self) -> Vec<((&'static str, &'static str), u64)> {
+        std::mem::take(&mut *self.lock()).into_iter().collect()
     }
 }
 
-/// Flushes every `every` until the process ends.
-pub fn spawn_flusher(cache: Cache, every: Duration) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tick.tick().await;
-            flush(&cache).await;
+impl Cache {
+    /// Adds this instance's counts to the shared counters; what cannot be
+    /// written is kept for the next round.
+    pub async fn flush_stats(&self) {
+        for ((family, outcome), n) in self.stats().drain() {
+            let name = self.keys().cache_stats(family, outcome);
+            let by = i64::try_from(n).unwrap_or(i64::MAX);
+            if self.store().incr(&name, by, STATS_TTL).await.is_err() {
+                self.stats().add(family, outcome, n);
+            }
         }
-    });
+    }
+
+    /// Flushes the counts every `every` until the process ends.
+    pub fn spawn_stats_flusher(&self, every: Duration) {
+        let cache = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                cache.flush_stats().await;
+            }
+        });
+    }
 }
