@@ -122,6 +122,7 @@ pub struct Rate {
 }
 
 impl Rate {
+    /// Unchecked (a zero limit is accepted here); [`Rate::parse`] validates input.
     pub const fn new(limit: u32, period: Duration) -> Self {
         Rate { limit, period }
     }
@@ -192,12 +193,17 @@ pub struct Settings {
     pub database_url: String,
     /// `None`: in-process backends (the embedded default).
     pub redis: Option<RedisSettings>,
+    /// Prefix of every Redis key, so several deployments or tests can share a Redis.
     pub key_prefix: String,
     pub throttles: Throttles,
     pub email: EmailSetting,
+    /// Sliding lifetime of a session: each request that uses it moves its expiry this far ahead.
     pub session_ttl: Duration,
+    /// Mark the session cookie `Secure` (HTTPS only); set it in production.
     pub cookie_secure: bool,
+    /// Peers whose `X-Forwarded-For` is believed when finding the client IP.
     pub trusted_proxies: Vec<IpAddr>,
+    /// How often counted property views are written to the database.
     pub view_flush_interval: Duration,
     /// Lifetime of a one-time login code.
     pub otp_ttl: Duration,
@@ -387,6 +393,7 @@ impl Settings {
         })
     }
 
+    /// True when no Redis is configured: every backend then runs in-process.
     pub fn is_embedded(&self) -> bool {
         self.redis.is_none()
     }

@@ -24,12 +24,15 @@ pub enum Mailer {
     /// Each message is logged under the `stayafrica::email` target
     /// (development: the log then holds one-time codes).
     Log,
+    /// Each message is sent through this SMTP transport.
     Smtp(AsyncSmtpTransport<Tokio1Executor>),
 }
 
 const FROM: &str = "StayAfrica <no-reply@stayafrica.example>";
 
 impl Mailer {
+    /// Builds the configured backend without connecting; fails on a directory that
+    /// cannot be created or an invalid SMTP URL.
     pub fn from_settings(s: &EmailSetting) -> anyhow::Result<Mailer> {
         Ok(match s {
             EmailSetting::File(dir) => {
@@ -50,6 +53,7 @@ impl Mailer {
         })
     }
 
+    /// Delivers one message; a file appears whole (written, then renamed) or not at all.
     pub async fn send(&self, email: &Email) -> anyhow::Result<()> {
         match self {
             Mailer::File(dir) => {

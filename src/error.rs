@@ -53,6 +53,7 @@ impl ApiError {
         ApiError::Validation(m)
     }
 
+    /// The HTTP status of this error, as `API.md` lists it.
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
@@ -72,6 +73,7 @@ impl ApiError {
         }
     }
 
+    /// The `error.code` of the response body: stable, clients match on it.
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::InvalidRequest(_) => "invalid_request",

@@ -25,6 +25,7 @@ pub struct SeedOptions {
     pub users: u32,
     pub properties: u32,
     pub bookings: u32,
+    /// Random seed: the same seed gives the same data set.
     pub seed: u64,
 }
 

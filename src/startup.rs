@@ -151,6 +151,7 @@ fn redis_queue(role: RedisRole, keys: &Keys, _db: &Db) -> anyhow::Result<Arc<dyn
 pub struct ServeOptions {
     /// Run job workers inside the API process.
     pub with_worker: bool,
+    /// Jobs the in-process worker runs at once.
     pub worker_concurrency: usize,
 }
 
@@ -178,10 +179,12 @@ impl Application {
         })
     }
 
+    /// The bound address: with port 0 in the settings, the port the OS chose.
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
         Ok(self.listener.local_addr()?)
     }
 
+    /// The state the server uses, so tests can reach its database and backends.
     pub fn state(&self) -> &AppState {
         &self.state
     }

@@ -86,6 +86,7 @@ enum Turn {
 }
 
 impl Cache {
+    /// A cache over `store`; clones share its single flight, pending bumps and hit stats.
     pub fn new(store: Arc<dyn CacheStore>, keys: Keys) -> Self {
         Cache {
             store,
@@ -100,10 +101,12 @@ impl Cache {
         &self.stats
     }
 
+    /// The key builder, for callers that build templates for [`Self::get_or_compute_in`].
     pub fn keys(&self) -> &Keys {
         &self.keys
     }
 
+    /// The raw store: no codec, metrics or single flight (view counters, health checks).
     pub fn store(&self) -> &Arc<dyn CacheStore> {
         &self.store
     }

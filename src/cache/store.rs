@@ -25,7 +25,9 @@ pub enum OtpOutcome {
 /// same id (and the database applies each id once).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ViewBatch {
+    /// Idempotency key of the batch: the database applies each id once.
     pub flush_id: String,
+    /// `(property id, views to add)` pairs.
     pub deltas: Vec<(i64, i64)>,
 }
 
@@ -33,7 +35,9 @@ pub struct ViewBatch {
 /// be down); callers decide whether that is a miss or an error.
 #[async_trait]
 pub trait CacheStore: Send + Sync + 'static {
+    /// The bytes stored under `key`; `None` when absent or expired.
     async fn get(&self, key: &str) -> anyhow::Result<Option<Bytes>>;
+    /// Stores `value` under `key` for `ttl`, replacing any earlier value.
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> anyhow::Result<()>;
     /// Deletes keys; returns how many existed.
     async fn delete(&self, keys: &[String]) -> anyhow::Result<u64>;
@@ -98,5 +102,6 @@ pub trait CacheStore: Send + Sync + 'static {
     /// Forgets a batch once the database has it.
     async fn views_ack(&self, flush_id: &str) -> anyhow::Result<()>;
 
+    /// Health check for `/health`: an error when the store cannot be reached.
     async fn ping(&self) -> anyhow::Result<()>;
 }

@@ -28,6 +28,7 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The subcommands; each lives in its own module and gets the loaded settings.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP API (applies migrations first).

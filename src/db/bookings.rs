@@ -121,6 +121,7 @@ impl Db {
         }
     }
 
+    /// Any booking by id, confirmed or cancelled; `None` if there is none.
     pub async fn booking(&self, id: i64) -> anyhow::Result<Option<Booking>> {
         let sql = format!("SELECT {COLS} FROM bookings WHERE id = $1");
         let row = with_pool!(self, p => sqlx::query_as::<_, BookingRow>(sqlx::AssertSqlSafe(sql))

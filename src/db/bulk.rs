@@ -71,6 +71,7 @@ pub struct TableCounts {
 }
 
 impl TableCounts {
+    /// True when no user, property or booking exists: seed and import refuse otherwise.
     pub fn is_empty(&self) -> bool {
         self.users == 0 && self.properties == 0 && self.bookings == 0
     }

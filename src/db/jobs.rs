@@ -12,13 +12,17 @@ pub struct JobRow {
     pub id: String,
     pub name: String,
     pub payload: String,
+    /// `queued`, `running`, `done` or `dead`.
     pub status: String,
     pub attempts: i32,
     pub max_attempts: i32,
+    /// Lease length in milliseconds: past it, the job may be taken back and retried.
     pub timeout_ms: i64,
+    /// When the job is due, in Unix milliseconds.
     pub run_at: i64,
     pub last_error: Option<String>,
     pub result: Option<String>,
+    /// The worker that holds (or last held) the lease.
     pub worker_id: Option<String>,
 }
 
@@ -29,6 +33,8 @@ const COLS: &str = "id, name, payload, status, attempts, max_attempts, timeout_m
 const TALLY_PREFIX: &str = "tally:";
 
 impl Db {
+    /// Queues a job due at `run_at_ms` (Unix ms) with no attempts used;
+    /// fails if `id` already exists.
     pub async fn job_insert(
         &self,
         id: &str,
@@ -140,6 +146,7 @@ impl Db {
             == 1)
     }
 
+    /// Any job by id, whatever its status; `None` if unknown.
     pub async fn job_get(&self, id: &str) -> anyhow::Result<Option<JobRow>> {
         let sql = format!("SELECT {COLS} FROM jobs WHERE id = $1");
         Ok(
@@ -148,6 +155,7 @@ impl Db {
         )
     }
 
+    /// Up to `limit` dead jobs, most recently dead first.
     pub async fn jobs_dead(&self, limit: i64) -> anyhow::Result<Vec<JobRow>> {
         let sql = format!(
             "SELECT {COLS} FROM jobs WHERE status = 'dead' ORDER BY finished_at DESC LIMIT $1"

@@ -79,6 +79,7 @@ impl Db {
         }
     }
 
+    /// Which database this is, for the few statements that differ by dialect.
     pub fn kind(&self) -> DbKind {
         match self {
             Db::Sqlite(_) => DbKind::Sqlite,
@@ -101,6 +102,7 @@ impl Db {
         Ok(())
     }
 
+    /// Closes the pool, waiting for checked-out connections to come back.
     pub async fn close(&self) {
         with_pool!(self, p => p.close().await)
     }

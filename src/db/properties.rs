@@ -108,6 +108,7 @@ pub struct NewProperty {
 pub enum DeleteOutcome {
     Deleted,
     NotFound,
+    /// A confirmed booking of it has not ended yet; nothing was deleted.
     HasActiveBookings,
 }
 
@@ -154,6 +155,7 @@ impl Db {
         Ok(rows.into_iter().map(Property::from).collect())
     }
 
+    /// A live property; `None` if unknown or soft-deleted.
     pub async fn property(&self, id: i64) -> anyhow::Result<Option<Property>> {
         let sql = format!("SELECT {COLS} FROM properties WHERE id = $1 AND deleted_at IS NULL");
         let row = with_pool!(self, p => sqlx::query_as::<_, PropertyRow>(sqlx::AssertSqlSafe(sql))
@@ -161,6 +163,7 @@ impl Db {
         Ok(row.map(Property::from))
     }
 
+    /// Inserts a property and returns it as stored, with its new id.
     pub async fn create_property(&self, n: &NewProperty) -> anyhow::Result<Property> {
         let sql = format!(
             "INSERT INTO properties (host_id, title, description, city, country, price_cents,

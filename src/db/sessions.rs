@@ -5,6 +5,7 @@ use super::{Db, now_ms};
 use crate::with_pool;
 
 impl Db {
+    /// Records a session under the hash of its id; `expires_at_ms` is Unix ms.
     pub async fn session_insert(
         &self,
         id_hash: &str,
@@ -25,12 +26,14 @@ impl Db {
             .bind(id_hash).bind(now_ms()).fetch_optional(p).await)?)
     }
 
+    /// Moves a session's expiry (Unix ms); a missing session is not an error.
     pub async fn session_touch(&self, id_hash: &str, expires_at_ms: i64) -> anyhow::Result<()> {
         with_pool!(self, p => sqlx::query("UPDATE sessions SET expires_at = $2 WHERE id_hash = $1")
             .bind(id_hash).bind(expires_at_ms).execute(p).await.map(|r| r.rows_affected()))?;
         Ok(())
     }
 
+    /// Ends one session; idempotent (an unknown hash is not an error).
     pub async fn session_delete(&self, id_hash: &str) -> anyhow::Result<()> {
         with_pool!(self, p => sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
             .bind(id_hash).execute(p).await.map(|r| r.rows_affected()))?;

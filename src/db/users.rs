@@ -30,6 +30,7 @@ pub struct UserRow {
 }
 
 impl UserRow {
+    /// The API view of the row: drops the hash; an unknown stored role reads as guest.
     pub fn into_user(self) -> User {
         User {
             id: self.id,
@@ -73,6 +74,7 @@ impl Db {
         }
     }
 
+    /// The row with its password hash, for sign-in; `None` when the email is not registered.
     pub async fn user_by_email(&self, email: &Email) -> anyhow::Result<Option<UserRow>> {
         let sql = format!("SELECT {COLS} FROM users WHERE email = $1");
         Ok(
@@ -83,6 +85,7 @@ impl Db {
         )
     }
 
+    /// The API view of a user; `None` when no user has this id.
     pub async fn user_by_id(&self, id: i64) -> anyhow::Result<Option<User>> {
         let sql = format!("SELECT {COLS} FROM users WHERE id = $1");
         let row = with_pool!(self, p => sqlx::query_as::<_, UserRow>(sqlx::AssertSqlSafe(sql))

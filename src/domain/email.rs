@@ -7,6 +7,7 @@ use std::fmt;
 pub struct Email(String);
 
 impl Email {
+    /// Trims and lower-cases `raw`, then checks it; the error is a message for the client.
     pub fn parse(raw: &str) -> Result<Self, &'static str> {
         let s = raw.trim().to_lowercase();
         if s.is_empty() || s.len() > 254 {
@@ -33,6 +34,7 @@ impl Email {
         Ok(Email(s))
     }
 
+    /// The normalized address, as stored and as keys hash it.
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -13,10 +13,12 @@ pub struct Money(i64);
 pub const MAX_PRICE_CENTS: i64 = 10_000_000;
 
 impl Money {
+    /// Unchecked (any `i64`); [`Money::parse`] is the validating way in.
     pub const fn from_cents(cents: i64) -> Self {
         Money(cents)
     }
 
+    /// The amount in cents, as the database stores it.
     pub const fn cents(self) -> i64 {
         self.0
     }
@@ -48,10 +50,12 @@ impl Money {
         Ok(Money(int * 100 + frac))
     }
 
+    /// `None` on overflow (e.g. price per night times nights).
     pub fn checked_mul(self, n: i64) -> Option<Money> {
         self.0.checked_mul(n).map(Money)
     }
 
+    /// `None` on overflow.
     pub fn checked_add(self, other: Money) -> Option<Money> {
         self.0.checked_add(other.0).map(Money)
     }

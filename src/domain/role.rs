@@ -11,6 +11,7 @@ pub enum Role {
 }
 
 impl Role {
+    /// The lower-case name the database stores and the API shows.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Guest => "guest",
@@ -18,6 +19,7 @@ impl Role {
         }
     }
 
+    /// Reads a stored role; never fails: anything but `host` is a guest.
     pub fn from_db(s: &str) -> Role {
         if s == "host" { Role::Host } else { Role::Guest }
     }

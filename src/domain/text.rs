@@ -33,6 +33,7 @@ pub enum BookingStatus {
 }
 
 impl BookingStatus {
+    /// The lower-case name the database stores and the API shows.
     pub fn as_str(self) -> &'static str {
         match self {
             BookingStatus::Confirmed => "confirmed",
@@ -40,6 +41,7 @@ impl BookingStatus {
         }
     }
 
+    /// Reads a stored status; never fails: anything but `cancelled` is confirmed.
     pub fn from_db(s: &str) -> Self {
         if s == "cancelled" {
             BookingStatus::Cancelled

@@ -24,6 +24,7 @@ use crate::sessions::{self, COOKIE};
 /// Wrong tries before a one-time code is dead.
 pub const OTP_MAX_ATTEMPTS: u32 = 5;
 
+/// Routes of `/api/v1/auth/*` and `/api/v1/me`.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/auth/register", post(register))

@@ -24,6 +24,7 @@ use crate::ratelimit::Scope;
 /// Longest stay that can be booked.
 pub const MAX_NIGHTS: i64 = 90;
 
+/// Routes of `/api/v1/bookings`: list, create, cancel.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/bookings", get(list).post(create))

@@ -19,12 +19,15 @@ use crate::db::properties::Property;
 use crate::domain::Money;
 use crate::error::ApiResult;
 
+/// Lifetime of a cached dashboard; a booking or property write makes it stale sooner.
 pub const DASHBOARD_TTL: Duration = Duration::from_secs(3600);
 
+/// Route of `/api/v1/dashboard` (signed-in users only).
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/v1/dashboard", get(dashboard))
 }
 
+/// Totals over the user's confirmed bookings; `total_spent` is a decimal string.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Stats {
     total_bookings: i64,
@@ -33,6 +36,8 @@ pub struct Stats {
     total_spent: String,
 }
 
+/// Body of `GET /api/v1/dashboard`, cached whole: the 10 newest bookings, stats,
+/// and up to 5 featured properties not yet booked, same cities first.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Dashboard {
     bookings: Vec<Booking>,

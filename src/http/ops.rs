@@ -15,6 +15,7 @@ use super::AppState;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Routes of `/health` and `/metrics`, for load balancers and Prometheus.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/health", get(health))

@@ -21,10 +21,14 @@ use crate::db::properties::{DeleteOutcome, NewProperty, Property, PropertyFields
 use crate::domain::{MAX_PRICE_CENTS, Money, Role, check_text};
 use crate::error::{ApiError, ApiResult, FieldErrors};
 
+/// Lifetime of a cached list response; a property write makes it stale sooner.
 pub const LIST_TTL: Duration = Duration::from_secs(600);
+/// Lifetime of the cached featured list; a property write makes it stale sooner.
 pub const FEATURED_TTL: Duration = Duration::from_secs(3600);
+/// Lifetime of a cached property detail; a property write makes it stale sooner.
 pub const DETAIL_TTL: Duration = Duration::from_secs(600);
 
+/// Routes of `/api/v1/properties`: public reads, host writes.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/properties", get(list).post(create))
@@ -58,6 +62,7 @@ pub struct NormalizedList {
 }
 
 impl ListQuery {
+    /// Validates the query (a 400 naming the bad parameter) and fills in defaults.
     pub fn normalize(self) -> Result<NormalizedList, ApiError> {
         let bad = |m: &str| ApiError::InvalidRequest(m.to_owned());
         let page = self.page.unwrap_or(1);
@@ -114,6 +119,7 @@ impl ListQuery {
 /// One page of a list, as `API.md` shapes it.
 #[derive(Serialize)]
 pub struct Page<T> {
+    /// Items matching across all pages, not only this one.
     pub count: i64,
     pub page: u32,
     pub results: Vec<T>,

@@ -28,6 +28,7 @@ pub struct Inner {
 }
 
 impl AppState {
+    /// Wraps the parts once at startup; clones then share them.
     pub fn new(inner: Inner) -> Self {
         AppState(Arc::new(inner))
     }

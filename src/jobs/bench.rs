@@ -15,8 +15,11 @@ use super::{Job, JobQueue};
 /// What to measure.
 #[derive(Debug, Clone, Copy)]
 pub struct BenchOptions {
+    /// Probe jobs to queue.
     pub jobs: usize,
+    /// `stayafrica worker` processes to start.
     pub processes: usize,
+    /// Jobs each worker process runs at once.
     pub concurrency: usize,
     /// Give up after this long.
     pub timeout: Duration,

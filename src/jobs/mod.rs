@@ -148,6 +148,7 @@ pub struct QueueCounts {
     /// Leased to a worker (including leases that ran out and are not yet
     /// taken back).
     pub running: i64,
+    /// Out of attempts; kept until replayed.
     pub dead: i64,
 }
 
@@ -196,6 +197,7 @@ pub trait QueueBackend: Send + Sync + 'static {
     /// True for exactly one caller per (name, slot).
     async fn claim_periodic(&self, name: &str, slot: i64, period: Duration)
     -> anyhow::Result<bool>;
+    /// Queue depth by state (health check, metrics, operators).
     async fn counts(&self) -> anyhow::Result<QueueCounts>;
     /// Housekeeping: drops results older than their TTL.
     async fn purge(&self, result_ttl: Duration) -> anyhow::Result<()>;

@@ -24,7 +24,9 @@ pub struct JobContext {
     pub db: Db,
     pub cache: Cache,
     pub mailer: Mailer,
+    /// Lifetime of the one-time codes that `SendOtp` issues.
     pub otp_ttl: Duration,
+    /// Period of the `FlushViews` job.
     pub view_flush_interval: Duration,
 }
 

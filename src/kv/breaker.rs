@@ -24,6 +24,8 @@ pub struct Breaker {
 }
 
 impl Breaker {
+    /// A closed breaker for role `name`: opens after `threshold` consecutive failures,
+    /// for `cool_down`.
     pub fn new(name: &'static str, threshold: u32, cool_down: Duration) -> Self {
         Breaker {
             name,
@@ -51,6 +53,7 @@ impl Breaker {
         }
     }
 
+    /// Records a successful call: closes the breaker and clears the failure count.
     pub fn success(&self) {
         let mut s = self.lock();
         if *s != (State::Closed { failures: 0 }) {
@@ -62,6 +65,8 @@ impl Breaker {
         }
     }
 
+    /// Records a failed call: opens the breaker at `threshold` failures in a row, or
+    /// at once when the half-open probe fails.
     pub fn failure(&self) {
         let mut s = self.lock();
         let next = match *s {
@@ -89,6 +94,7 @@ impl Breaker {
         });
     }
 
+    /// True while calls are refused or only a probe may pass (half-open counts as open).
     pub fn is_open(&self) -> bool {
         matches!(*self.lock(), State::Open { .. } | State::HalfOpen)
     }

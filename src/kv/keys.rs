@@ -71,12 +71,14 @@ pub fn email_tag(email: &Email) -> String {
 }
 
 impl Keys {
+    /// Keys under `prefix`, used verbatim (include the separator: `stayafrica:`).
     pub fn new(prefix: &str) -> Self {
         Keys {
             prefix: prefix.to_owned(),
         }
     }
 
+    /// The prefix every key starts with, as configured.
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
@@ -146,6 +148,7 @@ impl Keys {
         )
     }
 
+    /// The featured list at properties generation `generation`.
     pub fn featured(&self, generation: u64) -> String {
         self.featured_template().render(&[generation])
     }
@@ -161,6 +164,7 @@ impl Keys {
         )
     }
 
+    /// One property at properties generation `generation`.
     pub fn property_detail(&self, generation: u64, id: i64) -> String {
         self.property_detail_template(id).render(&[generation])
     }
@@ -181,6 +185,7 @@ impl Keys {
         )
     }
 
+    /// A user's dashboard at the given properties and user generations.
     pub fn dashboard(&self, generation: u64, user_generation: u64, user_id: i64) -> String {
         self.dashboard_template(user_id)
             .render(&[generation, user_generation])
@@ -272,18 +277,22 @@ impl Keys {
 
     // ---- end of the cache role ---------------------------------------------
 
+    /// `{prefix}session:` — everything of the sessions role starts with this.
     pub fn session_ns(&self) -> String {
         format!("{}session:", self.prefix)
     }
 
+    /// One session, keyed by the SHA-256 of its id, never the id itself.
     pub fn session(&self, id_hash: &str) -> String {
         format!("{}session:{id_hash}", self.prefix)
     }
 
+    /// Index of a user's session hashes, so that all of them can end at once.
     pub fn user_sessions(&self, user_id: i64) -> String {
         format!("{}session:user:{user_id}", self.prefix)
     }
 
+    /// `{prefix}rl:` — everything of the rate-limit role starts with this.
     pub fn ratelimit_ns(&self) -> String {
         format!("{}rl:", self.prefix)
     }
@@ -293,6 +302,7 @@ impl Keys {
         format!("{}rl:{scope}:{subject}", self.prefix)
     }
 
+    /// `{prefix}jobs:` — everything of the broker role starts with this.
     pub fn jobs_ns(&self) -> String {
         format!("{}jobs:", self.prefix)
     }

@@ -14,6 +14,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 /// The four Redis roles of the guide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
+    /// The job queue (named `jobs` in commands, logs and metrics).
     Broker,
     Cache,
     Sessions,
@@ -21,8 +22,10 @@ pub enum Role {
 }
 
 impl Role {
+    /// Every role, in the order operators' commands list them.
     pub const ALL: [Role; 4] = [Role::Cache, Role::Sessions, Role::RateLimit, Role::Broker];
 
+    /// Its name in commands, logs and metric labels; the broker is `jobs`.
     pub fn name(self) -> &'static str {
         match self {
             Role::Broker => "jobs",
@@ -32,6 +35,7 @@ impl Role {
         }
     }
 
+    /// The role whose [`Role::name`] is `s`; `None` for an unknown name.
     pub fn parse(s: &str) -> Option<Role> {
         Role::ALL.into_iter().find(|r| r.name() == s)
     }

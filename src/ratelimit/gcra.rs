@@ -29,6 +29,7 @@ impl Decision {
         }
     }
 
+    /// Whole seconds until fully replenished, rounded up (`X-RateLimit-Reset`).
     pub fn reset_after_secs(&self) -> u64 {
         ceil_secs(self.reset_after_us)
     }

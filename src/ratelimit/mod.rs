@@ -33,6 +33,7 @@ pub enum Scope {
 }
 
 impl Scope {
+    /// Stable: part of the state's key and of the `scope` metric label.
     pub fn name(&self) -> &'static str {
         match self {
             Scope::Anon(_) => "anon",
@@ -74,6 +75,7 @@ pub trait LimiterBackend: Send + Sync + 'static {
     async fn check(&self, key: &str, rate: Rate) -> anyhow::Result<Decision>;
     /// Forgets the state of `key` (e.g. failed logins after a success).
     async fn reset(&self, key: &str) -> anyhow::Result<()>;
+    /// Health check for `/health`; the in-process backend always answers.
     async fn ping(&self) -> anyhow::Result<()>;
 }
 
@@ -91,6 +93,7 @@ pub struct RateLimiter {
 pub struct LimiterUnavailable;
 
 impl RateLimiter {
+    /// A limiter enforcing `rates` over `backend`; clones share the backend.
     pub fn new(backend: Arc<dyn LimiterBackend>, keys: Keys, rates: Throttles) -> Self {
         RateLimiter {
             backend,
@@ -99,6 +102,7 @@ impl RateLimiter {
         }
     }
 
+    /// The configured rate of every scope.
     pub fn rates(&self) -> &Throttles {
         &self.rates
     }

@@ -27,9 +27,11 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn create(&self, id_hash: &str, user_id: i64, ttl: Duration) -> anyhow::Result<()>;
     /// The user of a live session, extending its expiry to `ttl` from now.
     async fn load(&self, id_hash: &str, ttl: Duration) -> anyhow::Result<Option<i64>>;
+    /// Ends one session; idempotent (an unknown hash is not an error).
     async fn delete(&self, id_hash: &str) -> anyhow::Result<()>;
     /// Ends every session of a user; returns how many there were.
     async fn delete_user(&self, user_id: i64) -> anyhow::Result<u64>;
+    /// Health check for `/health`.
     async fn ping(&self) -> anyhow::Result<()>;
 }
 

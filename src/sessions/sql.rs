@@ -13,6 +13,7 @@ pub struct SqlSessionStore {
 }
 
 impl SqlSessionStore {
+    /// A store on `db`'s `sessions` table; it keeps no state of its own.
     pub fn new(db: Db) -> Self {
         SqlSessionStore { db }
     }
