@@ -172,8 +172,21 @@ pub async fn featured_list(state: &AppState) -> anyhow::Result<Vec<Property>> {
         .await
 }
 
-async fn featured(State(state): State<AppState>) -> ApiResult<Json<Vec<Property>>> {
-    Ok(Json(featured_list(&state).await?))
+/// The featured list as stored: a hit is sent as the cached bytes, without
+/// decoding and re-encoding hundreds of properties. Same key and same JSON
+/// as [`featured_list`], which the dashboard reads typed.
+async fn featured(State(state): State<AppState>) -> ApiResult<Response> {
+    let db = state.db.clone();
+    let key = state.cache.keys().featured_template();
+    let body = state
+        .cache
+        .get_or_compute_bytes_in("featured", &key, FEATURED_TTL, || async move {
+            Ok(Bytes::from(serde_json::to_vec(
+                &db.featured_properties().await?,
+            )?))
+        })
+        .await?;
+    Ok(json_bytes(StatusCode::OK, body))
 }
 
 async fn cached_property(state: &AppState, id: i64) -> anyhow::Result<Option<Property>> {

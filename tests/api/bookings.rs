@@ -163,6 +163,10 @@ async fn dashboard_reflects_bookings(db: TestDb) -> anyhow::Result<()> {
         .create_property_with(&host, property_body("Accra", "40.00", true))
         .await?;
     app.signup("guest@example.com", "guest").await?;
+    // The featured endpoint stores the list as bytes; the dashboard reads the
+    // same entry typed.
+    let featured: Value = app.get("/api/v1/properties/featured").await?.json().await?;
+    assert_eq!(featured.as_array().map(Vec::len), Some(3));
     assert_eq!(
         app.client
             .get(app.url("/api/v1/dashboard"))
