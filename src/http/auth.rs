@@ -37,6 +37,23 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/me", get(me))
 }
 
+/// Counts one attempt in a sign-in scope (these fail closed): 503 when the
+/// limiter cannot decide, 429 when the attempt is over the limit.
+async fn enforce(state: &AppState, scope: &Scope) -> ApiResult<()> {
+    let decision = state
+        .limiter
+        .check(scope)
+        .await
+        .map_err(|_| ApiError::Unavailable("rate limiter"))?;
+    if decision.allowed {
+        Ok(())
+    } else {
+        Err(ApiError::Throttled {
+            retry_after: decision.retry_after_secs(),
+        })
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RegisterBody {
@@ -103,16 +120,7 @@ async fn login(
 ) -> ApiResult<Response> {
     let email = Email::parse(&body.email).map_err(|m| ApiError::field("email", m))?;
     let scope = Scope::Login(email.clone());
-    let decision = state
-        .limiter
-        .check(&scope)
-        .await
-        .map_err(|_| ApiError::Unavailable("rate limiter"))?;
-    if !decision.allowed {
-        return Err(ApiError::Throttled {
-            retry_after: decision.retry_after_secs(),
-        });
-    }
+    enforce(&state, &scope).await?;
     // No account has a longer password: refuse without hashing megabytes.
     if body.password.chars().count() > 128 {
         return Err(ApiError::InvalidCredentials("wrong email or password"));
@@ -234,16 +242,7 @@ async fn change_password(
     let email =
         Email::parse(&user.email).map_err(|m| anyhow::anyhow!("stored email invalid: {m}"))?;
     let scope = Scope::Login(email.clone());
-    let decision = state
-        .limiter
-        .check(&scope)
-        .await
-        .map_err(|_| ApiError::Unavailable("rate limiter"))?;
-    if !decision.allowed {
-        return Err(ApiError::Throttled {
-            retry_after: decision.retry_after_secs(),
-        });
-    }
+    enforce(&state, &scope).await?;
     let row = state
         .db
         .user_by_email(&email)
@@ -280,16 +279,7 @@ async fn otp_request(
     ApiJson(body): ApiJson<OtpBody>,
 ) -> ApiResult<StatusCode> {
     let email = Email::parse(&body.email).map_err(|m| ApiError::field("email", m))?;
-    let decision = state
-        .limiter
-        .check(&Scope::OtpRequest(email.clone()))
-        .await
-        .map_err(|_| ApiError::Unavailable("rate limiter"))?;
-    if !decision.allowed {
-        return Err(ApiError::Throttled {
-            retry_after: decision.retry_after_secs(),
-        });
-    }
+    enforce(&state, &Scope::OtpRequest(email.clone())).await?;
     state
         .jobs
         .enqueue(&Job::SendOtp {
