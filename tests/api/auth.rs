@@ -4,9 +4,9 @@ use serde_json::{Value, json};
 use stayafrica::passwords;
 
 use crate::helpers::{TestDb, error_code, spawn_app};
-use crate::on_both_dbs;
+use crate::on_each_setup;
 
-on_both_dbs!(
+on_each_setup!(
     register_login_me_logout,
     duplicate_email_conflicts,
     otp_login_flow,

@@ -3,9 +3,9 @@
 use serde_json::{Value, json};
 
 use crate::helpers::{TestDb, TestOptions, day, error_code, property_body, spawn_app_with};
-use crate::on_both_dbs;
+use crate::on_each_setup;
 
-on_both_dbs!(
+on_each_setup!(
     booking_rules_and_cancel,
     concurrent_overlapping_bookings_one_wins,
     dashboard_reflects_bookings,

@@ -198,7 +198,7 @@ async fn health_and_metrics() -> anyhow::Result<()> {
     Ok(())
 }
 
-crate::on_both_dbs!(garbage_in_is_never_a_server_error);
+crate::on_each_setup!(garbage_in_is_never_a_server_error);
 
 /// Client mistakes are 4xx with the error body, never a 500 or a panic.
 async fn garbage_in_is_never_a_server_error(db: TestDb) -> anyhow::Result<()> {

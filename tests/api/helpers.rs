@@ -23,6 +23,8 @@ use tokio::sync::oneshot;
 pub enum TestDb {
     Sqlite,
     Postgres,
+    /// PostgreSQL with every role on the shared Redis: the production setup.
+    PostgresRedis,
 }
 
 pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -36,7 +38,7 @@ pub async fn fresh_database(kind: TestDb) -> anyhow::Result<(String, DbGuard)> {
             let url = format!("sqlite://{}/test.db", dir.path().display());
             Ok((url, DbGuard::Sqlite(dir)))
         }
-        TestDb::Postgres => {
+        TestDb::Postgres | TestDb::PostgresRedis => {
             let name = format!("sa_test_{}", uuid::Uuid::new_v4().simple());
             let admin = sqlx::PgPool::connect(PG_ADMIN_URL)
                 .await
@@ -214,7 +216,10 @@ pub async fn spawn_app(db: TestDb) -> anyhow::Result<TestApp> {
 pub async fn spawn_app_with(opts: TestOptions) -> anyhow::Result<TestApp> {
     let (db_url, guard) = fresh_database(opts.db).await?;
     let tweak = opts.tweak;
-    let redis = opts.redis.map(|base| redis_settings(&base));
+    let redis = opts
+        .redis
+        .or_else(|| (opts.db == TestDb::PostgresRedis).then(|| SHARED_REDIS.to_owned()))
+        .map(|base| redis_settings(&base));
     let mut app = spawn_on(
         &db_url,
         opts.with_worker,
@@ -418,9 +423,9 @@ pub fn day(days: i64) -> String {
     (time::OffsetDateTime::now_utc().date() + time::Duration::days(days)).to_string()
 }
 
-/// Generates a test for each database from `async fn name(db: TestDb) -> anyhow::Result<()>`.
+/// Generates a test for each setup (SQLite, PostgreSQL, PostgreSQL + Redis) from `async fn name(db: TestDb) -> anyhow::Result<()>`.
 #[macro_export]
-macro_rules! on_both_dbs {
+macro_rules! on_each_setup {
     ($($name:ident),* $(,)?) => {
         $(
             mod $name {
@@ -431,6 +436,10 @@ macro_rules! on_both_dbs {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn postgres() -> anyhow::Result<()> {
                     super::$name($crate::helpers::TestDb::Postgres).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres_redis() -> anyhow::Result<()> {
+                    super::$name($crate::helpers::TestDb::PostgresRedis).await
                 }
             }
         )*

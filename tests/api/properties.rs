@@ -4,9 +4,9 @@
 use serde_json::{Value, json};
 
 use crate::helpers::{TestDb, error_code, property_body, spawn_app};
-use crate::on_both_dbs;
+use crate::on_each_setup;
 
-on_both_dbs!(
+on_each_setup!(
     host_crud_and_rules,
     list_filters_and_pages,
     writes_are_visible_in_the_next_read,
