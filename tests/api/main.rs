@@ -1,5 +1,6 @@
-//! The one integration test binary: the real server over HTTP, on SQLite
-//! and PostgreSQL, and the behaviour suites run against every backend.
+//! The one integration test binary: the real server over HTTP on SQLite,
+//! PostgreSQL, and PostgreSQL with every role on Redis, and the behaviour
+//! suites run against every backend.
 
 mod helpers;
 
