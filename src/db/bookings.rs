@@ -129,6 +129,22 @@ impl Db {
         Ok(row.map(Booking::from))
     }
 
+    /// Whether the confirmation email of a booking has gone out.
+    pub async fn confirmation_sent(&self, id: i64) -> anyhow::Result<bool> {
+        let sent: Option<bool> = with_pool!(self, p => sqlx::query_scalar(
+            "SELECT confirmation_sent_at IS NOT NULL FROM bookings WHERE id = $1")
+            .bind(id).fetch_optional(p).await)?;
+        Ok(sent.unwrap_or(false))
+    }
+
+    /// Records that the confirmation email of a booking went out.
+    pub async fn mark_confirmation_sent(&self, id: i64, at: OffsetDateTime) -> anyhow::Result<()> {
+        with_pool!(self, p => sqlx::query(
+            "UPDATE bookings SET confirmation_sent_at = $2 WHERE id = $1")
+            .bind(id).bind(at).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
     /// The host of a property, deleted or not (for cancel rights).
     pub async fn property_host(&self, property_id: i64) -> anyhow::Result<Option<i64>> {
         Ok(with_pool!(self, p => sqlx::query_scalar::<_, i64>(

@@ -263,6 +263,12 @@ impl Worker {
                 let Some(b) = ctx.db.booking(*booking_id).await? else {
                     return Ok(Some("booking no longer exists".into()));
                 };
+                // Idempotent: a redelivered job (its worker died, or recording
+                // the result failed) does not mail the guest again. Only a crash
+                // between sending and marking can still send twice.
+                if ctx.db.confirmation_sent(b.id).await? {
+                    return Ok(Some("already sent".into()));
+                }
                 let guest = ctx
                     .db
                     .user_by_id(b.guest_id)
@@ -277,6 +283,9 @@ impl Worker {
                             guest.full_name, b.property_id, b.check_in, b.check_out, b.guests, b.total_price
                         ),
                     })
+                    .await?;
+                ctx.db
+                    .mark_confirmation_sent(b.id, time::OffsetDateTime::now_utc())
                     .await?;
                 Ok(None)
             }

@@ -10,7 +10,8 @@ on_each_setup!(
     concurrent_overlapping_bookings_one_wins,
     dashboard_reflects_bookings,
     delete_refused_with_active_bookings,
-    delete_racing_bookings_never_orphans_one
+    delete_racing_bookings_never_orphans_one,
+    confirmation_is_mailed_once_even_if_redelivered
 );
 
 async fn setup(db: TestDb) -> anyhow::Result<(crate::helpers::TestApp, reqwest::Client, i64)> {
@@ -311,5 +312,30 @@ async fn delete_racing_bookings_never_orphans_one(db: TestDb) -> anyhow::Result<
             );
         }
     }
+    Ok(())
+}
+
+/// The confirmation job is idempotent: a second delivery of it (as after a
+/// worker died) does not mail the guest again.
+async fn confirmation_is_mailed_once_even_if_redelivered(db: TestDb) -> anyhow::Result<()> {
+    let (app, _host, pid) = setup(db).await?;
+    app.signup("guest@example.com", "guest").await?;
+    let r = app
+        .post(
+            "/api/v1/bookings",
+            &json!({"property_id": pid, "check_in": day(3), "check_out": day(5), "guests": 2}),
+        )
+        .await?;
+    assert_eq!(r.status(), 201);
+    let b: Value = r.json().await?;
+    let id = b["id"].as_i64().unwrap_or_default();
+    app.state
+        .jobs
+        .enqueue(&stayafrica::jobs::Job::BookingConfirmation { booking_id: id })
+        .await?;
+    assert_eq!(app.drain_jobs().await?, 2);
+    let subject = format!("Subject: Booking #{id} confirmed");
+    let sent = app.emails().iter().filter(|m| m.contains(&subject)).count();
+    assert_eq!(sent, 1);
     Ok(())
 }
