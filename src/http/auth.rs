@@ -284,6 +284,7 @@ async fn otp_request(
         .jobs
         .enqueue(&Job::SendOtp {
             email: email.to_string(),
+            request: uuid::Uuid::new_v4().simple().to_string(),
         })
         .await
         .map_err(|e| {

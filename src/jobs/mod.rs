@@ -27,8 +27,14 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "name", content = "payload", rename_all = "snake_case")]
 pub enum Job {
     /// Issue a one-time login code to `email` if it is registered, and mail
-    /// it. The code is made here, so the queue never holds it.
-    SendOtp { email: String },
+    /// it. The code is made here, so the queue never holds it. `request`
+    /// names the request (a random id) so that a redelivery of the same job
+    /// does not mail a second code (which would void the first).
+    SendOtp {
+        email: String,
+        #[serde(default)]
+        request: String,
+    },
     /// Mail the guest the confirmation of a booking.
     BookingConfirmation { booking_id: i64 },
     /// Move counted property views into the database.

@@ -233,11 +233,22 @@ impl Worker {
     async fn handle(&self, id: &str, job: &Job) -> anyhow::Result<Option<String>> {
         let ctx = &self.ctx;
         match job {
-            Job::SendOtp { email } => {
+            Job::SendOtp { email, request } => {
                 let email = Email::parse(email).map_err(|e| anyhow::anyhow!("bad email: {e}"))?;
                 // Unknown addresses get nothing; the API answered 202 either way.
                 if ctx.db.user_by_email(&email).await?.is_none() {
                     return Ok(None);
+                }
+                let sent_marker = format!("otp-sent:{request}");
+                if !request.is_empty()
+                    && ctx
+                        .cache
+                        .store()
+                        .get(&ctx.cache.keys().temporary(&sent_marker))
+                        .await?
+                        .is_some()
+                {
+                    return Ok(Some("already sent".into()));
                 }
                 let code = format!(
                     "{:06}",
@@ -257,6 +268,18 @@ impl Worker {
                         ),
                     })
                     .await?;
+                // Best effort: failing the job now would mail yet another code.
+                if !request.is_empty()
+                    && let Err(e) = ctx
+                        .cache
+                        .set_temporary(&sent_marker, &true, ctx.otp_ttl)
+                        .await
+                {
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "one-time code sent but not marked"
+                    );
+                }
                 Ok(None)
             }
             Job::BookingConfirmation { booking_id } => {

@@ -10,7 +10,8 @@ on_each_setup!(
     register_login_me_logout,
     duplicate_email_conflicts,
     otp_login_flow,
-    django_user_is_rehashed
+    django_user_is_rehashed,
+    otp_job_redelivered_mails_one_code
 );
 
 async fn register_login_me_logout(db: TestDb) -> anyhow::Result<()> {
@@ -293,6 +294,32 @@ async fn django_user_is_rehashed(db: TestDb) -> anyhow::Result<()> {
         .post(
             "/api/v1/auth/login",
             &json!({"email": "legacy@example.com", "password": "oldpassword1"}),
+        )
+        .await?;
+    assert_eq!(r.status(), 200);
+    Ok(())
+}
+
+/// A redelivered one-time-code job (same request) does not mail a second
+/// code, which would silently void the first.
+async fn otp_job_redelivered_mails_one_code(db: TestDb) -> anyhow::Result<()> {
+    let app = spawn_app(db).await?;
+    app.signup_with(&app.new_client(), "esi@example.com", "guest")
+        .await?;
+    let job = stayafrica::jobs::Job::SendOtp {
+        email: "esi@example.com".into(),
+        request: "req-1".into(),
+    };
+    app.state.jobs.enqueue(&job).await?;
+    app.state.jobs.enqueue(&job).await?;
+    assert_eq!(app.drain_jobs().await?, 2);
+    let mails = app.emails();
+    assert_eq!(mails.len(), 1);
+    let code = code_in(&mails[0]).ok_or_else(|| anyhow::anyhow!("no code"))?;
+    let r = app
+        .post(
+            "/api/v1/auth/otp/verify",
+            &json!({"email": "esi@example.com", "otp": code}),
         )
         .await?;
     assert_eq!(r.status(), 200);
