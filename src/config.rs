@@ -17,6 +17,7 @@
 //! | `STAYAFRICA_TRUSTED_PROXIES` | empty (comma-separated IPs) |
 //! | `STAYAFRICA_VIEW_FLUSH_SECS` | `60` |
 //! | `STAYAFRICA_OTP_TTL_SECS` | `300` |
+//! | `STAYAFRICA_REQUEST_TIMEOUT_MS` | `30000` |
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -65,6 +66,8 @@ struct RawSettings {
     view_flush_secs: String,
     #[serde(deserialize_with = "string_like")]
     otp_ttl_secs: String,
+    #[serde(deserialize_with = "string_like")]
+    request_timeout_ms: String,
 }
 
 /// Environment values such as `60` or `true` arrive typed; every raw
@@ -110,6 +113,7 @@ impl Default for RawSettings {
             trusted_proxies: String::new(),
             view_flush_secs: "60".into(),
             otp_ttl_secs: "300".into(),
+            request_timeout_ms: "30000".into(),
         }
     }
 }
@@ -207,6 +211,8 @@ pub struct Settings {
     pub view_flush_interval: Duration,
     /// Lifetime of a one-time login code.
     pub otp_ttl: Duration,
+    /// Longest time one API request may take before it is answered 503.
+    pub request_timeout: Duration,
 }
 
 const ENV_NAMES: &[(&str, &str)] = &[
@@ -390,6 +396,18 @@ impl Settings {
             trusted_proxies,
             view_flush_interval: secs("view_flush_secs", &raw.view_flush_secs)?,
             otp_ttl: secs("otp_ttl_secs", &raw.otp_ttl_secs)?,
+            request_timeout: match raw.request_timeout_ms.trim().parse::<u64>() {
+                Ok(ms) if ms > 0 => Duration::from_millis(ms),
+                _ => {
+                    return Err(bad(
+                        "request_timeout_ms",
+                        format!(
+                            "expected a positive number of milliseconds, got `{}`",
+                            raw.request_timeout_ms
+                        ),
+                    ));
+                }
+            },
         })
     }
 

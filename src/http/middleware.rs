@@ -150,6 +150,19 @@ pub fn set_limit_headers(headers: &mut HeaderMap, d: &Decision) {
     headers.insert("x-ratelimit-reset", HeaderValue::from(d.reset_after_secs()));
 }
 
+/// Answers 503 when an API request runs longer than the configured deadline
+/// (a hung dependency must not hold a client, or a connection, for ever).
+/// Dropping the handler cancels its remaining work.
+pub async fn deadline(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(state.settings.request_timeout, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!("request deadline exceeded");
+            ApiError::Unavailable("the service (request deadline exceeded)").into_response()
+        }
+    }
+}
+
 /// Counts requests and their latency per route and status.
 pub async fn record_metrics(req: Request, next: Next) -> Response {
     let started = Instant::now();

@@ -48,6 +48,10 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::identify_and_throttle,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::deadline,
         ));
     Router::new()
         .merge(ops::router())

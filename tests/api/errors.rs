@@ -286,3 +286,22 @@ async fn garbage_in_is_never_a_server_error(db: TestDb) -> anyhow::Result<()> {
     assert_eq!(r.status(), 404);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_its_deadline_is_a_503_not_a_hang() -> anyhow::Result<()> {
+    let app = spawn_app_with(TestOptions {
+        tweak: Box::new(|s| s.request_timeout = std::time::Duration::from_millis(2)),
+        ..TestOptions::default()
+    })
+    .await?;
+    // Hashing a password with argon2id takes far longer than 2 ms.
+    let r = app
+        .post("/api/v1/auth/register", &json!({"email": "slow@example.com", "password": "password123", "full_name": "Slow", "role": "guest"}))
+        .await?;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("x-request-id"));
+    assert_eq!(error_code(r).await?, "unavailable");
+    // Operations endpoints are not under the API deadline.
+    assert_eq!(app.get("/health").await?.status(), 200);
+    Ok(())
+}
