@@ -42,7 +42,7 @@ pub enum ApiError {
     #[error("{0} is unavailable")]
     Unavailable(&'static str),
     #[error("internal error")]
-    Internal(#[from] anyhow::Error),
+    Internal(anyhow::Error),
 }
 
 impl ApiError {
@@ -114,6 +114,50 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
         }
         response
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    /// Internal errors, except that a database that cannot be reached is a
+    /// backing service being down: 503 `unavailable`, as `API.md` says.
+    fn from(e: anyhow::Error) -> Self {
+        if e.chain()
+            .any(|c| c.downcast_ref::<sqlx::Error>().is_some_and(is_unreachable))
+        {
+            tracing::error!(error = format!("{e:#}"), "database unavailable");
+            return ApiError::Unavailable("database");
+        }
+        ApiError::Internal(e)
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        anyhow::Error::from(e).into()
+    }
+}
+
+/// Errors that mean "the database is not there" rather than "this query is
+/// wrong": connection and pool failures, and PostgreSQL's connection
+/// exception (08), invalid authorization (28), insufficient resources (53)
+/// and operator intervention (57P: shutdown, terminated connection) classes,
+/// plus what a new connection gets from a database that is gone (3D000) or
+/// not accepting connections (55000) — codes our queries never raise.
+fn is_unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            ["08", "28", "53", "57P"]
+                .iter()
+                .any(|class| c.starts_with(class))
+                || c == "3D000"
+                || c == "55000"
+        }),
+        _ => false,
     }
 }
 

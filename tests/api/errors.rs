@@ -305,3 +305,52 @@ async fn a_request_over_its_deadline_is_a_503_not_a_hang() -> anyhow::Result<()>
     assert_eq!(app.get("/health").await?.status(), 200);
     Ok(())
 }
+
+/// The database going away is a backing service down: 503, not 500; and the
+/// service recovers by itself when it comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_down_is_503_and_recovers() -> anyhow::Result<()> {
+    let app = spawn_app(TestDb::Postgres).await?;
+    assert_eq!(
+        app.get("/api/v1/properties?city=Accra").await?.status(),
+        200
+    );
+    let name = app.db_url.rsplit('/').next().unwrap_or_default().to_owned();
+    let admin = sqlx::PgPool::connect(crate::helpers::PG_ADMIN_URL).await?;
+    let exec = |sql: String| {
+        let admin = admin.clone();
+        async move { sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&admin).await }
+    };
+    exec(format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false")).await?;
+    exec(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    ))
+    .await?;
+    // Uncached queries need the database.
+    let mut statuses = Vec::new();
+    for city in ["Lagos", "Cairo", "Dakar"] {
+        let r = app.get(&format!("/api/v1/properties?city={city}")).await?;
+        statuses.push(r.status().as_u16());
+        if r.status() == 503 {
+            assert_eq!(error_code(r).await?, "unavailable");
+        }
+    }
+    assert!(statuses.iter().all(|s| *s == 503), "{statuses:?}");
+    let health = app.get("/health").await?;
+    assert_eq!(health.status(), 503);
+    exec(format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true")).await?;
+    let mut status = 0;
+    for _ in 0..50 {
+        status = app
+            .get("/api/v1/properties?city=Kumasi")
+            .await?
+            .status()
+            .as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200);
+    Ok(())
+}
