@@ -9,10 +9,11 @@
 //! explicit ones included.
 
 use sqlx::{Postgres, QueryBuilder, Sqlite, Transaction};
-use time::{Date, OffsetDateTime};
+use time::OffsetDateTime;
 
 use super::Db;
-use crate::domain::{BookingStatus, Money, Role};
+use super::bookings::Booking;
+use crate::domain::{Money, Role};
 use crate::with_pool;
 
 /// Rows per `INSERT` statement: 500 rows of at most 13 columns stay far
@@ -48,19 +49,9 @@ pub struct PropertyRecord {
     pub deleted_at: Option<OffsetDateTime>,
 }
 
-/// A booking with its id.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BookingRecord {
-    pub id: i64,
-    pub property_id: i64,
-    pub guest_id: i64,
-    pub check_in: Date,
-    pub check_out: Date,
-    pub guests: i32,
-    pub total_price: Money,
-    pub status: BookingStatus,
-    pub created_at: OffsetDateTime,
-}
+/// A booking with its id: exactly the API's [`Booking`], so seeded and
+/// imported rows are the same type the service reads back.
+pub type BookingRecord = Booking;
 
 /// Row counts of the data tables.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
