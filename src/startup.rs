@@ -14,19 +14,23 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::cache::memory::MemoryStore;
+use crate::cache::redis::RedisStore;
 use crate::cache::{Cache, CacheStore};
 use crate::config::Settings;
 use crate::db::Db;
 use crate::email::Mailer;
 use crate::http::{self, AppState, Inner};
+use crate::jobs::redis::RedisQueue;
 use crate::jobs::sql::SqlQueue;
 use crate::jobs::worker::{JobContext, Worker, flush_views};
 use crate::jobs::{JobQueue, QueueBackend};
 use crate::kv::keys::Keys;
 use crate::kv::{RedisRole, Role};
 use crate::ratelimit::memory::MemoryLimiter;
+use crate::ratelimit::redis::RedisLimiter;
 use crate::ratelimit::{LimiterBackend, RateLimiter};
 use crate::sessions::SessionStore;
+use crate::sessions::redis::RedisSessionStore;
 use crate::sessions::sql::SqlSessionStore;
 use crate::telemetry;
 
@@ -50,27 +54,25 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<Jo
             sessions: Arc::new(SqlSessionStore::new(db.clone())),
             queue: Arc::new(SqlQueue::new(db.clone())),
         },
+        // Production: each role on its own Redis connection (its own DB or
+        // server), with the role's timeout and circuit breaker.
         Some(r) => Backends {
-            cache_store: redis_cache_store(
+            cache_store: Arc::new(RedisStore::new(
                 RedisRole::connect(Role::Cache, &r.cache).await?,
-                &keys,
-                &db,
-            )?,
-            limiter_backend: redis_limiter(
+                keys.clone(),
+            )),
+            // The limiter is handed keys already built by `RateLimiter`.
+            limiter_backend: Arc::new(RedisLimiter::new(
                 RedisRole::connect(Role::RateLimit, &r.ratelimit).await?,
-                &keys,
-                &db,
-            )?,
-            sessions: redis_sessions(
+            )),
+            sessions: Arc::new(RedisSessionStore::new(
                 RedisRole::connect(Role::Sessions, &r.sessions).await?,
-                &keys,
-                &db,
-            )?,
-            queue: redis_queue(
+                keys.clone(),
+            )),
+            queue: Arc::new(RedisQueue::new(
                 RedisRole::connect(Role::Broker, &r.broker).await?,
                 &keys,
-                &db,
-            )?,
+            )),
         },
     };
     let cache = Cache::new(cache_store, keys.clone());
@@ -105,45 +107,6 @@ struct Backends {
     limiter_backend: Arc<dyn LimiterBackend>,
     sessions: Arc<dyn SessionStore>,
     queue: Arc<dyn QueueBackend>,
-}
-
-// The four constructors below pick each role's Redis backend. Until a
-// role's Redis backend exists, it falls back to the in-process one with a
-// warning (TEMPORARY: removed as each Redis backend lands).
-
-/// The Redis cache store (issue: cache role on Redis).
-fn redis_cache_store(
-    role: RedisRole,
-    keys: &Keys,
-    _db: &Db,
-) -> anyhow::Result<Arc<dyn CacheStore>> {
-    Ok(Arc::new(crate::cache::redis::RedisStore::new(
-        role,
-        keys.clone(),
-    )))
-}
-
-/// The Redis rate limiter (issue: rate limiting on Redis).
-fn redis_limiter(
-    role: RedisRole,
-    _keys: &Keys,
-    _db: &Db,
-) -> anyhow::Result<Arc<dyn LimiterBackend>> {
-    // The limiter receives keys already built by `RateLimiter` from `keys`.
-    Ok(Arc::new(crate::ratelimit::redis::RedisLimiter::new(role)))
-}
-
-/// The Redis session store (issue: sessions on Redis).
-fn redis_sessions(role: RedisRole, keys: &Keys, _db: &Db) -> anyhow::Result<Arc<dyn SessionStore>> {
-    Ok(Arc::new(crate::sessions::redis::RedisSessionStore::new(
-        role,
-        keys.clone(),
-    )))
-}
-
-/// The Redis job queue (issue: background jobs on Redis).
-fn redis_queue(role: RedisRole, keys: &Keys, _db: &Db) -> anyhow::Result<Arc<dyn QueueBackend>> {
-    Ok(Arc::new(crate::jobs::redis::RedisQueue::new(role, keys)))
 }
 
 /// How `serve` runs workers.
