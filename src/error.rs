@@ -46,6 +46,26 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// Turns the failure of a backing service into a 503 naming `what`, and
+    /// logs its cause: here, where the cause becomes a response, so each 503
+    /// says why exactly once (the body names only `what`). For failures
+    /// already logged where they happened (the rate limiter, the session
+    /// lookup of the middleware), build `ApiError::Unavailable` directly.
+    pub fn unavailable<E>(what: &'static str) -> impl FnOnce(E) -> ApiError
+    where
+        E: Into<anyhow::Error>,
+    {
+        move |e| {
+            let e: anyhow::Error = e.into();
+            tracing::warn!(
+                unavailable = what,
+                error = format!("{e:#}"),
+                "answering 503"
+            );
+            ApiError::Unavailable(what)
+        }
+    }
+
     /// A 422 for one field.
     pub fn field(field: &str, message: impl Into<String>) -> Self {
         let mut m = FieldErrors::new();

@@ -81,8 +81,82 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 enum Turn {
     /// Someone else stored the value meanwhile.
     Filled(Bytes),
-    /// Compute it; holding the lock `(key, token)` if one was taken.
-    Compute(Option<(String, String)>),
+    /// Compute it; holding the cross-process lock if one was taken.
+    Compute(Option<HeldLock>),
+}
+
+/// A cross-process compute lock this process holds. Released explicitly
+/// after the computation; if the holder's future is dropped first (client
+/// gone, request deadline), `Drop` releases it in the background, so other
+/// processes do not wait [`LOCK_WAIT`] on a holder that is no longer there.
+struct HeldLock {
+    store: Arc<dyn CacheStore>,
+    key: String,
+    token: String,
+    released: bool,
+}
+
+impl HeldLock {
+    /// Releases the lock (best effort: it expires after [`LOCK_TTL`] anyway).
+    async fn release(&mut self) {
+        if let Err(e) = self.store.unlock(&self.key, &self.token).await {
+            tracing::debug!(error = format!("{e:#}"), "compute lock not released");
+        }
+        self.released = true;
+    }
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        let (store, key, token) = (
+            self.store.clone(),
+            std::mem::take(&mut self.key),
+            std::mem::take(&mut self.token),
+        );
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = store.unlock(&key, &token).await;
+            });
+        }
+    }
+}
+
+/// This caller's share of a key's in-process flight. Whoever drops the last
+/// share removes the map entry, on every path, cancellation included: the
+/// map is keyed by strings clients choose (query strings), so an entry left
+/// behind by a dropped request would be a leak anyone can grow.
+struct FlightShare<'a> {
+    flights: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    key: &'a str,
+    flight: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<'a> FlightShare<'a> {
+    fn join(
+        flights: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+        key: &'a str,
+    ) -> Self {
+        let flight = lock(flights).entry(key.to_owned()).or_default().clone();
+        FlightShare {
+            flights,
+            key,
+            flight,
+        }
+    }
+}
+
+impl Drop for FlightShare<'_> {
+    fn drop(&mut self) {
+        // Shares are taken and given back under the map's lock, so the
+        // count seen here is exact: 2 means the map's and ours.
+        let mut flights = lock(self.flights);
+        if Arc::strong_count(&self.flight) <= 2 {
+            flights.remove(self.key);
+        }
+    }
 }
 
 impl Cache {
@@ -104,6 +178,12 @@ impl Cache {
     /// The key builder, for callers that build templates for [`Self::get_or_compute_in`].
     pub fn keys(&self) -> &Keys {
         &self.keys
+    }
+
+    /// Keys being computed in this process now (each has a single-flight
+    /// entry); 0 when idle, whatever happened to earlier callers.
+    pub fn flights_in_progress(&self) -> usize {
+        lock(&self.flights).len()
     }
 
     /// The raw store: no codec, metrics or single flight (view counters, health checks).
@@ -183,7 +263,18 @@ impl Cache {
     /// succeeds, and meanwhile this process does not use the namespace's
     /// cache (other processes cannot reach the store either, or will see the
     /// bump when it lands).
+    ///
+    /// The bump runs in a task of its own and this waits for it: a request
+    /// cancelled after its write (client gone, deadline) still invalidates.
     pub async fn invalidate(&self, ns: &str) {
+        let (this, ns) = (self.clone(), ns.to_owned());
+        let task = tokio::spawn(async move { this.invalidate_now(&ns).await });
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "cache invalidation task failed");
+        }
+    }
+
+    async fn invalidate_now(&self, ns: &str) {
         let key = self.keys.generation(ns);
         if let Err(e) = self.store.bump(&key).await {
             record(&self.stats, "generation", "error");
@@ -337,37 +428,24 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = anyhow::Result<Bytes>>,
     {
-        let flight = lock(&self.flights)
-            .entry(key.to_owned())
-            .or_default()
-            .clone();
-        let result = async {
-            let _turn = flight.lock().await;
-            // Whoever held the turn before us may have filled the key.
-            if let Ok(Some(v)) = self.fetch(key).await {
-                return Ok(v);
-            }
-            let held = match self.cross_process_turn(key).await {
-                Turn::Filled(v) => return Ok(v),
-                Turn::Compute(held) => held,
-            };
-            let value = compute().await;
-            if let Ok(v) = &value {
-                self.set_bytes(family, key, v.clone(), ttl).await;
-            }
-            if let Some((lock_key, token)) = held
-                && let Err(e) = self.store.unlock(&lock_key, &token).await
-            {
-                tracing::debug!(error = format!("{e:#}"), "compute lock not released");
-            }
-            value
+        let share = FlightShare::join(&self.flights, key);
+        let _turn = share.flight.lock().await;
+        // Whoever held the turn before us may have filled the key.
+        if let Ok(Some(v)) = self.fetch(key).await {
+            return Ok(v);
         }
-        .await;
-        let mut flights = lock(&self.flights);
-        if Arc::strong_count(&flight) <= 2 {
-            flights.remove(key);
+        let mut held = match self.cross_process_turn(key).await {
+            Turn::Filled(v) => return Ok(v),
+            Turn::Compute(held) => held,
+        };
+        let value = compute().await;
+        if let Ok(v) = &value {
+            self.set_bytes(family, key, v.clone(), ttl).await;
         }
-        result
+        if let Some(lock) = held.as_mut() {
+            lock.release().await;
+        }
+        value
     }
 
     /// Takes the cross-process compute lock of `key`, or waits (bounded by
@@ -382,13 +460,19 @@ impl Cache {
         loop {
             match self.store.try_lock(&lock_key, &token, LOCK_TTL).await {
                 Ok(true) => {
+                    let mut held = HeldLock {
+                        store: self.store.clone(),
+                        key: lock_key,
+                        token,
+                        released: false,
+                    };
                     // The previous holder may have stored the value and
                     // released the lock since we last looked.
                     if let Ok(Some(v)) = self.fetch(key).await {
-                        let _ = self.store.unlock(&lock_key, &token).await;
+                        held.release().await;
                         return Turn::Filled(v);
                     }
-                    return Turn::Compute(Some((lock_key, token)));
+                    return Turn::Compute(Some(held));
                 }
                 Ok(false) => {}
                 Err(_) => return Turn::Compute(None),
@@ -484,4 +568,69 @@ fn otp_hash(key: &str, code: &str) -> String {
         .chain_update(code)
         .finalize();
     d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache() -> Cache {
+        Cache::new(
+            Arc::new(memory::MemoryStore::new(1 << 20)),
+            Keys::new("test:"),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_dropped_filler_neither_blocks_its_key_nor_leaks_its_entry() -> anyhow::Result<()> {
+        let cache = cache();
+        let ttl = Duration::from_secs(60);
+        // A computation that never finishes, abandoned by its caller (the
+        // client went away, the request deadline passed).
+        let stuck = cache.get_or_compute_bytes("test", "k", ttl, || async {
+            std::future::pending::<anyhow::Result<Bytes>>().await
+        });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), stuck)
+                .await
+                .is_err()
+        );
+        assert_eq!(cache.flights_in_progress(), 0, "entry removed on drop");
+        // The key is free: the next caller computes at once.
+        let v = tokio::time::timeout(
+            Duration::from_secs(1),
+            cache.get_or_compute_bytes("test", "k", ttl, || async { Ok(Bytes::from("v")) }),
+        )
+        .await??;
+        assert_eq!(v, Bytes::from("v"));
+        assert_eq!(cache.flights_in_progress(), 0);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn waiters_of_a_dropped_filler_compute_and_the_map_empties() -> anyhow::Result<()> {
+        let cache = cache();
+        let ttl = Duration::from_secs(60);
+        let first = cache.get_or_compute_bytes("test", "k", ttl, || async {
+            std::future::pending::<anyhow::Result<Bytes>>().await
+        });
+        let second =
+            cache.get_or_compute_bytes("test", "k", ttl, || async { Ok(Bytes::from("second")) });
+        let mut first = Box::pin(first);
+        // Let the first take the turn; the second queues behind it.
+        let pending = Duration::from_millis(10);
+        assert!(tokio::time::timeout(pending, first.as_mut()).await.is_err());
+        let mut second = Box::pin(second);
+        assert!(
+            tokio::time::timeout(pending, second.as_mut())
+                .await
+                .is_err()
+        );
+        assert_eq!(cache.flights_in_progress(), 1);
+        drop(first);
+        let v = tokio::time::timeout(Duration::from_secs(1), second).await??;
+        assert_eq!(v, Bytes::from("second"));
+        assert_eq!(cache.flights_in_progress(), 0);
+        Ok(())
+    }
 }

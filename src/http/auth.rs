@@ -160,14 +160,14 @@ async fn start_session(state: &AppState, headers: &HeaderMap, user: User) -> Api
             .sessions
             .delete(&sessions::hash_id(&old))
             .await
-            .map_err(|_| ApiError::Unavailable("session store"))?;
+            .map_err(ApiError::unavailable("session store"))?;
     }
     let id = sessions::new_session_id()?;
     state
         .sessions
         .create(&sessions::hash_id(&id), user.id, ttl)
         .await
-        .map_err(|_| ApiError::Unavailable("session store"))?;
+        .map_err(ApiError::unavailable("session store"))?;
     let secure = if state.settings.cookie_secure {
         "; Secure"
     } else {
@@ -205,7 +205,7 @@ async fn logout(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<
             .sessions
             .delete(&sessions::hash_id(&id))
             .await
-            .map_err(|_| ApiError::Unavailable("session store"))?;
+            .map_err(ApiError::unavailable("session store"))?;
     }
     Ok(clear_cookie(&state))
 }
@@ -219,7 +219,7 @@ async fn logout_all(
         .sessions
         .delete_user(user.id)
         .await
-        .map_err(|_| ApiError::Unavailable("session store"))?;
+        .map_err(ApiError::unavailable("session store"))?;
     Ok(clear_cookie(&state))
 }
 
@@ -264,7 +264,7 @@ async fn change_password(
         .sessions
         .delete_user(user.id)
         .await
-        .map_err(|_| ApiError::Unavailable("session store"))?;
+        .map_err(ApiError::unavailable("session store"))?;
     start_session(&state, &HeaderMap::new(), user).await
 }
 
@@ -314,7 +314,7 @@ async fn otp_verify(
         .cache
         .otp_attempt(&email, body.otp.trim(), OTP_MAX_ATTEMPTS)
         .await
-        .map_err(|_| ApiError::Unavailable("cache"))?;
+        .map_err(ApiError::unavailable("cache"))?;
     if outcome != OtpOutcome::Accepted {
         return Err(ApiError::InvalidCredentials("wrong or expired code"));
     }

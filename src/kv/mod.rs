@@ -5,11 +5,14 @@ pub mod breaker;
 pub mod keys;
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+pub use breaker::Outcome;
 
 /// The four Redis roles of the guide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -41,17 +44,139 @@ impl Role {
     }
 }
 
+/// How many consecutive unhealthy outcomes open a role's breaker.
+pub const BREAKER_THRESHOLD: u32 = 3;
+/// How long an open breaker refuses calls before it lets one probe through:
+/// the bound on how long after Redis answers again a role stays refused
+/// (a constant for now; it will move into the typed settings).
+pub const BREAKER_COOL_DOWN: Duration = Duration::from_secs(2);
+/// A half-open probe that has not reported after this long (it cannot
+/// normally outlive [`COMMAND_TIMEOUT`]) no longer blocks the next probe.
+pub const PROBE_DEADLINE: Duration = Duration::from_secs(1);
+/// Least time between two forced reconnections of one role (after
+/// `READONLY`/`MASTERDOWN`), so a misconfigured endpoint is not hammered.
+const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
+
+fn manager_config(response_timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(response_timeout))
+        .set_number_of_retries(1)
+}
+
 /// Opens a multiplexed, self-reconnecting connection. Each command has a
 /// short response timeout so that a dead Redis becomes an error quickly.
 pub async fn connect(url: &str, response_timeout: Duration) -> anyhow::Result<ConnectionManager> {
     let client = redis::Client::open(url).context("invalid Redis URL")?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(response_timeout))
-        .set_number_of_retries(1);
-    ConnectionManager::new_with_config(client, config)
+    ConnectionManager::new_with_config(client, manager_config(response_timeout))
         .await
         .context("cannot connect to Redis")
+}
+
+/// What one Redis error says about the server (see [`verdict`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// Counted by the role's breaker as this.
+    pub outcome: Outcome,
+    /// The connection may lead to the wrong server: open a new one.
+    pub reconnect: bool,
+}
+
+/// The table of Redis errors: which mean "this Redis cannot serve now"
+/// (the breaker counts them; enough in a row open it) and which are about
+/// the one call while the server itself answers (they count as healthy, so
+/// a breaker never opens, or stays half-open, on an error that says the
+/// server is there). Every error lands in exactly one row.
+///
+/// | error | unhealthy | reconnect | why |
+/// |---|---|---|---|
+/// | I/O, refused, dropped, client timeout | yes | (the manager does) | no answer |
+/// | `LOADING` | yes | no | restarted, reading its data: seconds |
+/// | `BUSY` | yes | no | a script blocks every client |
+/// | `MASTERDOWN` | yes | yes | a replica without master: the endpoint may have moved |
+/// | `READONLY` | yes | yes | failover: this connection reaches the old master, now a replica; a new one follows the endpoint (DNS, VIP, proxy) to the new master |
+/// | `TRYAGAIN`, `CLUSTERDOWN` | yes | no | the cluster cannot serve the slot now |
+/// | `MISCONF` | yes | no | it refuses writes until it can persist again |
+/// | `NOAUTH`, `WRONGPASS`, auth failed | yes | no | we cannot use it |
+/// | `OOM` | no | no | full (noeviction): reads still answered, only writes refused; callers skip the write |
+/// | `NOSCRIPT` | no | no | a restart forgot the scripts; `Script` reloads them (EVALSHA, then SCRIPT LOAD and EVALSHA again), so this only surfaces if that failed too |
+/// | `WRONGTYPE`, `ERR` (script errors, syntax), `EXECABORT`, `NOPERM`, other codes | no | no | about the call or the data, not the server |
+/// | reply parse / type conversion, client-side | no | no | about the call |
+pub fn verdict(e: &redis::RedisError) -> Verdict {
+    let (outcome, reconnect) = match e.code() {
+        Some("LOADING" | "BUSY" | "TRYAGAIN" | "CLUSTERDOWN" | "MISCONF") => {
+            (Outcome::Unhealthy, false)
+        }
+        Some("MASTERDOWN" | "READONLY") => (Outcome::Unhealthy, true),
+        Some("NOAUTH" | "WRONGPASS") => (Outcome::Unhealthy, false),
+        Some(_) => (Outcome::Healthy, false),
+        None if e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.kind() == redis::ErrorKind::AuthenticationFailed =>
+        {
+            (Outcome::Unhealthy, false)
+        }
+        None => (Outcome::Healthy, false),
+    };
+    Verdict { outcome, reconnect }
+}
+
+/// One role's connection manager, replaceable: a forced reconnection (see
+/// [`verdict`]) builds a new manager in the background and swaps it in;
+/// calls in flight keep the old one until they finish. (`ConnectionManager`
+/// reconnects by itself only when the socket breaks, not when a live socket
+/// reaches a server that has become a replica.)
+struct Connection {
+    current: RwLock<ConnectionManager>,
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    reconnecting: AtomicBool,
+    last_reconnect: Mutex<Option<Instant>>,
+}
+
+impl Connection {
+    fn get(&self) -> ConnectionManager {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Starts one background reconnection, unless one runs or ran within
+    /// [`RECONNECT_INTERVAL`].
+    fn reconnect(self: &Arc<Self>, role: Role) {
+        {
+            let mut last = self
+                .last_reconnect
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < RECONNECT_INTERVAL) {
+                return;
+            }
+            if self.reconnecting.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            match ConnectionManager::new_with_config(this.client.clone(), this.config.clone()).await
+            {
+                Ok(fresh) => {
+                    *this.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+                    tracing::info!(role = role.name(), "Redis connection replaced");
+                }
+                Err(e) => tracing::warn!(
+                    role = role.name(),
+                    error = %e,
+                    "Redis reconnection failed; will retry on the next such error"
+                ),
+            }
+            this.reconnecting.store(false, Ordering::Release);
+        });
+    }
 }
 
 /// One Redis role's connection with its timeout and circuit breaker. Every
@@ -59,7 +184,7 @@ pub async fn connect(url: &str, response_timeout: Duration) -> anyhow::Result<Co
 #[derive(Clone)]
 pub struct RedisRole {
     pub role: Role,
-    conn: ConnectionManager,
+    conn: Arc<Connection>,
     timeout: Duration,
     breaker: Arc<breaker::Breaker>,
 }
@@ -70,17 +195,30 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
 impl RedisRole {
     /// Connects `url` for `role` (fails if Redis cannot be reached now).
     pub async fn connect(role: Role, url: &str) -> anyhow::Result<RedisRole> {
-        let conn = connect(url, COMMAND_TIMEOUT)
+        let context = || format!("Redis for the {} role ({})", role.name(), redact(url));
+        let client = redis::Client::open(url)
+            .context("invalid Redis URL")
+            .with_context(context)?;
+        let config = manager_config(COMMAND_TIMEOUT);
+        let manager = ConnectionManager::new_with_config(client.clone(), config.clone())
             .await
-            .with_context(|| format!("Redis for the {} role ({})", role.name(), redact(url)))?;
+            .context("cannot connect to Redis")
+            .with_context(context)?;
         let role = RedisRole {
             role,
-            conn,
+            conn: Arc::new(Connection {
+                current: RwLock::new(manager),
+                client,
+                config,
+                reconnecting: AtomicBool::new(false),
+                last_reconnect: Mutex::new(None),
+            }),
             timeout: COMMAND_TIMEOUT,
             breaker: Arc::new(breaker::Breaker::new(
                 role.name(),
-                3,
-                Duration::from_secs(2),
+                BREAKER_THRESHOLD,
+                BREAKER_COOL_DOWN,
+                PROBE_DEADLINE,
             )),
         };
         for warning in role.configuration_warnings().await {
@@ -88,14 +226,13 @@ impl RedisRole {
         }
         Ok(role)
     }
-
     /// What is risky in this role's Redis configuration (DESIGN: the cache
     /// may be evicted; sessions, rate limits and jobs must never be, and
     /// sessions and jobs should survive a Redis restart). Managed Redis often
     /// forbids CONFIG: then nothing can be said.
     pub async fn configuration_warnings(&self) -> Vec<String> {
         let get = |name: &'static str| {
-            let mut conn = self.conn.clone();
+            let mut conn = self.connection();
             async move {
                 redis::cmd("CONFIG")
                     .arg("GET")
@@ -139,39 +276,46 @@ impl RedisRole {
     /// A clone of the multiplexed connection, for calls that must not go
     /// through the breaker (operator commands, blocking reads).
     pub fn connection(&self) -> ConnectionManager {
-        self.conn.clone()
+        self.conn.get()
     }
 
     /// Runs one Redis call with the role's timeout, breaker and metrics.
+    /// Every outcome reaches the breaker: a value, each kind of error (as
+    /// [`verdict`] classifies it), the timeout, and cancellation (the
+    /// permit reports itself when this future is dropped mid-call).
     pub async fn run<T, F, Fut>(&self, f: F) -> anyhow::Result<T>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        if !self.breaker.allow() {
+        let Some(permit) = self.breaker.try_acquire() else {
             anyhow::bail!("Redis {} role unavailable (circuit open)", self.role.name());
-        }
+        };
         let started = Instant::now();
-        let res = tokio::time::timeout(self.timeout, f(self.conn.clone())).await;
+        let res = tokio::time::timeout(self.timeout, f(self.connection())).await;
         metrics::histogram!("redis_roundtrip_seconds", "role" => self.role.name())
             .record(started.elapsed().as_secs_f64());
         match res {
             Ok(Ok(v)) => {
-                self.breaker.success();
+                permit.report(Outcome::Healthy);
                 Ok(v)
             }
             Ok(Err(e)) => {
-                if e.is_io_error()
-                    || e.is_timeout()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                {
-                    self.breaker.failure();
+                let v = verdict(&e);
+                permit.report(v.outcome);
+                let kind = e
+                    .code()
+                    .unwrap_or(if e.is_io_error() { "io" } else { "other" });
+                metrics::counter!("redis_errors_total", "role" => self.role.name(),
+                    "code" => kind.to_owned())
+                .increment(1);
+                if v.reconnect {
+                    self.conn.reconnect(self.role);
                 }
                 Err(anyhow::Error::new(e).context(format!("Redis {} role", self.role.name())))
             }
             Err(_) => {
-                self.breaker.failure();
+                permit.report(Outcome::Unhealthy);
                 anyhow::bail!(
                     "Redis {} role timed out after {:?}",
                     self.role.name(),
@@ -179,6 +323,11 @@ impl RedisRole {
                 )
             }
         }
+    }
+
+    /// Whether the role's breaker refuses calls now (for `/health` and tests).
+    pub fn is_refusing(&self) -> bool {
+        self.breaker.is_open()
     }
 }
 
@@ -192,5 +341,91 @@ pub fn redact(url: &str) -> String {
             u.to_string()
         }
         Err(_) => "<invalid URL>".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error Redis answers with this RESP error line.
+    fn server_error(line: &str) -> redis::RedisError {
+        match redis::parse_redis_value(format!("-{line}\r\n").as_bytes())
+            .and_then(redis::Value::extract_error)
+        {
+            Err(e) => e,
+            Ok(v) => panic!("{line:?} parsed as a value: {v:?}"),
+        }
+    }
+
+    #[test]
+    fn every_kind_of_error_has_a_verdict() {
+        let unhealthy = |reconnect| Verdict {
+            outcome: Outcome::Unhealthy,
+            reconnect,
+        };
+        let healthy = Verdict {
+            outcome: Outcome::Healthy,
+            reconnect: false,
+        };
+        let cases = [
+            (
+                "LOADING Redis is loading the dataset in memory",
+                unhealthy(false),
+            ),
+            ("BUSY Redis is busy running a script.", unhealthy(false)),
+            ("MASTERDOWN Link with MASTER is down", unhealthy(true)),
+            (
+                "READONLY You can't write against a read only replica.",
+                unhealthy(true),
+            ),
+            (
+                "TRYAGAIN Multiple keys request during rehashing of slot",
+                unhealthy(false),
+            ),
+            ("CLUSTERDOWN The cluster is down", unhealthy(false)),
+            (
+                "MISCONF Redis is configured to save RDB snapshots",
+                unhealthy(false),
+            ),
+            ("NOAUTH Authentication required.", unhealthy(false)),
+            ("WRONGPASS invalid username-password pair", unhealthy(false)),
+            (
+                "OOM command not allowed when used memory > 'maxmemory'.",
+                healthy,
+            ),
+            ("NOSCRIPT No matching script. Please use EVAL.", healthy),
+            (
+                "WRONGTYPE Operation against a key holding the wrong kind of value",
+                healthy,
+            ),
+            (
+                "ERR user_script:1: Script attempted to access nonexistent global",
+                healthy,
+            ),
+            (
+                "EXECABORT Transaction discarded because of previous errors.",
+                healthy,
+            ),
+            ("NOPERM this user has no permissions", healthy),
+        ];
+        for (line, expected) in cases {
+            assert_eq!(verdict(&server_error(line)), expected, "{line}");
+        }
+        for kind in [
+            std::io::ErrorKind::ConnectionRefused,
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::BrokenPipe,
+            std::io::ErrorKind::TimedOut,
+            std::io::ErrorKind::UnexpectedEof,
+        ] {
+            let e = redis::RedisError::from(std::io::Error::from(kind));
+            assert_eq!(verdict(&e), unhealthy(false), "{kind:?}");
+        }
+        let conversion = redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "response was of incompatible type",
+        ));
+        assert_eq!(verdict(&conversion), healthy);
     }
 }
