@@ -8,6 +8,8 @@ mod auth;
 mod bookings;
 mod cache_api;
 mod cache_suite;
+mod chaos;
+mod chaos_support;
 mod cli_cache;
 mod errors;
 mod jobs_suite;
