@@ -64,6 +64,7 @@ impl RedisStore {
     /// A store on the cache role's connection; `keys` names the view
     /// counters (every other key is passed in by the facade).
     pub fn new(role: RedisRole, keys: Keys) -> Self {
+        role.on_restart(forget_generations(keys.generation_pattern()));
         RedisStore {
             role,
             keys,
@@ -147,6 +148,43 @@ impl RedisStore {
             })
             .await
     }
+}
+
+/// What the cache does when its Redis restarted or was replaced: that
+/// server may hold a generation counter from before a bump it acknowledged
+/// but lost (AOF `everysec`, asynchronous replication), and with it an
+/// entry the bump had made unreachable. Deleting every counter makes the
+/// next lookup restart each one at the server time in microseconds, above
+/// any value it had: every entry cached before is unreachable (a cold cache
+/// once per restart, never a stale one).
+fn forget_generations(pattern: String) -> crate::kv::RestartHook {
+    std::sync::Arc::new(move |mut conn| {
+        let pattern = pattern.clone();
+        Box::pin(async move {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(SCAN_BATCH)
+                    .query_async(&mut conn)
+                    .await?;
+                if !found.is_empty() {
+                    redis::cmd("UNLINK")
+                        .arg(&found)
+                        .query_async::<i64>(&mut conn)
+                        .await?;
+                }
+                if next == 0 {
+                    tracing::info!("cache generations reset after a Redis restart");
+                    return Ok(());
+                }
+                cursor = next;
+            }
+        })
+    })
 }
 
 /// A TTL in whole milliseconds, at least 1 (Redis refuses `PX 0`).

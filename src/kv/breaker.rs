@@ -157,6 +157,12 @@ impl Breaker {
         }
     }
 
+    /// Closes the breaker: the connection was replaced, so what it counted
+    /// was about a server the role no longer talks to.
+    pub fn reset(&self) {
+        self.success();
+    }
+
     /// An unhealthy outcome: opens the breaker at `threshold` in a row, or at
     /// once when half-open. A late failure of a call admitted before the
     /// breaker opened does not prolong an open breaker.

@@ -119,6 +119,21 @@ impl Keys {
         self.cache(&format!("gen:{GEN_TAG}:{ns}"))
     }
 
+    /// A `SCAN MATCH` pattern of every generation counter (glob characters
+    /// of the prefix escaped): what a Redis that came back with older data
+    /// than it acknowledged must forget (see `cache::redis`).
+    pub fn generation_pattern(&self) -> String {
+        let escaped: String = self
+            .cache(&format!("gen:{GEN_TAG}:"))
+            .chars()
+            .flat_map(|c| {
+                let escape = "*?[]\\".contains(c).then_some('\\');
+                escape.into_iter().chain(std::iter::once(c))
+            })
+            .collect();
+        format!("{escaped}*")
+    }
+
     /// Whole response of the public property list for one normalized query,
     /// before the properties generation is known.
     pub fn property_list_template(&self, normalized_query: &str) -> KeyTemplate {

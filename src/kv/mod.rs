@@ -134,6 +134,34 @@ struct Connection {
     config: ConnectionManagerConfig,
     reconnecting: AtomicBool,
     last_reconnect: Mutex<Option<Instant>>,
+    /// `run_id` of the server last verified; a new one means a restart or
+    /// another server (failover).
+    run_id: Mutex<Option<String>>,
+    /// The connection broke (or the server said LOADING): until the server
+    /// is verified, calls are refused (see [`RedisRole::run`]).
+    suspect: AtomicBool,
+    verifying: AtomicBool,
+    hooks: Mutex<Vec<RestartHook>>,
+}
+
+/// What a role's owner does when its Redis turns out to have restarted or
+/// been replaced: its data may be older than what it acknowledged (AOF
+/// `everysec` loses up to a second or two of writes even on a process
+/// crash; a promoted replica lacks what had not replicated yet).
+pub type RestartHook = Arc<
+    dyn Fn(ConnectionManager) -> futures::future::BoxFuture<'static, redis::RedisResult<()>>
+        + Send
+        + Sync,
+>;
+
+/// How long the restart check (INFO and the hooks) may take.
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `run_id` in an `INFO server` reply.
+fn run_id(info: &str) -> Option<String> {
+    info.lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .map(|v| v.trim().to_owned())
 }
 
 impl Connection {
@@ -146,7 +174,7 @@ impl Connection {
 
     /// Starts one background reconnection, unless one runs or ran within
     /// [`RECONNECT_INTERVAL`].
-    fn reconnect(self: &Arc<Self>, role: Role) {
+    fn reconnect(self: &Arc<Self>, role: Role, breaker: Arc<breaker::Breaker>) {
         {
             let mut last = self
                 .last_reconnect
@@ -166,6 +194,10 @@ impl Connection {
             {
                 Ok(fresh) => {
                     *this.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+                    // Possibly another server now: check it before use. The
+                    // breaker's count was about the old server: start afresh.
+                    this.suspect.store(true, Ordering::Release);
+                    breaker.reset();
                     tracing::info!(role = role.name(), "Redis connection replaced");
                 }
                 Err(e) => tracing::warn!(
@@ -176,6 +208,56 @@ impl Connection {
             }
             this.reconnecting.store(false, Ordering::Release);
         });
+    }
+
+    /// Starts the check of a suspect connection unless one runs: reads the
+    /// server's `run_id`; if it changed, runs the restart hooks; then lets
+    /// calls through again. The check is a task of its own, so no caller's
+    /// cancellation can cut it short.
+    fn verify(self: &Arc<Self>, role: Role) {
+        if self.verifying.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let res = tokio::time::timeout(VERIFY_TIMEOUT, this.check_server(role)).await;
+            match res {
+                Ok(Ok(())) => this.suspect.store(false, Ordering::Release),
+                Ok(Err(e)) if verdict(&e).outcome == Outcome::Healthy => {
+                    // INFO refused (a managed Redis): nothing can be told.
+                    tracing::debug!(role = role.name(), error = %e, "cannot read the run id");
+                    this.suspect.store(false, Ordering::Release);
+                }
+                Ok(Err(_)) | Err(_) => {} // still down or loading: next call retries
+            }
+            this.verifying.store(false, Ordering::Release);
+        });
+    }
+
+    async fn check_server(&self, role: Role) -> redis::RedisResult<()> {
+        let mut conn = self.get();
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut conn)
+            .await?;
+        let now = run_id(&info);
+        let before = self
+            .run_id
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if before.is_some() && now.is_some() && before != now {
+            tracing::warn!(
+                role = role.name(),
+                "Redis restarted or was replaced; its data may be older than it acknowledged"
+            );
+            let hooks = self.hooks.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            for hook in hooks {
+                hook(conn.clone()).await?;
+            }
+        }
+        *self.run_id.lock().unwrap_or_else(|e| e.into_inner()) = now;
+        Ok(())
     }
 }
 
@@ -212,6 +294,10 @@ impl RedisRole {
                 config,
                 reconnecting: AtomicBool::new(false),
                 last_reconnect: Mutex::new(None),
+                run_id: Mutex::new(None),
+                suspect: AtomicBool::new(false),
+                verifying: AtomicBool::new(false),
+                hooks: Mutex::new(Vec::new()),
             }),
             timeout: COMMAND_TIMEOUT,
             breaker: Arc::new(breaker::Breaker::new(
@@ -224,7 +310,26 @@ impl RedisRole {
         for warning in role.configuration_warnings().await {
             tracing::warn!(role = role.role.name(), "{warning}");
         }
+        let mut conn = role.connection();
+        if let Ok(info) = redis::cmd("INFO")
+            .arg("server")
+            .query_async::<String>(&mut conn)
+            .await
+        {
+            *role.conn.run_id.lock().unwrap_or_else(|e| e.into_inner()) = run_id(&info);
+        }
         Ok(role)
+    }
+
+    /// Registers what to do when this role's Redis turns out to have
+    /// restarted or been replaced (see [`RestartHook`]); it runs before any
+    /// other call reaches the new server.
+    pub fn on_restart(&self, hook: RestartHook) {
+        self.conn
+            .hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(hook);
     }
     /// What is risky in this role's Redis configuration (DESIGN: the cache
     /// may be evicted; sessions, rate limits and jobs must never be, and
@@ -288,6 +393,15 @@ impl RedisRole {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
+        if self.conn.suspect.load(Ordering::Acquire) {
+            // The connection broke: the server may have restarted with older
+            // data. Nothing reads it until that is checked (milliseconds).
+            self.conn.verify(self.role);
+            anyhow::bail!(
+                "Redis {} role unavailable (checking the server after a reconnection)",
+                self.role.name()
+            );
+        }
         let Some(permit) = self.breaker.try_acquire() else {
             anyhow::bail!("Redis {} role unavailable (circuit open)", self.role.name());
         };
@@ -310,7 +424,13 @@ impl RedisRole {
                     "code" => kind.to_owned())
                 .increment(1);
                 if v.reconnect {
-                    self.conn.reconnect(self.role);
+                    self.conn.reconnect(self.role, self.breaker.clone());
+                }
+                if e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.code() == Some("LOADING")
+                {
+                    self.conn.suspect.store(true, Ordering::Release);
                 }
                 Err(anyhow::Error::new(e).context(format!("Redis {} role", self.role.name())))
             }

@@ -113,6 +113,23 @@ impl Redis {
         self.spawn()
     }
 
+    /// A copy of its data files as they are now (what an older backup, or
+    /// an AOF that lost its last second, would hold).
+    pub fn copy_data(&self) -> anyhow::Result<tempfile::TempDir> {
+        let copy = tempfile::tempdir()?;
+        copy_tree(self.dir.path(), copy.path())?;
+        Ok(copy)
+    }
+
+    /// Kills it and starts it again on the data of `copy`; does not wait.
+    pub fn restart_from(&mut self, copy: &tempfile::TempDir) -> anyhow::Result<()> {
+        self.kill();
+        std::fs::remove_dir_all(self.dir.path())?;
+        std::fs::create_dir_all(self.dir.path())?;
+        copy_tree(copy.path(), self.dir.path())?;
+        self.spawn()
+    }
+
     pub fn freeze(&self) -> anyhow::Result<()> {
         signal(self.pid()?, "-STOP")
     }
@@ -162,6 +179,20 @@ impl Redis {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let p = entry?.path();
+        let target = to.join(p.file_name().context("no file name")?);
+        if p.is_dir() {
+            std::fs::create_dir_all(&target)?;
+            copy_tree(&p, &target)?;
+        } else {
+            std::fs::copy(&p, &target)?;
+        }
+    }
+    Ok(())
 }
 
 impl Drop for Redis {
