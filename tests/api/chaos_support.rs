@@ -791,18 +791,30 @@ pub async fn metric(s: &Service, name: &str, labels: &[&str]) -> anyhow::Result<
 /// breaker lets calls through and each answers) and `/me` with `cookie`
 /// 200. Returns how long after `since` that was.
 pub async fn await_recovery(s: &Service, cookie: &str, since: Instant) -> anyhow::Result<Duration> {
+    await_health(s, Some(cookie), since).await
+}
+
+/// [`await_recovery`], with the `/me` check only when given a cookie.
+pub async fn await_health(
+    s: &Service,
+    cookie: Option<&str>,
+    since: Instant,
+) -> anyhow::Result<Duration> {
     let c = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let health = c.get(s.url("/health")).send().await.map(|r| r.status());
-        let me = c
-            .get(s.url("/api/v1/me"))
-            .header("cookie", cookie)
-            .send()
-            .await
-            .map(|r| r.status());
+        let me = match cookie {
+            Some(cookie) => c
+                .get(s.url("/api/v1/me"))
+                .header("cookie", cookie)
+                .send()
+                .await
+                .map(|r| r.status()),
+            None => Ok(reqwest::StatusCode::OK),
+        };
         if matches!(health, Ok(h) if h == 200) && matches!(me, Ok(m) if m == 200) {
             return Ok(since.elapsed());
         }
