@@ -441,8 +441,9 @@ async fn failover_to_a_promoted_replica() -> anyhow::Result<()> {
     run_for(Duration::from_secs(1)).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let info: String = b.cmd(&["INFO", "replication"]).await?;
-        if info.contains("master_link_status:up") {
+        let replica: String = b.cmd(&["INFO", "replication"]).await?;
+        let master: String = a.cmd(&["INFO", "replication"]).await?;
+        if replica.contains("master_link_status:up") && master.contains("state=online") {
             break;
         }
         anyhow::ensure!(Instant::now() < deadline, "replica never in sync");
