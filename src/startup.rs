@@ -4,6 +4,7 @@
 //! then stops accepting, finishes in-flight requests and jobs, and flushes
 //! counted views.
 
+use secrecy::ExposeSecret;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,12 +35,9 @@ use crate::sessions::redis::RedisSessionStore;
 use crate::sessions::sql::SqlSessionStore;
 use crate::telemetry;
 
-/// Size bound of the in-process cache.
-const MEMORY_CACHE_BYTES: u64 = 256 * 1024 * 1024;
-
 /// Connects the database, applies migrations and builds every backend.
 pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<JobContext>)> {
-    let db = Db::connect(&settings.database_url).await?;
+    let db = Db::connect(settings.database_url.expose_secret()).await?;
     db.migrate().await?;
     let keys = Keys::new(&settings.key_prefix);
     let Backends {
@@ -49,7 +47,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<Jo
         queue,
     } = match &settings.redis {
         None => Backends {
-            cache_store: Arc::new(MemoryStore::new(MEMORY_CACHE_BYTES)),
+            cache_store: Arc::new(MemoryStore::new(settings.memory_cache_bytes)),
             limiter_backend: Arc::new(MemoryLimiter::default()),
             sessions: Arc::new(SqlSessionStore::new(db.clone())),
             queue: Arc::new(SqlQueue::new(db.clone())),
@@ -58,19 +56,19 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<Jo
         // server), with the role's timeout and circuit breaker.
         Some(r) => Backends {
             cache_store: Arc::new(RedisStore::new(
-                RedisRole::connect(Role::Cache, &r.cache).await?,
+                RedisRole::connect(Role::Cache, r.cache.expose_secret()).await?,
                 keys.clone(),
             )),
             // The limiter is handed keys already built by `RateLimiter`.
             limiter_backend: Arc::new(RedisLimiter::new(
-                RedisRole::connect(Role::RateLimit, &r.ratelimit).await?,
+                RedisRole::connect(Role::RateLimit, r.ratelimit.expose_secret()).await?,
             )),
             sessions: Arc::new(RedisSessionStore::new(
-                RedisRole::connect(Role::Sessions, &r.sessions).await?,
+                RedisRole::connect(Role::Sessions, r.sessions.expose_secret()).await?,
                 keys.clone(),
             )),
             queue: Arc::new(RedisQueue::new(
-                RedisRole::connect(Role::Broker, &r.broker).await?,
+                RedisRole::connect(Role::Broker, r.broker.expose_secret()).await?,
                 &keys,
             )),
         },
