@@ -213,6 +213,13 @@ pub fn finish(spec: Spec) -> Value {
                 let Some(headers) = headers.as_object_mut() else {
                     continue;
                 };
+                // A header a handler declares (`Set-Cookie` of a sign-in) is
+                // one it always sends.
+                for h in headers.values_mut() {
+                    if let Some(h) = h.as_object_mut() {
+                        h.entry("required").or_insert(Value::Bool(true));
+                    }
+                }
                 headers
                     .entry("X-Request-Id")
                     .or_insert_with(|| request_id.clone());

@@ -117,6 +117,14 @@ async fn the_spec_is_openapi_3_1_and_names_every_route() -> anyhow::Result<()> {
         "sessionid"
     );
     assert!(doc["paths"]["/api/v1/dashboard"]["get"]["security"][0]["sessionid"].is_array());
+    // Signing in always sets the cookie.
+    for path in ["/api/v1/auth/login", "/api/v1/auth/otp/verify"] {
+        assert_eq!(
+            doc["paths"][path]["post"]["responses"]["200"]["headers"]["Set-Cookie"]["required"],
+            true,
+            "{path}"
+        );
+    }
     Ok(())
 }
 
