@@ -22,7 +22,8 @@ pub const SPEC_PATH: &str = "/api/v1/openapi.json";
 pub const DOCS_PATH: &str = "/docs";
 
 /// The API's error body, as `crate::error::ApiError` writes it (the type
-/// exists for the description only; a test holds the two together).
+/// exists for the description only; `.ci/fuzz-api` checks that every error
+/// answer fits it).
 #[derive(Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorBody {
@@ -107,8 +108,9 @@ fn header(description: &str, schema: Value, required: bool) -> Value {
 }
 
 /// The document as served: `spec` (paths from the routers) plus what every
-/// operation shares. Answers that come from middleware rather than the
-/// handler are added here, where the middleware is.
+/// operation shares, the answers of the middleware (body limit, media type,
+/// rate limits, deadline) and the headers every response carries, written
+/// once here rather than on every handler.
 pub fn finish(spec: Spec) -> Value {
     let mut doc = serde_json::to_value(&spec).unwrap_or_else(|_| json!({}));
     let request_id = header(
