@@ -21,6 +21,13 @@ pub struct Args {
     /// are given back to the queue.
     #[arg(long, default_value_t = 30.0, value_name = "SECS")]
     grace_secs: f64,
+    /// Longest an idle worker waits before asking the queue again although
+    /// nothing woke it (new jobs wake it at once; delayed ones when due).
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    poll_interval_ms: u64,
+    /// Most jobs this process leases in one exchange with the queue.
+    #[arg(long, default_value_t = crate::jobs::worker::DEFAULT_BATCH, value_name = "N")]
+    batch: usize,
 }
 
 /// Runs the worker until a shutdown signal, then stops it gracefully.
@@ -28,7 +35,10 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
     let grace = Duration::try_from_secs_f64(args.grace_secs)
         .map_err(|_| anyhow::anyhow!("--grace-secs must be a non-negative number"))?;
     let (state, ctx) = build_state(settings).await?;
-    let worker = Worker::new(state.jobs.clone(), ctx).with_grace(grace);
+    let worker = Worker::new(state.jobs.clone(), ctx)
+        .with_grace(grace)
+        .with_poll_interval(Duration::from_millis(args.poll_interval_ms))
+        .with_batch(args.batch);
     let (tx, rx) = watch::channel(false);
     let handle = tokio::spawn(worker.run(args.concurrency, rx));
     shutdown_signal().await;

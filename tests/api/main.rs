@@ -11,6 +11,7 @@ mod cache_suite;
 mod cli_cache;
 mod errors;
 mod jobs_suite;
+mod jobs_wakeup;
 mod limiter_suite;
 mod ops;
 mod properties;
