@@ -7,9 +7,12 @@
 //! One dispatcher per process talks to the queue for all its slots: each
 //! [`QueueBackend::exchange`] records the outcomes of the jobs that finished
 //! since the last one and leases as many jobs as there are free slots (one
-//! round trip on Redis, however many jobs). Jobs run in tasks of their own;
-//! each extends its own lease while it runs and until its outcome is
-//! recorded. When slots are free and the queue has nothing due, the
+//! round trip on Redis, however many jobs), holding up to twice as many
+//! leases as it has slots so that a slot never waits for a round trip. Jobs
+//! run in tasks of their own; each extends its own lease while it waits for
+//! a slot, while it runs and until its outcome is recorded. While every
+//! slot is busy, the dispatcher lets outcomes gather for up to a
+//! millisecond, so that one exchange carries many. When slots are free and the queue has nothing due, the
 //! dispatcher waits in [`QueueBackend::wait_for_work`] (one blocking wait
 //! per process, woken by enqueues), until the next delayed job or lease
 //! deadline the queue reported, or at the latest the poll interval: an idle
@@ -69,6 +72,14 @@ pub const DEFAULT_POLL: Duration = Duration::from_secs(5);
 
 /// Most jobs leased in one exchange with the queue.
 pub const DEFAULT_BATCH: usize = 32;
+
+/// How long the dispatcher waits for more outcomes while every slot is
+/// busy, so that one exchange records many.
+const LINGER: Duration = Duration::from_millis(1);
+
+/// Failed exchanges in a row after which a stopping worker (grace period
+/// over) stops trying to record outcomes (about 20 s of retries).
+const GIVE_UP_AFTER: u32 = 20;
 
 /// A job task's report to the dispatcher; `ack` fires once it is recorded
 /// (the task keeps the lease alive until then).
@@ -244,15 +255,30 @@ impl Worker {
         .await
     }
 
-    /// One job of [`Worker::run`]: runs it with its lease kept alive, hands
-    /// the outcome to the dispatcher and keeps the lease until it is recorded.
+    /// One job of [`Worker::run`]: waits for a slot, runs the job with its
+    /// lease kept alive, hands the outcome to the dispatcher and keeps the
+    /// lease until it is recorded.
     async fn job_task(
         self,
         lease: Leased,
         done: mpsc::UnboundedSender<Finished>,
+        slots: Arc<tokio::sync::Semaphore>,
+        mut shutdown: watch::Receiver<bool>,
         release: watch::Receiver<bool>,
     ) {
-        let settle = self.with_lease(&lease, self.run_job(&lease, release)).await;
+        let run = async {
+            // Wait for a free slot; a job that has not started when the
+            // worker stops goes back to the queue at once.
+            let permit = tokio::select! {
+                p = slots.acquire_owned() => p.ok(),
+                _ = shutdown.wait_for(|s| *s) => None,
+            };
+            match permit {
+                Some(_slot) => self.run_job(&lease, release).await,
+                None => Settle::Release,
+            }
+        };
+        let settle = self.with_lease(&lease, run).await;
         let (ack, recorded) = oneshot::channel();
         let outcome = Outcome {
             id: lease.id.clone(),
@@ -382,7 +408,12 @@ impl Worker {
         let scheduler = tokio::spawn(self.clone().scheduler(shutdown.clone()));
 
         let mut jobs = tokio::task::JoinSet::new();
-        let mut running = 0usize;
+        // Leases held: jobs running plus jobs waiting for a slot. A process
+        // holds up to twice its slots, so that a slot whose job finished
+        // starts the next at once instead of waiting for a round trip.
+        let capacity = slots * 2;
+        let slot_permits = Arc::new(tokio::sync::Semaphore::new(slots));
+        let mut held = 0usize;
         let mut pending: Vec<Finished> = Vec::new();
         let mut fetch = true;
         let mut waiting = false;
@@ -394,10 +425,21 @@ impl Worker {
             while let Ok(f) = done_rx.try_recv() {
                 pending.push(f);
             }
+            // Every slot still has a job: let more outcomes come in (for up
+            // to a millisecond) so that one exchange carries many.
+            if !pending.is_empty() && !stopping && held - pending.len() >= slots {
+                let until = tokio::time::Instant::now() + LINGER;
+                while pending.len() < self.batch {
+                    match tokio::time::timeout_at(until, done_rx.recv()).await {
+                        Ok(Some(f)) => pending.push(f),
+                        _ => break,
+                    }
+                }
+            }
             let free = if stopping {
                 0
             } else {
-                slots.saturating_sub(running)
+                capacity.saturating_sub(held)
             };
             let want = free.min(self.batch);
             if !pending.is_empty() || (fetch && want > 0) {
@@ -411,23 +453,36 @@ impl Worker {
                                     "lease lost before the outcome was recorded; the job's other delivery decides");
                             }
                             let _ = f.ack.send(());
-                            running = running.saturating_sub(1);
+                            held = held.saturating_sub(1);
                         }
                         let got = ex.leased.len();
                         for lease in ex.leased {
-                            running += 1;
+                            held += 1;
                             jobs.spawn(self.clone().job_task(
                                 lease,
                                 done_tx.clone(),
+                                slot_permits.clone(),
+                                shutdown.clone(),
                                 release_rx.clone(),
                             ));
                         }
-                        fetch = want > 0 && got == want && running < slots;
+                        fetch = want > 0 && got == want && held < capacity;
                         due = ex.next_due.map(|d| tokio::time::Instant::now() + d);
                     }
                     Err(e) => {
                         failures = failures.saturating_add(1);
                         tracing::warn!(error = format!("{e:#}"), "queue unavailable");
+                        if stopping && grace_end.is_none() && failures >= GIVE_UP_AFTER {
+                            // Shutting down and the queue stays away: the
+                            // leases run out and the jobs are delivered again.
+                            tracing::error!(
+                                jobs = pending.len(),
+                                "outcomes not recorded; the queue will deliver these jobs again"
+                            );
+                            held = held.saturating_sub(pending.len());
+                            pending.clear();
+                            continue;
+                        }
                         let pause = Duration::from_millis(50)
                             .saturating_mul(1 << failures.min(5))
                             .min(Duration::from_secs(1));
@@ -441,10 +496,10 @@ impl Worker {
                     continue;
                 }
             }
-            if stopping && running == 0 {
+            if stopping && held == 0 {
                 break;
             }
-            if !stopping && running < slots && !waiting {
+            if !stopping && held < capacity && !waiting {
                 let now = tokio::time::Instant::now();
                 let timeout = due.map_or(self.poll, |d| {
                     d.saturating_duration_since(now).min(self.poll)
