@@ -31,12 +31,13 @@
 -- Returns {held, leased, next_due}: held = 1/0 per outcome (0: the worker no
 -- longer held the job, nothing changed); leased = {id, payload, attempt,
 -- max_attempts, timeout_ms} per job; next_due = ms until the earliest
--- delayed job or lease deadline, or -1 when there is none.
+-- delayed job or lease deadline, or -1 when there is none (or when the
+-- worker got every job it asked for: it asks again anyway).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local prefix, worker = ARGV[1], ARGV[2]
 
-local held = {}
+local held, settled = {}, {}
 for b = 6, #ARGV, 4 do
   local id, kind, text, num = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   local key = prefix .. id
@@ -45,7 +46,7 @@ for b = 6, #ARGV, 4 do
     held[#held + 1] = 0
   else
     held[#held + 1] = 1
-    redis.call('ZREM', KEYS[3], id)
+    settled[#settled + 1] = id
     if kind == 'done' then
       if num == '1' then
         redis.call('HSET', key, 'status', 'done', 'finished_ms', now, 'result', text)
@@ -67,6 +68,11 @@ for b = 6, #ARGV, 4 do
       redis.call('RPUSH', KEYS[1], id)
     end
   end
+end
+
+-- Their leases end (one ZREM for the batch: fewer calls per job).
+for i = 1, #settled, 1000 do
+  redis.call('ZREM', KEYS[3], unpack(settled, i, math.min(i + 999, #settled)))
 end
 
 local batch = tonumber(ARGV[4])
@@ -102,11 +108,12 @@ if want > 0 then
     local scores = {}
     for _, id in ipairs(ids) do
       local key = prefix .. id
-      local f = redis.call('HMGET', key, 'status', 'payload', 'max_attempts', 'timeout_ms')
+      local f = redis.call('HMGET', key, 'status', 'payload', 'max_attempts', 'timeout_ms',
+        'attempts')
       if f[1] == 'queued' then
-        local attempt = redis.call('HINCRBY', key, 'attempts', 1)
+        local attempt = tonumber(f[5]) + 1
         local timeout = tonumber(f[4])
-        redis.call('HSET', key, 'status', 'running', 'worker', worker)
+        redis.call('HSET', key, 'status', 'running', 'worker', worker, 'attempts', attempt)
         scores[#scores + 1] = now + timeout
         scores[#scores + 1] = id
         leased[#leased + 1] = {id, f[2], attempt, tonumber(f[3]), timeout}
@@ -126,7 +133,12 @@ else
   redis.call('DEL', KEYS[5])
 end
 
+-- Only a worker that got fewer jobs than it asked for needs to know when
+-- to look again.
 local next_due = -1
+if #leased >= want then
+  return {held, leased, next_due}
+end
 for _, k in ipairs({KEYS[2], KEYS[3]}) do
   local first = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')
   if first[2] then
