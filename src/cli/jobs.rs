@@ -61,6 +61,10 @@ enum JobsCommand {
         /// Pause before each job, so that the worker is idle (waiting) again.
         #[arg(long, default_value_t = 50)]
         idle_ms: u64,
+        /// Queue each job to run this much later and measure how late it
+        /// starts after its due time (0: run at once, measure the pick-up).
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
     },
 }
 
@@ -133,17 +137,19 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
             jobs,
             concurrency,
             idle_ms,
+            delay_ms,
         } => {
             let report = bench::latency(
                 &state.jobs,
                 jobs,
                 concurrency,
                 Duration::from_millis(idle_ms),
+                Duration::from_millis(delay_ms),
             )
             .await?;
             let ms = |d: Duration| d.as_secs_f64() * 1000.0;
             println!(
-                "backend={}\tconcurrency={concurrency}\tjobs={jobs}\tp50_ms={:.2}\tp99_ms={:.2}\tmax_ms={:.2}",
+                "backend={}\tconcurrency={concurrency}\tjobs={jobs}\tdelay_ms={delay_ms}\tp50_ms={:.2}\tp99_ms={:.2}\tmax_ms={:.2}",
                 if state.settings.is_embedded() {
                     "sql"
                 } else {

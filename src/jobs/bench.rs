@@ -174,12 +174,15 @@ impl LatencyReport {
 
 /// Queues `jobs` probes one at a time to one idle worker process with
 /// `concurrency` slots; each job is queued only after the previous one ran
-/// and the worker had `idle` to go back to waiting.
+/// and the worker had `idle` to go back to waiting. With a `delay`, each job
+/// is queued to run that much later, and what is measured is how late it
+/// started after its due time (delayed jobs and retries).
 pub async fn latency(
     queue: &JobQueue,
     jobs: usize,
     concurrency: usize,
     idle: Duration,
+    delay: Duration,
 ) -> anyhow::Result<LatencyReport> {
     let _workers = Workers::start(1, concurrency)?;
     let tallies = tallies(queue)?;
@@ -189,13 +192,18 @@ pub async fn latency(
     let tally = format!("latency-{}", uuid::Uuid::new_v4().simple());
     for _ in 0..jobs {
         tokio::time::sleep(idle).await;
-        let id = queue
-            .enqueue(&Job::Probe(Probe {
-                tally: Some(tally.clone()),
-                queued_at_us: Some(now_us()),
-                ..Probe::default()
-            }))
-            .await?;
+        let delay_us = i64::try_from(delay.as_micros()).unwrap_or(i64::MAX);
+        let due_us = now_us().saturating_add(delay_us);
+        let job = Job::Probe(Probe {
+            tally: Some(tally.clone()),
+            queued_at_us: Some(due_us),
+            ..Probe::default()
+        });
+        let id = if delay.is_zero() {
+            queue.enqueue(&job).await?
+        } else {
+            queue.enqueue_at(&job, (due_us + 999) / 1000).await?
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !tallies.runs(&tally).await?.contains_key(&id) {
             anyhow::ensure!(
