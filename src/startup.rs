@@ -24,7 +24,7 @@ use crate::http::{self, AppState, Inner};
 use crate::jobs::redis::RedisQueue;
 use crate::jobs::sql::SqlQueue;
 use crate::jobs::worker::{JobContext, Worker, flush_views};
-use crate::jobs::{JobQueue, QueueBackend};
+use crate::jobs::{JobQueue, QueueBackend, Tallies};
 use crate::kv::keys::Keys;
 use crate::kv::{RedisRole, Role};
 use crate::ratelimit::memory::MemoryLimiter;
@@ -40,6 +40,10 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<Jo
     let db = Db::connect(settings.database_url.expose_secret()).await?;
     db.migrate().await?;
     let keys = Keys::new(&settings.key_prefix);
+    let broker = match &settings.redis {
+        Some(r) => Some(RedisRole::connect(Role::Broker, r.broker.expose_secret()).await?),
+        None => None,
+    };
     let Backends {
         cache_store,
         limiter_backend,
@@ -67,10 +71,13 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<Jo
                 RedisRole::connect(Role::Sessions, r.sessions.expose_secret()).await?,
                 keys.clone(),
             )),
-            queue: Arc::new(RedisQueue::new(
-                RedisRole::connect(Role::Broker, r.broker.expose_secret()).await?,
-                &keys,
-            )),
+            queue: Arc::new(
+                RedisQueue::new(
+                    broker.clone().context("the broker role is connected")?,
+                    &keys,
+                )
+                .with_wakeups(r.broker.expose_secret())?,
+            ),
         },
     };
     let cache = Cache::new(cache_store, keys.clone());
@@ -78,7 +85,12 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<Jo
         cache.spawn_stats_flusher(Duration::from_secs(5));
     }
     let limiter = RateLimiter::new(limiter_backend, keys.clone(), settings.throttles);
-    let jobs = JobQueue::new(queue);
+    // Probe jobs count their runs beside the queue (diagnostics).
+    let tallies = match broker {
+        Some(role) => Tallies::redis(role, keys.clone()),
+        None => Tallies::sql(db.clone()),
+    };
+    let jobs = JobQueue::new(queue).with_tallies(tallies);
     let mailer = Mailer::from_settings(&settings.email)?;
     let ctx = Arc::new(JobContext {
         db: db.clone(),

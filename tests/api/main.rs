@@ -12,6 +12,7 @@ mod cli_cache;
 mod contract;
 mod errors;
 mod jobs_suite;
+mod jobs_wakeup;
 mod limiter_suite;
 mod logs;
 mod openapi;
