@@ -1,7 +1,12 @@
 //! Typed settings, layered: built-in defaults, then an optional TOML file
 //! (`--config FILE`, keys are the lower-case names below without the
 //! `STAYAFRICA_` prefix), then environment variables. Every value is checked
-//! at boot; a bad one stops startup with a message naming the variable.
+//! at boot; a bad one stops startup with a message naming the variable and
+//! where it came from (environment or file). figment extracts every value
+//! into its type (durations, rates, booleans, address lists, URLs) through
+//! serde: no value is read as text and parsed by hand afterwards.
+//! Credentials (database, Redis and SMTP URLs) are [`SecretString`]s:
+//! `Debug` of the settings and the logs never show them.
 //!
 //! | variable | default |
 //! |---|---|
@@ -18,104 +23,203 @@
 //! | `STAYAFRICA_VIEW_FLUSH_SECS` | `60` |
 //! | `STAYAFRICA_OTP_TTL_SECS` | `300` |
 //! | `STAYAFRICA_REQUEST_TIMEOUT_MS` | `30000` |
+//! | `STAYAFRICA_MEMORY_CACHE_MB` | `256` (in-process cache bound) |
 
+use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
 use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
-use serde::{Deserialize, Serialize};
+use figment::providers::{Env, Format, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
 
-/// The settings as read, before validation: every value a string so that a
-/// bad value can be reported with the variable's name.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The settings as the operator writes them (flat keys), each already in
+/// its type; [`Settings::from_raw`] only combines them (the Redis roles).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 struct RawSettings {
-    #[serde(deserialize_with = "string_like")]
-    bind: String,
-    #[serde(deserialize_with = "string_like")]
-    database_url: String,
-    redis_url: Option<String>,
-    redis_cache_url: Option<String>,
-    redis_sessions_url: Option<String>,
-    redis_ratelimit_url: Option<String>,
-    redis_broker_url: Option<String>,
-    #[serde(deserialize_with = "string_like")]
+    bind: SocketAddr,
+    #[serde(deserialize_with = "database_url")]
+    database_url: SecretString,
+    #[serde(deserialize_with = "opt_redis_url")]
+    redis_url: Option<SecretString>,
+    #[serde(deserialize_with = "opt_redis_url")]
+    redis_cache_url: Option<SecretString>,
+    #[serde(deserialize_with = "opt_redis_url")]
+    redis_sessions_url: Option<SecretString>,
+    #[serde(deserialize_with = "opt_redis_url")]
+    redis_ratelimit_url: Option<SecretString>,
+    #[serde(deserialize_with = "opt_redis_url")]
+    redis_broker_url: Option<SecretString>,
+    #[serde(deserialize_with = "key_prefix")]
     key_prefix: String,
-    #[serde(deserialize_with = "string_like")]
-    throttle_anon: String,
-    #[serde(deserialize_with = "string_like")]
-    throttle_user: String,
-    #[serde(deserialize_with = "string_like")]
-    throttle_booking: String,
-    #[serde(deserialize_with = "string_like")]
-    throttle_otp: String,
-    #[serde(deserialize_with = "string_like")]
-    throttle_login: String,
-    #[serde(deserialize_with = "string_like")]
-    email: String,
-    #[serde(deserialize_with = "string_like")]
-    session_ttl_secs: String,
-    #[serde(deserialize_with = "string_like")]
-    cookie_secure: String,
-    #[serde(deserialize_with = "string_like")]
-    trusted_proxies: String,
-    #[serde(deserialize_with = "string_like")]
-    view_flush_secs: String,
-    #[serde(deserialize_with = "string_like")]
-    otp_ttl_secs: String,
-    #[serde(deserialize_with = "string_like")]
-    request_timeout_ms: String,
+    throttle_anon: Rate,
+    throttle_user: Rate,
+    throttle_booking: Rate,
+    throttle_otp: Rate,
+    throttle_login: Rate,
+    email: EmailSetting,
+    #[serde(deserialize_with = "positive_secs")]
+    session_ttl_secs: Duration,
+    cookie_secure: bool,
+    #[serde(deserialize_with = "ip_list")]
+    trusted_proxies: Vec<IpAddr>,
+    #[serde(deserialize_with = "positive_secs")]
+    view_flush_secs: Duration,
+    #[serde(deserialize_with = "positive_secs")]
+    otp_ttl_secs: Duration,
+    #[serde(deserialize_with = "positive_millis")]
+    request_timeout_ms: Duration,
+    #[serde(deserialize_with = "positive_mib")]
+    memory_cache_mb: u64,
 }
 
-/// Environment values such as `60` or `true` arrive typed; every raw
-/// setting is read as text and validated by [`Settings::validate`].
-fn string_like<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        S(String),
-        I(i64),
-        U(u64),
-        F(f64),
-        B(bool),
-    }
-    Ok(match Raw::deserialize(d)? {
-        Raw::S(s) => s,
-        Raw::I(n) => n.to_string(),
-        Raw::U(n) => n.to_string(),
-        Raw::F(n) => n.to_string(),
-        Raw::B(b) => b.to_string(),
-    })
-}
+/// Every key of [`RawSettings`]: `STAYAFRICA_` variables not listed here
+/// (such as `STAYAFRICA_CONFIG` or `STAYAFRICA_LOG_FORMAT`, read elsewhere)
+/// are not settings and are not an error.
+const KEYS: &[&str] = &[
+    "bind",
+    "database_url",
+    "redis_url",
+    "redis_cache_url",
+    "redis_sessions_url",
+    "redis_ratelimit_url",
+    "redis_broker_url",
+    "key_prefix",
+    "throttle_anon",
+    "throttle_user",
+    "throttle_booking",
+    "throttle_otp",
+    "throttle_login",
+    "email",
+    "session_ttl_secs",
+    "cookie_secure",
+    "trusted_proxies",
+    "view_flush_secs",
+    "otp_ttl_secs",
+    "request_timeout_ms",
+    "memory_cache_mb",
+];
 
 impl Default for RawSettings {
     fn default() -> Self {
         RawSettings {
-            bind: "127.0.0.1:8000".into(),
-            database_url: "sqlite://stayafrica.db".into(),
+            bind: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            database_url: SecretString::from("sqlite://stayafrica.db"),
             redis_url: None,
             redis_cache_url: None,
             redis_sessions_url: None,
             redis_ratelimit_url: None,
             redis_broker_url: None,
             key_prefix: "stayafrica:".into(),
-            throttle_anon: "100/hour".into(),
-            throttle_user: "1000/hour".into(),
-            throttle_booking: "5/hour".into(),
-            throttle_otp: "5/hour".into(),
-            throttle_login: "5/15min".into(),
-            email: "log".into(),
-            session_ttl_secs: "1209600".into(),
-            cookie_secure: "false".into(),
-            trusted_proxies: String::new(),
-            view_flush_secs: "60".into(),
-            otp_ttl_secs: "300".into(),
-            request_timeout_ms: "30000".into(),
+            throttle_anon: Rate::new(100, Duration::from_secs(3600)),
+            throttle_user: Rate::new(1000, Duration::from_secs(3600)),
+            throttle_booking: Rate::new(5, Duration::from_secs(3600)),
+            throttle_otp: Rate::new(5, Duration::from_secs(3600)),
+            throttle_login: Rate::new(5, Duration::from_secs(900)),
+            email: EmailSetting::Log,
+            session_ttl_secs: Duration::from_secs(1_209_600),
+            cookie_secure: false,
+            trusted_proxies: Vec::new(),
+            view_flush_secs: Duration::from_secs(60),
+            otp_ttl_secs: Duration::from_secs(300),
+            request_timeout_ms: Duration::from_millis(30_000),
+            memory_cache_mb: 256,
         }
     }
+}
+
+fn database_url<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
+    let url = String::deserialize(d)?;
+    let url = url.trim();
+    if url.starts_with("sqlite:")
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://")
+    {
+        Ok(SecretString::from(url))
+    } else {
+        // The value may hold a password: it is not repeated in the message.
+        Err(de::Error::custom(
+            "expected a `sqlite://PATH` or `postgres://…` URL",
+        ))
+    }
+}
+
+fn opt_redis_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
+    let url = String::deserialize(d)?;
+    let url = url.trim();
+    if url.is_empty() {
+        return Ok(None);
+    }
+    match redis::parse_redis_url(url) {
+        Some(u) if matches!(u.scheme(), "redis" | "rediss") => Ok(Some(SecretString::from(url))),
+        _ => Err(de::Error::custom("expected a redis:// or rediss:// URL")),
+    }
+}
+
+fn key_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let prefix = String::deserialize(d)?;
+    if prefix.len() > 64 || prefix.chars().any(char::is_whitespace) {
+        return Err(de::Error::custom(format!(
+            "expected at most 64 characters, no spaces, got `{prefix}`"
+        )));
+    }
+    Ok(prefix)
+}
+
+fn positive<'de, D: Deserializer<'de>>(d: D, unit: &str) -> Result<u64, D::Error> {
+    match u64::deserialize(d)? {
+        0 => Err(de::Error::custom(format!(
+            "expected a positive number of {unit}, got 0"
+        ))),
+        n => Ok(n),
+    }
+}
+
+fn positive_secs<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    positive(d, "seconds").map(Duration::from_secs)
+}
+
+fn positive_millis<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    positive(d, "milliseconds").map(Duration::from_millis)
+}
+
+fn positive_mib<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    positive(d, "MiB")
+}
+
+/// IP addresses as a TOML array or, as an environment variable holds
+/// them, one comma-separated string.
+fn ip_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpAddr>, D::Error> {
+    struct IpList;
+    impl<'de> Visitor<'de> for IpList {
+        type Value = Vec<IpAddr>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("comma-separated IP addresses")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    s.parse()
+                        .map_err(|_| E::custom(format!("expected IP addresses, got `{s}`")))
+                })
+                .collect()
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(ip) = seq.next_element::<IpAddr>()? {
+                out.push(ip);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(IpList)
 }
 
 /// A rate limit: `limit` requests per `period`, sliding.
@@ -160,24 +264,51 @@ impl Rate {
     }
 }
 
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Rate::parse(&String::deserialize(d)?).map_err(de::Error::custom)
+    }
+}
+
 /// Where outgoing email goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum EmailSetting {
     /// One file per message in this directory.
     File(PathBuf),
     /// Logged (development only: the log then holds one-time codes).
     Log,
-    /// Sent through this SMTP server URL (`smtp://` or `smtps://`).
-    Smtp(String),
+    /// Sent through this SMTP server URL (`smtp://` or `smtps://`), which
+    /// may hold the server's password.
+    Smtp(SecretString),
 }
 
-/// The four Redis roles of the guide, each with its own URL.
+impl<'de> Deserialize<'de> for EmailSetting {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.trim() {
+            "log" => Ok(EmailSetting::Log),
+            s if s.starts_with("file:") && s.len() > 5 => {
+                Ok(EmailSetting::File(PathBuf::from(&s[5..])))
+            }
+            s if s.starts_with("smtp://") || s.starts_with("smtps://") => {
+                Ok(EmailSetting::Smtp(SecretString::from(s)))
+            }
+            // Not echoed: a mistyped SMTP URL may still hold a password.
+            _ => Err(de::Error::custom(
+                "expected `log`, `file:DIR` or `smtp://…`",
+            )),
+        }
+    }
+}
+
+/// The four Redis roles of the guide, each with its own URL (URLs may
+/// carry a password, hence secret).
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    pub broker: String,
-    pub cache: String,
-    pub sessions: String,
-    pub ratelimit: String,
+    pub broker: SecretString,
+    pub cache: SecretString,
+    pub sessions: SecretString,
+    pub ratelimit: SecretString,
 }
 
 /// Rates of every rate-limited scope.
@@ -190,11 +321,13 @@ pub struct Throttles {
     pub login: Rate,
 }
 
-/// The validated settings of the whole service.
+/// The validated settings of the whole service. `Debug` shows no
+/// credential: the URLs that may hold one are secret.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub bind: SocketAddr,
-    pub database_url: String,
+    /// `sqlite://PATH` or `postgres://…` (may hold a password).
+    pub database_url: SecretString,
     /// `None`: in-process backends (the embedded default).
     pub redis: Option<RedisSettings>,
     /// Prefix of every Redis key, so several deployments or tests can share a Redis.
@@ -213,8 +346,12 @@ pub struct Settings {
     pub otp_ttl: Duration,
     /// Longest time one API request may take before it is answered 503.
     pub request_timeout: Duration,
+    /// Size bound of the in-process cache (the embedded default's cache),
+    /// in bytes.
+    pub memory_cache_bytes: u64,
 }
 
+/// Settings whose variable has no `STAYAFRICA_` prefix (the usual names).
 const ENV_NAMES: &[(&str, &str)] = &[
     ("DATABASE_URL", "database_url"),
     ("REDIS_URL", "redis_url"),
@@ -223,6 +360,24 @@ const ENV_NAMES: &[(&str, &str)] = &[
     ("REDIS_RATELIMIT_URL", "redis_ratelimit_url"),
     ("REDIS_BROKER_URL", "redis_broker_url"),
 ];
+
+/// The providers, lowest precedence first: defaults (serde's), the file,
+/// the unprefixed variables, the `STAYAFRICA_` ones.
+fn figment(file: Option<&Path>) -> Figment {
+    let mut fig = Figment::new();
+    if let Some(path) = file {
+        fig = fig.merge(Toml::file_exact(path));
+    }
+    let raw_env = Env::raw().filter_map(|k| {
+        ENV_NAMES
+            .iter()
+            .find(|(v, _)| k.as_str().eq_ignore_ascii_case(v))
+            .map(|(_, key)| (*key).into())
+    });
+    let prefixed = Env::prefixed("STAYAFRICA_")
+        .filter(|k| KEYS.iter().any(|n| k.as_str().eq_ignore_ascii_case(n)));
+    fig.merge(raw_env).merge(prefixed)
+}
 
 /// The environment variable an operator sets for a settings key.
 fn var_name(key: &str) -> String {
@@ -233,75 +388,65 @@ fn var_name(key: &str) -> String {
         .unwrap_or_else(|| format!("STAYAFRICA_{}", key.to_uppercase()))
 }
 
+/// How an operator finds where `key` was set: the variable
+/// (`STAYAFRICA_THROTTLE_ANON (environment variable)`), the key in its
+/// file (`throttle_anon in /etc/stayafrica.toml`), or the built-in default.
+fn where_set(meta: Option<&figment::Metadata>, key: &str) -> String {
+    match meta {
+        Some(m) if m.name.contains("environment") => {
+            format!("{} (environment variable)", var_name(key))
+        }
+        Some(m) => match &m.source {
+            Some(src) => format!("{key} in {src}"),
+            None => format!("{key} in {}", m.name),
+        },
+        None => format!("{key} (built-in default)"),
+    }
+}
+
+/// figment's errors, one line each, naming the variable or file key and
+/// its source: `STAYAFRICA_THROTTLE_ANON (environment variable): expected a
+/// rate like …`.
+fn describe(err: figment::Error) -> anyhow::Error {
+    let lines: Vec<String> = err
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            format!("{}: {}", where_set(e.metadata.as_ref(), &key), e.kind)
+        })
+        .collect();
+    anyhow!("invalid configuration: {}", lines.join("; "))
+}
+
+/// Where `key` was set: for messages about a combination of settings.
+fn source_of(fig: &Figment, key: &str) -> String {
+    where_set(fig.find_metadata(key), key)
+}
+
 impl Settings {
     /// Loads defaults, then `file` if given, then the process environment.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Settings> {
-        let mut fig = Figment::from(Serialized::defaults(RawSettings::default()));
-        if let Some(path) = file {
-            if !path.exists() {
-                bail!("config file {} does not exist", path.display());
-            }
-            fig = fig.merge(Toml::file(path));
+        if let Some(path) = file
+            && !path.exists()
+        {
+            bail!("config file {} does not exist", path.display());
         }
-        let raw_env = Env::raw().filter_map(|k| {
-            ENV_NAMES
-                .iter()
-                .find(|(v, _)| k.as_str().eq_ignore_ascii_case(v))
-                .map(|(_, key)| (*key).into())
-        });
-        // Only the STAYAFRICA_ variables we know: a stray one is not an error.
-        let known: Vec<String> = serde_json::to_value(RawSettings::default())
-            .ok()
-            .and_then(|v| v.as_object().map(|m| m.keys().cloned().collect()))
-            .unwrap_or_default();
-        let prefixed = Env::prefixed("STAYAFRICA_")
-            .filter(move |k| known.iter().any(|n| k.as_str().eq_ignore_ascii_case(n)));
-        fig = fig.merge(raw_env).merge(prefixed);
-        let raw: RawSettings = fig
-            .extract()
-            .map_err(|e| anyhow!("invalid configuration: {e}"))?;
-        Self::validate(raw)
+        let fig = figment(file);
+        let raw: RawSettings = fig.extract().map_err(describe)?;
+        Self::from_raw(raw, |key| source_of(&fig, key))
     }
 
-    /// Settings from defaults and the given overrides only (no file, no
-    /// environment): what tests use.
+    /// The built-in defaults only (no file, no environment): what tests
+    /// start from.
     pub fn defaults() -> Settings {
         #[allow(clippy::expect_used)]
-        Self::validate(RawSettings::default()).expect("built-in defaults are valid")
+        Self::from_raw(RawSettings::default(), str::to_owned).expect("built-in defaults are valid")
     }
 
-    fn validate(raw: RawSettings) -> anyhow::Result<Settings> {
-        let bad = |key: &str, msg: String| anyhow!("{}: {msg}", var_name(key));
-        let rate = |key: &str, v: &str| Rate::parse(v).map_err(|m| bad(key, m));
-        let secs = |key: &str, v: &str| -> anyhow::Result<Duration> {
-            match v.trim().parse::<u64>() {
-                Ok(n) if n > 0 => Ok(Duration::from_secs(n)),
-                _ => Err(bad(
-                    key,
-                    format!("expected a positive number of seconds, got `{v}`"),
-                )),
-            }
-        };
-        let bind = raw
-            .bind
-            .parse()
-            .map_err(|_| bad("bind", format!("expected HOST:PORT, got `{}`", raw.bind)))?;
-        let database_url = raw.database_url.trim().to_owned();
-        if !(database_url.starts_with("sqlite:")
-            || database_url.starts_with("postgres://")
-            || database_url.starts_with("postgresql://"))
-        {
-            return Err(bad(
-                "database_url",
-                "expected a `sqlite://PATH` or `postgres://…` URL".to_owned(),
-            ));
-        }
-        let redis = match raw
-            .redis_url
-            .as_deref()
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-        {
+    /// Combines the typed values: the Redis role URLs default to
+    /// `REDIS_URL` on the guide's DBs. `name` says where a key was set.
+    fn from_raw(raw: RawSettings, name: impl Fn(&str) -> String) -> anyhow::Result<Settings> {
+        let redis = match raw.redis_url {
             None => {
                 for (key, v) in [
                     ("redis_cache_url", &raw.redis_cache_url),
@@ -310,104 +455,48 @@ impl Settings {
                     ("redis_broker_url", &raw.redis_broker_url),
                 ] {
                     if v.is_some() {
-                        return Err(bad(key, "needs REDIS_URL to be set as well".to_owned()));
+                        bail!("{}: needs REDIS_URL to be set as well", name(key));
                     }
                 }
                 None
             }
             Some(base) => {
-                let role = |key: &str, own: &Option<String>, db: u8| -> anyhow::Result<String> {
-                    let url = match own {
-                        Some(u) => u.trim().to_owned(),
-                        None => with_db(base, db).map_err(|m| bad("redis_url", m))?,
-                    };
-                    redis::parse_redis_url(&url)
-                        .ok_or_else(|| bad(key, format!("expected a redis:// URL, got `{url}`")))?;
-                    Ok(url)
+                let role = |own: Option<SecretString>, db: u8| -> anyhow::Result<SecretString> {
+                    match own {
+                        Some(u) => Ok(u),
+                        None => with_db(base.expose_secret(), db)
+                            .map(SecretString::from)
+                            .map_err(|m| anyhow!("{}: {m}", name("redis_url"))),
+                    }
                 };
                 Some(RedisSettings {
-                    broker: role("redis_broker_url", &raw.redis_broker_url, 0)?,
-                    cache: role("redis_cache_url", &raw.redis_cache_url, 1)?,
-                    sessions: role("redis_sessions_url", &raw.redis_sessions_url, 2)?,
-                    ratelimit: role("redis_ratelimit_url", &raw.redis_ratelimit_url, 3)?,
+                    broker: role(raw.redis_broker_url, 0)?,
+                    cache: role(raw.redis_cache_url, 1)?,
+                    sessions: role(raw.redis_sessions_url, 2)?,
+                    ratelimit: role(raw.redis_ratelimit_url, 3)?,
                 })
             }
         };
-        if raw.key_prefix.len() > 64 || raw.key_prefix.chars().any(|c| c.is_whitespace()) {
-            return Err(bad(
-                "key_prefix",
-                "expected at most 64 characters, no spaces".to_owned(),
-            ));
-        }
-        let email = match raw.email.trim() {
-            "log" => EmailSetting::Log,
-            s if s.starts_with("file:") && s.len() > 5 => {
-                EmailSetting::File(PathBuf::from(&s[5..]))
-            }
-            s if s.starts_with("smtp://") || s.starts_with("smtps://") => {
-                EmailSetting::Smtp(s.to_owned())
-            }
-            s => {
-                return Err(bad(
-                    "email",
-                    format!("expected `log`, `file:DIR` or `smtp://…`, got `{s}`"),
-                ));
-            }
-        };
-        let cookie_secure = match raw.cookie_secure.trim() {
-            "true" | "1" | "yes" => true,
-            "false" | "0" | "no" | "" => false,
-            s => {
-                return Err(bad(
-                    "cookie_secure",
-                    format!("expected true or false, got `{s}`"),
-                ));
-            }
-        };
-        let trusted_proxies = raw
-            .trusted_proxies
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                s.parse::<IpAddr>().map_err(|_| {
-                    bad(
-                        "trusted_proxies",
-                        format!("expected IP addresses, got `{s}`"),
-                    )
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Settings {
-            bind,
-            database_url,
+            bind: raw.bind,
+            database_url: raw.database_url,
             redis,
             key_prefix: raw.key_prefix,
             throttles: Throttles {
-                anon: rate("throttle_anon", &raw.throttle_anon)?,
-                user: rate("throttle_user", &raw.throttle_user)?,
-                booking: rate("throttle_booking", &raw.throttle_booking)?,
-                otp: rate("throttle_otp", &raw.throttle_otp)?,
-                login: rate("throttle_login", &raw.throttle_login)?,
+                anon: raw.throttle_anon,
+                user: raw.throttle_user,
+                booking: raw.throttle_booking,
+                otp: raw.throttle_otp,
+                login: raw.throttle_login,
             },
-            email,
-            session_ttl: secs("session_ttl_secs", &raw.session_ttl_secs)?,
-            cookie_secure,
-            trusted_proxies,
-            view_flush_interval: secs("view_flush_secs", &raw.view_flush_secs)?,
-            otp_ttl: secs("otp_ttl_secs", &raw.otp_ttl_secs)?,
-            request_timeout: match raw.request_timeout_ms.trim().parse::<u64>() {
-                Ok(ms) if ms > 0 => Duration::from_millis(ms),
-                _ => {
-                    return Err(bad(
-                        "request_timeout_ms",
-                        format!(
-                            "expected a positive number of milliseconds, got `{}`",
-                            raw.request_timeout_ms
-                        ),
-                    ));
-                }
-            },
+            email: raw.email,
+            session_ttl: raw.session_ttl_secs,
+            cookie_secure: raw.cookie_secure,
+            trusted_proxies: raw.trusted_proxies,
+            view_flush_interval: raw.view_flush_secs,
+            otp_ttl: raw.otp_ttl_secs,
+            request_timeout: raw.request_timeout_ms,
+            memory_cache_bytes: raw.memory_cache_mb.saturating_mul(1024 * 1024),
         })
     }
 
@@ -420,10 +509,9 @@ impl Settings {
 /// `redis://host:port` (or with a DB already) -> the same URL on DB `db`,
 /// unless the URL names a DB itself, which then wins for every role.
 fn with_db(base: &str, db: u8) -> Result<String, String> {
-    let mut url =
-        url::Url::parse(base).map_err(|_| format!("expected a redis:// URL, got `{base}`"))?;
+    let mut url = url::Url::parse(base).map_err(|_| "expected a redis:// URL".to_owned())?;
     if !matches!(url.scheme(), "redis" | "rediss") {
-        return Err(format!("expected a redis:// URL, got `{base}`"));
+        return Err("expected a redis:// URL".to_owned());
     }
     if url.path().trim_matches('/').is_empty() {
         url.set_path(&format!("/{db}"));
@@ -432,8 +520,28 @@ fn with_db(base: &str, db: u8) -> Result<String, String> {
 }
 
 #[cfg(test)]
+// figment's `Jail` closures return its (large) error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
+    use figment::Jail;
+
+    /// Runs `f` with a clean, private environment and working directory
+    /// (figment's `Jail` serialises the tests that change them).
+    fn jailed(f: impl FnOnce(&mut Jail) -> figment::error::Result<()>) {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            f(jail)
+        });
+    }
+
+    /// The error text of a failed load, or a marker when it did not fail.
+    fn load_err(file: Option<&Path>) -> String {
+        match Settings::load(file) {
+            Ok(_) => "<loaded without error>".to_owned(),
+            Err(e) => format!("{e:#}"),
+        }
+    }
 
     #[test]
     fn parses_rates() {
@@ -465,75 +573,129 @@ mod tests {
     }
 
     #[test]
-    fn a_toml_file_overrides_defaults() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("stayafrica.toml");
-        std::fs::write(
-            &path,
-            "throttle_anon = \"7/minute\"\nkey_prefix = \"sa2:\"\n",
-        )?;
-        let s = Settings::load(Some(&path))?;
-        assert_eq!(s.throttles.anon, Rate::new(7, Duration::from_secs(60)));
-        assert_eq!(s.key_prefix, "sa2:");
-        std::fs::write(&path, "view_flush_secs = 5\ncookie_secure = true\n")?;
-        let s = Settings::load(Some(&path))?;
-        assert_eq!(s.view_flush_interval, Duration::from_secs(5));
-        assert!(s.cookie_secure);
-        std::fs::write(&path, "throttle_anonymous = \"7/minute\"\n")?;
-        let err = Settings::load(Some(&path))
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(err.contains("throttle_anonymous"), "{err}");
-        assert!(Settings::load(Some(&dir.path().join("missing.toml"))).is_err());
-        Ok(())
+    fn no_configuration_is_the_embedded_default() {
+        jailed(|_| {
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert!(s.is_embedded());
+            assert_eq!(s.database_url.expose_secret(), "sqlite://stayafrica.db");
+            assert_eq!(s.throttles.login, Rate::new(5, Duration::from_secs(900)));
+            assert_eq!(s.memory_cache_bytes, 256 * 1024 * 1024);
+            Ok(())
+        });
     }
 
     #[test]
-    fn each_role_can_have_its_own_redis() -> anyhow::Result<()> {
-        let raw = RawSettings {
-            redis_url: Some("redis://10.0.0.1:6379".into()),
-            redis_cache_url: Some("redis://cache.internal:6380/0".into()),
-            ..RawSettings::default()
-        };
-        let r = Settings::validate(raw)?
-            .redis
-            .ok_or_else(|| anyhow!("no redis"))?;
-        assert_eq!(r.cache, "redis://cache.internal:6380/0");
-        assert_eq!(r.sessions, "redis://10.0.0.1:6379/2");
-        assert_eq!(r.ratelimit, "redis://10.0.0.1:6379/3");
-        assert_eq!(r.broker, "redis://10.0.0.1:6379/0");
-        let raw = RawSettings {
-            redis_cache_url: Some("redis://cache.internal:6380/0".into()),
-            ..RawSettings::default()
-        };
-        let err = Settings::validate(raw)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(err.contains("REDIS_CACHE_URL"), "{err}");
-        Ok(())
+    fn a_toml_file_overrides_defaults_and_the_environment_overrides_it() {
+        jailed(|jail| {
+            jail.create_file(
+                "stayafrica.toml",
+                "throttle_anon = \"7/minute\"\nkey_prefix = \"sa2:\"\nview_flush_secs = 5\n\
+                 cookie_secure = true\ntrusted_proxies = [\"10.0.0.1\"]\nmemory_cache_mb = 32\n",
+            )?;
+            let path = Path::new("stayafrica.toml");
+            let s = Settings::load(Some(path)).map_err(|e| e.to_string())?;
+            assert_eq!(s.throttles.anon, Rate::new(7, Duration::from_secs(60)));
+            assert_eq!(s.key_prefix, "sa2:");
+            assert_eq!(s.view_flush_interval, Duration::from_secs(5));
+            assert!(s.cookie_secure);
+            assert_eq!(s.trusted_proxies, vec![IpAddr::from([10, 0, 0, 1])]);
+            assert_eq!(s.memory_cache_bytes, 32 * 1024 * 1024);
+            jail.set_env("STAYAFRICA_THROTTLE_ANON", "9/hour");
+            jail.set_env("STAYAFRICA_COOKIE_SECURE", "false");
+            jail.set_env("STAYAFRICA_TRUSTED_PROXIES", "10.0.0.2, ::1");
+            jail.set_env("STAYAFRICA_REQUEST_TIMEOUT_MS", "250");
+            jail.set_env("STAYAFRICA_LOG_FORMAT", "json");
+            let s = Settings::load(Some(path)).map_err(|e| e.to_string())?;
+            assert_eq!(s.throttles.anon, Rate::new(9, Duration::from_secs(3600)));
+            assert!(!s.cookie_secure);
+            assert_eq!(
+                s.trusted_proxies,
+                vec![
+                    IpAddr::from([10, 0, 0, 2]),
+                    "::1".parse::<IpAddr>().map_err(|e| e.to_string())?
+                ]
+            );
+            assert_eq!(s.request_timeout, Duration::from_millis(250));
+            Ok(())
+        });
     }
 
     #[test]
-    fn bad_values_name_the_variable() {
-        let raw = RawSettings {
-            throttle_anon: "lots".into(),
-            ..RawSettings::default()
-        };
-        let err = Settings::validate(raw)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(err.contains("STAYAFRICA_THROTTLE_ANON"), "{err}");
-        let raw = RawSettings {
-            database_url: "mysql://x".into(),
-            ..RawSettings::default()
-        };
-        let err = Settings::validate(raw)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(err.contains("DATABASE_URL"), "{err}");
+    fn bad_values_name_the_key_and_its_source() {
+        jailed(|jail| {
+            jail.set_env("STAYAFRICA_THROTTLE_ANON", "lots");
+            let err = load_err(None);
+            assert!(err.contains("STAYAFRICA_THROTTLE_ANON"), "{err}");
+            assert!(err.contains("environment"), "{err}");
+            assert!(err.contains("100/hour"), "names the expected form: {err}");
+            jail.clear_env();
+            jail.set_env("STAYAFRICA_SESSION_TTL_SECS", "soon");
+            let err = load_err(None);
+            assert!(err.contains("STAYAFRICA_SESSION_TTL_SECS"), "{err}");
+            jail.clear_env();
+            jail.set_env("DATABASE_URL", "mysql://x");
+            let err = load_err(None);
+            assert!(err.contains("DATABASE_URL"), "{err}");
+            jail.clear_env();
+            jail.create_file("bad.toml", "cookie_secure = \"maybe\"\n")?;
+            let err = load_err(Some(Path::new("bad.toml")));
+            assert!(err.contains("cookie_secure"), "{err}");
+            assert!(err.contains("bad.toml"), "names the file: {err}");
+            jail.create_file("unknown.toml", "throttle_anonymous = \"7/minute\"\n")?;
+            let err = load_err(Some(Path::new("unknown.toml")));
+            assert!(err.contains("throttle_anonymous"), "{err}");
+            assert!(Settings::load(Some(Path::new("missing.toml"))).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn each_role_can_have_its_own_redis() {
+        jailed(|jail| {
+            jail.set_env("REDIS_URL", "redis://10.0.0.1:6379");
+            jail.set_env("REDIS_CACHE_URL", "redis://cache.internal:6380/0");
+            let r = Settings::load(None)
+                .map_err(|e| e.to_string())?
+                .redis
+                .ok_or("no redis")?;
+            assert_eq!(r.cache.expose_secret(), "redis://cache.internal:6380/0");
+            assert_eq!(r.sessions.expose_secret(), "redis://10.0.0.1:6379/2");
+            assert_eq!(r.ratelimit.expose_secret(), "redis://10.0.0.1:6379/3");
+            assert_eq!(r.broker.expose_secret(), "redis://10.0.0.1:6379/0");
+            jail.clear_env();
+            jail.set_env("REDIS_CACHE_URL", "redis://cache.internal:6380/0");
+            let err = load_err(None);
+            assert!(err.contains("REDIS_CACHE_URL"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn debug_of_the_settings_shows_no_credential() {
+        jailed(|jail| {
+            jail.set_env(
+                "DATABASE_URL",
+                "postgres://app:hunter2@db.internal/stayafrica",
+            );
+            jail.set_env("REDIS_URL", "redis://:r3dispw@redis.internal:6379");
+            jail.set_env("STAYAFRICA_EMAIL", "smtp://mailer:m41lpw@smtp.internal:587");
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            let shown = format!("{s:?} {s:#?}");
+            for secret in ["hunter2", "r3dispw", "m41lpw"] {
+                assert!(!shown.contains(secret), "{secret} shown: {shown}");
+            }
+            // The values are all there for the code that connects.
+            assert!(s.database_url.expose_secret().contains("hunter2"));
+            let r = s.redis.ok_or("no redis")?;
+            assert!(r.sessions.expose_secret().contains("r3dispw"));
+            // A bad value is reported without repeating it (it may hold one).
+            jail.set_env("DATABASE_URL", "mysql://app:hunter2@db.internal/x");
+            let err = load_err(None);
+            assert!(
+                err.contains("DATABASE_URL") && !err.contains("hunter2"),
+                "{err}"
+            );
+            Ok(())
+        });
     }
 }

@@ -1,6 +1,7 @@
 //! Outgoing email: [`Mailer`] sends an [`Email`] through the configured
 //! backend (`STAYAFRICA_EMAIL`): one file per message, the log, or SMTP.
 
+use secrecy::ExposeSecret;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -46,7 +47,7 @@ impl Mailer {
             }
             EmailSetting::Log => Mailer::Log,
             EmailSetting::Smtp(url) => Mailer::Smtp(
-                AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+                AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose_secret())
                     .context("STAYAFRICA_EMAIL: invalid smtp:// URL")?
                     .build(),
             ),

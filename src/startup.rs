@@ -4,6 +4,7 @@
 //! then stops accepting, finishes in-flight requests and jobs, and flushes
 //! counted views.
 
+use secrecy::ExposeSecret;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use crate::http::{self, AppState, Inner};
 use crate::jobs::redis::RedisQueue;
 use crate::jobs::sql::SqlQueue;
 use crate::jobs::worker::{JobContext, Worker, flush_views};
-use crate::jobs::{JobQueue, QueueBackend};
+use crate::jobs::{JobQueue, QueueBackend, Tallies};
 use crate::kv::keys::Keys;
 use crate::kv::{RedisRole, Role};
 use crate::ratelimit::memory::MemoryLimiter;
@@ -34,14 +35,15 @@ use crate::sessions::redis::RedisSessionStore;
 use crate::sessions::sql::SqlSessionStore;
 use crate::telemetry;
 
-/// Size bound of the in-process cache.
-const MEMORY_CACHE_BYTES: u64 = 256 * 1024 * 1024;
-
 /// Connects the database, applies migrations and builds every backend.
 pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<JobContext>)> {
-    let db = Db::connect(&settings.database_url).await?;
+    let db = Db::connect(settings.database_url.expose_secret()).await?;
     db.migrate().await?;
     let keys = Keys::new(&settings.key_prefix);
+    let broker = match &settings.redis {
+        Some(r) => Some(RedisRole::connect(Role::Broker, r.broker.expose_secret()).await?),
+        None => None,
+    };
     let Backends {
         cache_store,
         limiter_backend,
@@ -49,7 +51,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<Jo
         queue,
     } = match &settings.redis {
         None => Backends {
-            cache_store: Arc::new(MemoryStore::new(MEMORY_CACHE_BYTES)),
+            cache_store: Arc::new(MemoryStore::new(settings.memory_cache_bytes)),
             limiter_backend: Arc::new(MemoryLimiter::default()),
             sessions: Arc::new(SqlSessionStore::new(db.clone())),
             queue: Arc::new(SqlQueue::new(db.clone())),
@@ -58,21 +60,24 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<Jo
         // server), with the role's timeout and circuit breaker.
         Some(r) => Backends {
             cache_store: Arc::new(RedisStore::new(
-                RedisRole::connect(Role::Cache, &r.cache).await?,
+                RedisRole::connect(Role::Cache, r.cache.expose_secret()).await?,
                 keys.clone(),
             )),
             // The limiter is handed keys already built by `RateLimiter`.
             limiter_backend: Arc::new(RedisLimiter::new(
-                RedisRole::connect(Role::RateLimit, &r.ratelimit).await?,
+                RedisRole::connect(Role::RateLimit, r.ratelimit.expose_secret()).await?,
             )),
             sessions: Arc::new(RedisSessionStore::new(
-                RedisRole::connect(Role::Sessions, &r.sessions).await?,
+                RedisRole::connect(Role::Sessions, r.sessions.expose_secret()).await?,
                 keys.clone(),
             )),
-            queue: Arc::new(RedisQueue::new(
-                RedisRole::connect(Role::Broker, &r.broker).await?,
-                &keys,
-            )),
+            queue: Arc::new(
+                RedisQueue::new(
+                    broker.clone().context("the broker role is connected")?,
+                    &keys,
+                )
+                .with_wakeups(r.broker.expose_secret())?,
+            ),
         },
     };
     let cache = Cache::new(cache_store, keys.clone());
@@ -80,7 +85,12 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<Jo
         cache.spawn_stats_flusher(Duration::from_secs(5));
     }
     let limiter = RateLimiter::new(limiter_backend, keys.clone(), settings.throttles);
-    let jobs = JobQueue::new(queue);
+    // Probe jobs count their runs beside the queue (diagnostics).
+    let tallies = match broker {
+        Some(role) => Tallies::redis(role, keys.clone()),
+        None => Tallies::sql(db.clone()),
+    };
+    let jobs = JobQueue::new(queue).with_tallies(tallies);
     let mailer = Mailer::from_settings(&settings.email)?;
     let ctx = Arc::new(JobContext {
         db: db.clone(),

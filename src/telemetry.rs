@@ -1,21 +1,65 @@
 //! Logging (tracing, filtered by `RUST_LOG`) and the process-wide metrics
 //! recorder rendered by `/metrics`.
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
-/// Installs the log subscriber (once; later calls do nothing).
+/// How log lines are written: text for people, JSON for log shippers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event; coloured only on a terminal.
+    Text,
+    /// One JSON object per line, with the fields of the enclosing spans
+    /// (request id, route, status, latency), so one request's lines can be
+    /// found together.
+    Json,
+}
+
+impl LogFormat {
+    /// `STAYAFRICA_LOG_FORMAT` (`text` or `json`, default text). Read here and
+    /// not from the settings: logging starts before the settings are loaded,
+    /// so that a bad setting is itself logged.
+    pub fn from_env() -> LogFormat {
+        match std::env::var("STAYAFRICA_LOG_FORMAT") {
+            Ok(v) if v.trim().eq_ignore_ascii_case("json") => LogFormat::Json,
+            Ok(v) if v.trim().is_empty() || v.trim().eq_ignore_ascii_case("text") => {
+                LogFormat::Text
+            }
+            Ok(v) => {
+                eprintln!(
+                    "STAYAFRICA_LOG_FORMAT: expected `text` or `json`, got `{v}`: using text"
+                );
+                LogFormat::Text
+            }
+            Err(_) => LogFormat::Text,
+        }
+    }
+}
+
+/// Installs the log subscriber (once; later calls do nothing). Logs go to
+/// stderr: stdout is for command output (`cache info --json`). Colour codes
+/// only when stderr is a terminal: in a file or a pipe they are noise.
 pub fn init_logging() {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
-    // Logs go to stderr: stdout is for command output (`cache info --json`).
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match LogFormat::from_env() {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init(),
+        LogFormat::Text => builder
+            .with_target(false)
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+    };
 }
 
 /// The Prometheus handle of the process-wide recorder, installed on first use.

@@ -4,6 +4,7 @@
 //! flush removes only our keys of one role (never FLUSHDB/FLUSHALL: a shared
 //! Redis may hold other applications' data).
 
+use secrecy::ExposeSecret;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
@@ -106,7 +107,7 @@ fn targets(settings: &Settings) -> anyhow::Result<Vec<Target>> {
             };
             Target {
                 role,
-                url: url.clone(),
+                url: url.expose_secret().to_owned(),
                 ns: Keys::new(&settings.key_prefix).role_ns(role),
             }
         })
@@ -430,7 +431,7 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
 async fn embedded(settings: &Settings, check: bool) -> anyhow::Result<()> {
     use crate::sessions::SessionStore;
     let started = Instant::now();
-    let db = crate::db::Db::connect(&settings.database_url).await?;
+    let db = crate::db::Db::connect(settings.database_url.expose_secret()).await?;
     db.migrate().await?;
     db.ping().await?;
     let rtt = started.elapsed().as_secs_f64() * 1000.0;

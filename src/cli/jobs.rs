@@ -1,5 +1,6 @@
 //! `stayafrica jobs`: list dead jobs, replay one, show one's status, count
-//! the queue, and benchmark it with real worker processes.
+//! the queue, and benchmark it (throughput, pick-up latency) with real
+//! worker processes.
 
 use std::time::Duration;
 
@@ -46,6 +47,24 @@ enum JobsCommand {
         /// `--concurrency` of each worker process.
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
+    },
+    /// Measure pick-up latency: start one worker process (same
+    /// environment), queue no-op jobs one at a time, each once the worker is
+    /// idle again, and report how soon each started (p50, p99, max).
+    Latency {
+        /// Jobs to queue, one at a time.
+        #[arg(long, default_value_t = 100)]
+        jobs: usize,
+        /// `--concurrency` of the worker process.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Pause before each job, so that the worker is idle (waiting) again.
+        #[arg(long, default_value_t = 50)]
+        idle_ms: u64,
+        /// Queue each job to run this much later and measure how late it
+        /// starts after its due time (0: run at once, measure the pick-up).
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
     },
 }
 
@@ -112,6 +131,33 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
                 report.enqueue.as_secs_f64(),
                 report.total.as_secs_f64(),
                 report.jobs_per_sec()
+            );
+        }
+        JobsCommand::Latency {
+            jobs,
+            concurrency,
+            idle_ms,
+            delay_ms,
+        } => {
+            let report = bench::latency(
+                &state.jobs,
+                jobs,
+                concurrency,
+                Duration::from_millis(idle_ms),
+                Duration::from_millis(delay_ms),
+            )
+            .await?;
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+            println!(
+                "backend={}\tconcurrency={concurrency}\tjobs={jobs}\tdelay_ms={delay_ms}\tp50_ms={:.2}\tp99_ms={:.2}\tmax_ms={:.2}",
+                if state.settings.is_embedded() {
+                    "sql"
+                } else {
+                    "redis"
+                },
+                ms(report.quantile(0.50)),
+                ms(report.quantile(0.99)),
+                ms(report.quantile(1.0)),
             );
         }
     }

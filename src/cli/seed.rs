@@ -3,6 +3,7 @@
 use crate::config::Settings;
 use crate::db::Db;
 use crate::seed::{self, SeedOptions};
+use secrecy::ExposeSecret;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -21,7 +22,7 @@ pub struct Args {
 }
 
 pub async fn run(settings: Settings, a: Args) -> anyhow::Result<()> {
-    let db = Db::connect(&settings.database_url).await?;
+    let db = Db::connect(settings.database_url.expose_secret()).await?;
     db.migrate().await?;
     let opts = SeedOptions {
         users: a.users,

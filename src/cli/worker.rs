@@ -11,6 +11,10 @@ use crate::config::Settings;
 use crate::jobs::worker::Worker;
 use crate::startup::{build_state, shutdown_signal};
 
+/// Default poll interval of a worker process on the SQL queue: it is not
+/// woken by enqueues of other processes.
+const SQL_POLL_MS: u64 = 500;
+
 /// Options of `stayafrica worker`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -21,14 +25,31 @@ pub struct Args {
     /// are given back to the queue.
     #[arg(long, default_value_t = 30.0, value_name = "SECS")]
     grace_secs: f64,
+    /// Longest an idle worker waits before asking the queue again although
+    /// nothing woke it (new jobs wake it at once on Redis; delayed ones when
+    /// due). Default 5000 on Redis; 500 on the SQL queue, whose enqueues
+    /// wake only workers in the process that queued.
+    #[arg(long, value_name = "MS")]
+    poll_interval_ms: Option<u64>,
+    /// Most jobs this process leases in one exchange with the queue.
+    #[arg(long, default_value_t = crate::jobs::worker::DEFAULT_BATCH, value_name = "N")]
+    batch: usize,
 }
 
 /// Runs the worker until a shutdown signal, then stops it gracefully.
 pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
     let grace = Duration::try_from_secs_f64(args.grace_secs)
         .map_err(|_| anyhow::anyhow!("--grace-secs must be a non-negative number"))?;
+    let poll = Duration::from_millis(args.poll_interval_ms.unwrap_or(if settings.is_embedded() {
+        SQL_POLL_MS
+    } else {
+        5000
+    }));
     let (state, ctx) = build_state(settings).await?;
-    let worker = Worker::new(state.jobs.clone(), ctx).with_grace(grace);
+    let worker = Worker::new(state.jobs.clone(), ctx)
+        .with_grace(grace)
+        .with_poll_interval(poll)
+        .with_batch(args.batch);
     let (tx, rx) = watch::channel(false);
     let handle = tokio::spawn(worker.run(args.concurrency, rx));
     shutdown_signal().await;

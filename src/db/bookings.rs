@@ -9,17 +9,21 @@ use crate::domain::{BookingStatus, Money};
 use crate::with_pool;
 
 /// A booking as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Booking {
     pub id: i64,
     pub property_id: i64,
     pub guest_id: i64,
+    #[schema(value_type = String, format = Date)]
     pub check_in: Date,
+    #[schema(value_type = String, format = Date)]
     pub check_out: Date,
     pub guests: i32,
+    #[schema(value_type = String, pattern = "^[0-9]+\\.[0-9]{2}$", example = "340.00")]
     pub total_price: Money,
     pub status: BookingStatus,
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: OffsetDateTime,
 }
 

@@ -29,9 +29,6 @@ pub struct JobRow {
 const COLS: &str = "id, name, payload, status, attempts, max_attempts, timeout_ms, run_at, \
                     last_error, result, worker_id";
 
-/// Prefix of the `periodic_runs` rows that hold diagnostic tallies.
-const TALLY_PREFIX: &str = "tally:";
-
 impl Db {
     /// Queues a job due at `run_at_ms` (Unix ms) with no attempts used;
     /// fails if `id` already exists.
@@ -54,11 +51,12 @@ impl Db {
         Ok(())
     }
 
-    /// Takes the next due job (queued and due, or running with an expired
-    /// lease), leasing it to `worker_id` for the job's own timeout. A job
-    /// whose lease ran out on its last attempt is dead instead: a job that
-    /// kills its worker every time must not loop for ever.
-    pub async fn job_reserve(&self, worker_id: &str) -> anyhow::Result<Option<JobRow>> {
+    /// Takes up to `limit` due jobs (queued and due, or running with an
+    /// expired lease), oldest due first, leasing each to `worker_id` for the
+    /// job's own timeout. A job whose lease ran out on its last attempt is
+    /// dead instead: a job that kills its worker every time must not loop
+    /// for ever.
+    pub async fn job_reserve(&self, worker_id: &str, limit: i64) -> anyhow::Result<Vec<JobRow>> {
         let now = now_ms();
         with_pool!(self, p => sqlx::query(
             "UPDATE jobs SET status = 'dead', finished_at = $1, lease_until = NULL,
@@ -74,17 +72,28 @@ impl Db {
         let sql = format!(
             "UPDATE jobs SET status = 'running', attempts = attempts + 1,
                lease_until = $1 + timeout_ms, worker_id = $2
-             WHERE id = (
+             WHERE id IN (
                SELECT id FROM jobs
                WHERE (status = 'queued' AND run_at <= $1)
                   OR (status = 'running' AND lease_until <= $1)
-               ORDER BY run_at LIMIT 1 {lock})
+               ORDER BY run_at LIMIT $3 {lock})
              RETURNING {COLS}"
         );
-        Ok(
-            with_pool!(self, p => sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(sql))
-            .bind(now).bind(worker_id).fetch_optional(p).await)?,
-        )
+        let mut rows = with_pool!(self, p => sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(sql))
+            .bind(now).bind(worker_id).bind(limit).fetch_all(p).await)?;
+        // RETURNING gives no order; deliver the longest-waiting first.
+        rows.sort_by_key(|r| r.run_at);
+        Ok(rows)
+    }
+
+    /// Milliseconds until the next job is due (a queued job's run time or a
+    /// lease deadline), 0 if one is due now; `None` when no job waits.
+    pub async fn job_next_due(&self) -> anyhow::Result<Option<i64>> {
+        let next: Option<i64> = with_pool!(self, p => sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT MIN(CASE WHEN status = 'queued' THEN run_at ELSE lease_until END)
+             FROM jobs WHERE status IN ('queued', 'running')")
+            .fetch_one(p).await)?;
+        Ok(next.map(|t| (t - now_ms()).max(0)))
     }
 
     /// Gives a held job back, due now, without counting the attempt.
@@ -199,30 +208,5 @@ impl Db {
         Ok(with_pool!(self, p => sqlx::query(
             "DELETE FROM jobs WHERE status = 'done' AND finished_at < $1")
             .bind(before_ms).execute(p).await.map(|r| r.rows_affected()))?)
-    }
-
-    /// Counts one run of `member` under `tally` (diagnostics). Runs are rows
-    /// of `periodic_runs` named `tally:{tally}:{member}`, one per run (a
-    /// random slot), so the embedded queue needs no table of its own and
-    /// concurrent runs never conflict.
-    pub async fn tally_incr(&self, tally: &str, member: &str) -> anyhow::Result<()> {
-        let name = format!("{TALLY_PREFIX}{tally}:{member}");
-        let slot = rand::random::<i64>();
-        with_pool!(self, p => sqlx::query("INSERT INTO periodic_runs (name, slot) VALUES ($1, $2)")
-            .bind(&name).bind(slot).execute(p).await.map(|r| r.rows_affected()))?;
-        Ok(())
-    }
-
-    /// Runs counted under `tally`, by member.
-    pub async fn tally_get(&self, tally: &str) -> anyhow::Result<Vec<(String, i64)>> {
-        let prefix = format!("{TALLY_PREFIX}{tally}:");
-        let len = i32::try_from(prefix.len())?;
-        let rows = with_pool!(self, p => sqlx::query_as::<_, (String, i64)>(
-            "SELECT name, COUNT(*) FROM periodic_runs WHERE substr(name, 1, $2) = $1 GROUP BY name")
-            .bind(&prefix).bind(len).fetch_all(p).await)?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(name, n)| name.strip_prefix(&prefix).map(|m| (m.to_owned(), n)))
-            .collect())
     }
 }

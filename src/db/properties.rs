@@ -10,7 +10,7 @@ use crate::with_pool;
 
 /// A property as the API shows it (`view_count` as stored; the HTTP layer
 /// adds views not yet flushed).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Property {
     pub id: i64,
     pub host_id: i64,
@@ -18,13 +18,17 @@ pub struct Property {
     pub description: String,
     pub city: String,
     pub country: String,
+    #[schema(value_type = String, pattern = "^[0-9]+\\.[0-9]{2}$", example = "85.50")]
     pub price_per_night: Money,
     pub max_guests: i32,
     pub is_featured: bool,
+    #[schema(minimum = 0)]
     pub view_count: i64,
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: OffsetDateTime,
 }
 

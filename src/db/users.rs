@@ -8,13 +8,15 @@ use crate::domain::{Email, Role};
 use crate::with_pool;
 
 /// A user as the API shows it.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct User {
     pub id: i64,
+    #[schema(format = Email)]
     pub email: String,
     pub full_name: String,
     pub role: Role,
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: OffsetDateTime,
 }
 

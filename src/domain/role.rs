@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Hosts list properties; guests book them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Guest,

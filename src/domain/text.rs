@@ -25,7 +25,7 @@ pub fn check_text(value: &str, min: usize, max: usize) -> Result<(), String> {
 }
 
 /// A booking is confirmed until cancelled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BookingStatus {
     Confirmed,

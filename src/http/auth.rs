@@ -2,16 +2,19 @@
 //! (this session or all of the user's sessions), and `/me`.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use serde::Deserialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 use super::extract::{ApiJson, AuthUser};
 use super::middleware::session_cookie;
+use super::openapi::ErrorBody;
 use crate::cache::OtpOutcome;
 use crate::db::users::{NewUser, User};
 use crate::domain::{Email, Role, check_len, check_text};
@@ -24,17 +27,17 @@ use crate::sessions::{self, COOKIE};
 /// Wrong tries before a one-time code is dead.
 pub const OTP_MAX_ATTEMPTS: u32 = 5;
 
-/// Routes of `/api/v1/auth/*` and `/api/v1/me`.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/auth/register", post(register))
-        .route("/api/v1/auth/login", post(login))
-        .route("/api/v1/auth/logout", post(logout))
-        .route("/api/v1/auth/logout-all", post(logout_all))
-        .route("/api/v1/auth/password", post(change_password))
-        .route("/api/v1/auth/otp", post(otp_request))
-        .route("/api/v1/auth/otp/verify", post(otp_verify))
-        .route("/api/v1/me", get(me))
+/// Routes of `/api/v1/auth/*` and `/api/v1/me`, each with its description.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(logout))
+        .routes(routes!(logout_all))
+        .routes(routes!(change_password))
+        .routes(routes!(otp_request))
+        .routes(routes!(otp_verify))
+        .routes(routes!(me))
 }
 
 /// Counts one attempt in a sign-in scope (these fail closed): 503 when the
@@ -54,11 +57,15 @@ async fn enforce(state: &AppState, scope: &Scope) -> ApiResult<()> {
     }
 }
 
-#[derive(Deserialize)]
+/// Body of `POST /api/v1/auth/register`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RegisterBody {
+    #[schema(format = Email, max_length = 254, example = "amara@example.com")]
     email: String,
+    #[schema(min_length = 8, max_length = 128)]
     password: String,
+    #[schema(min_length = 1, max_length = 200)]
     full_name: String,
     role: Role,
 }
@@ -73,6 +80,13 @@ fn parse_email(raw: &str, errors: &mut FieldErrors) -> Option<Email> {
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth",
+    request_body = RegisterBody,
+    responses(
+        (status = 201, description = "The new user", body = User),
+        (status = 409, description = "`conflict`: the email is already registered", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: email, password or name breaks a rule", body = ErrorBody),
+    ))]
 async fn register(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<RegisterBody>,
@@ -106,13 +120,25 @@ async fn register(
     Ok((StatusCode::CREATED, Json(user)))
 }
 
-#[derive(Deserialize)]
+/// Body of `POST /api/v1/auth/login`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct LoginBody {
+    #[schema(format = Email, max_length = 254)]
     email: String,
+    #[schema(max_length = 128)]
     password: String,
 }
 
+/// Password login; a fresh session id every time (no fixation).
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth",
+    request_body = LoginBody,
+    responses(
+        (status = 200, description = "Signed in: the user, and the session cookie", body = User,
+            headers(("Set-Cookie" = String, description = "`sessionid=…; Path=/; HttpOnly; SameSite=Lax; Max-Age=…` (and `Secure` when configured)"))),
+        (status = 401, description = "`invalid_credentials`: wrong email or password", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: not an email address", body = ErrorBody),
+    ))]
 async fn login(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -168,37 +194,41 @@ async fn start_session(state: &AppState, headers: &HeaderMap, user: User) -> Api
         .create(&sessions::hash_id(&id), user.id, ttl)
         .await
         .map_err(ApiError::unavailable("session store"))?;
-    let secure = if state.settings.cookie_secure {
-        "; Secure"
-    } else {
-        ""
-    };
-    let cookie = format!(
-        "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
-        ttl.as_secs()
-    );
-    let mut response = Json(user).into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_str(&cookie).map_err(anyhow::Error::from)?,
-    );
-    Ok(response)
+    let cookie = session_cookie_for(state, id, ttl);
+    Ok((CookieJar::new().add(cookie), Json(user)).into_response())
 }
 
+/// The `sessionid` cookie as `API.md` wants it: HttpOnly, SameSite=Lax, the
+/// whole site, `Secure` when configured.
+fn session_cookie_for(
+    state: &AppState,
+    value: String,
+    ttl: std::time::Duration,
+) -> Cookie<'static> {
+    Cookie::build((COOKIE, value))
+        .path("/")
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .secure(state.settings.cookie_secure)
+        .max_age(time::Duration::seconds(
+            i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
+        ))
+        .build()
+}
+
+/// 204 with the session cookie expired, so the browser forgets it.
 fn clear_cookie(state: &AppState) -> Response {
-    let secure = if state.settings.cookie_secure {
-        "; Secure"
-    } else {
-        ""
-    };
-    let cookie = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}");
-    let mut response = StatusCode::NO_CONTENT.into_response();
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().insert(header::SET_COOKIE, v);
-    }
-    response
+    let cookie = session_cookie_for(state, String::new(), std::time::Duration::ZERO);
+    (CookieJar::new().add(cookie), StatusCode::NO_CONTENT).into_response()
 }
 
+/// Ends this session server-side; fine without one.
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",
+    security((), ("sessionid" = [])),
+    responses(
+        (status = 204, description = "Signed out; the cookie is expired",
+            headers(("Set-Cookie" = String, description = "`sessionid=` with `Max-Age=0`"))),
+    ))]
 async fn logout(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
     if let Some(id) = session_cookie(&headers) {
         state
@@ -211,6 +241,13 @@ async fn logout(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<
 }
 
 /// Ends every session of the caller ("log out everywhere").
+#[utoipa::path(post, path = "/api/v1/auth/logout-all", tag = "auth",
+    security(("sessionid" = [])),
+    responses(
+        (status = 204, description = "Every session of the caller ended; the cookie is expired",
+            headers(("Set-Cookie" = String, description = "`sessionid=` with `Max-Age=0`"))),
+        (status = 401, description = "`not_authenticated`", body = ErrorBody),
+    ))]
 async fn logout_all(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -223,16 +260,28 @@ async fn logout_all(
     Ok(clear_cookie(&state))
 }
 
-#[derive(Deserialize)]
+/// Body of `POST /api/v1/auth/password`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PasswordBody {
+    #[schema(max_length = 128)]
     current_password: String,
+    #[schema(min_length = 8, max_length = 128)]
     new_password: String,
 }
 
 /// Changes the caller's password: every session of the user ends (a stolen
 /// session dies with the old password) and this client gets a fresh one.
 /// Wrong current passwords count against the login limit of the email.
+#[utoipa::path(post, path = "/api/v1/auth/password", tag = "auth",
+    request_body = PasswordBody,
+    security(("sessionid" = [])),
+    responses(
+        (status = 200, description = "Changed: every other session ended, a fresh one for this client", body = User,
+            headers(("Set-Cookie" = String, description = "`sessionid=…; Path=/; HttpOnly; SameSite=Lax; Max-Age=…` (and `Secure` when configured)"))),
+        (status = 401, description = "`not_authenticated`, or `invalid_credentials`: wrong current password", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: the new password breaks a rule", body = ErrorBody),
+    ))]
 async fn change_password(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -268,12 +317,22 @@ async fn change_password(
     start_session(&state, &HeaderMap::new(), user).await
 }
 
-#[derive(Deserialize)]
+/// Body of `POST /api/v1/auth/otp`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct OtpBody {
+    #[schema(format = Email, max_length = 254)]
     email: String,
 }
 
+/// Mails a one-time code (by a background job); 202 for an unknown email
+/// too, so the answer tells nothing about who is registered.
+#[utoipa::path(post, path = "/api/v1/auth/otp", tag = "auth",
+    request_body = OtpBody,
+    responses(
+        (status = 202, description = "A code is on its way if the email is registered"),
+        (status = 422, description = "`validation_failed`: not an email address", body = ErrorBody),
+    ))]
 async fn otp_request(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<OtpBody>,
@@ -294,13 +353,26 @@ async fn otp_request(
     Ok(StatusCode::ACCEPTED)
 }
 
-#[derive(Deserialize)]
+/// Body of `POST /api/v1/auth/otp/verify`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct OtpVerifyBody {
+    #[schema(format = Email, max_length = 254)]
     email: String,
+    /// The 6-digit code of the email.
+    #[schema(pattern = "^[0-9]{6}$", example = "042917")]
     otp: String,
 }
 
+/// Signs in with a one-time code: single use, dead after 5 wrong tries.
+#[utoipa::path(post, path = "/api/v1/auth/otp/verify", tag = "auth",
+    request_body = OtpVerifyBody,
+    responses(
+        (status = 200, description = "Signed in: the user, and the session cookie", body = User,
+            headers(("Set-Cookie" = String, description = "`sessionid=…; Path=/; HttpOnly; SameSite=Lax; Max-Age=…` (and `Secure` when configured)"))),
+        (status = 401, description = "`invalid_credentials`: wrong, used or expired code", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: not an email address, or not a code", body = ErrorBody),
+    ))]
 async fn otp_verify(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -326,6 +398,13 @@ async fn otp_verify(
     start_session(&state, &headers, user.into_user()).await
 }
 
+/// The signed-in user.
+#[utoipa::path(get, path = "/api/v1/me", tag = "auth",
+    security(("sessionid" = [])),
+    responses(
+        (status = 200, description = "The caller", body = User),
+        (status = 401, description = "`not_authenticated`", body = ErrorBody),
+    ))]
 async fn me(AuthUser(user): AuthUser) -> Json<User> {
     Json(user)
 }

@@ -2,18 +2,20 @@
 //! with 409), list the caller's, cancel.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::properties::Page;
 use time::{Date, OffsetDateTime};
 
 use super::AppState;
 use super::extract::{ApiJson, ApiQuery, AuthUser, IdPath};
+use super::openapi::ErrorBody;
 use crate::db::bookings::{Booking, BookingRefused, NewBooking};
 use crate::db::users::User;
 use crate::domain::BookingStatus;
@@ -24,20 +26,35 @@ use crate::ratelimit::Scope;
 /// Longest stay that can be booked.
 pub const MAX_NIGHTS: i64 = 90;
 
-/// Routes of `/api/v1/bookings`: list, create, cancel.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/bookings", get(list).post(create))
-        .route("/api/v1/bookings/{id}/cancel", post(cancel))
+/// Routes of `/api/v1/bookings`: list, create, cancel, each with its
+/// description.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(cancel))
 }
 
-#[derive(Deserialize)]
+/// Paging of the caller's bookings.
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct PageQuery {
+    /// Page number, from 1.
+    #[param(minimum = 1, maximum = 1000000, nullable = false)]
     page: Option<u32>,
+    /// Results per page (default 20).
+    #[param(minimum = 1, maximum = 100, nullable = false)]
     page_size: Option<u32>,
 }
 
+/// The caller's bookings as guest, newest first.
+#[utoipa::path(get, path = "/api/v1/bookings", tag = "bookings",
+    params(PageQuery),
+    security(("sessionid" = [])),
+    responses(
+        (status = 200, description = "One page of bookings", body = Page<Booking>),
+        (status = 401, description = "`not_authenticated`", body = ErrorBody),
+    ))]
 async fn list(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -58,12 +75,20 @@ async fn list(
     }))
 }
 
-#[derive(Deserialize)]
+/// Body of `POST /api/v1/bookings`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BookingBody {
+    #[schema(minimum = 1)]
     property_id: i64,
+    /// Today or later.
+    #[schema(format = Date, example = "2030-01-10")]
     check_in: String,
+    /// After `check_in`, at most 90 nights later.
+    #[schema(format = Date, example = "2030-01-14")]
     check_out: String,
+    /// 1 to the property's `max_guests`.
+    #[schema(minimum = 1, maximum = 50)]
     guests: i32,
 }
 
@@ -77,6 +102,16 @@ pub async fn invalidate_dashboard(state: &AppState, user_id: i64) {
     state.cache.invalidate_user_cache(user_id).await;
 }
 
+/// Books a stay; at most 5 attempts per user per hour.
+#[utoipa::path(post, path = "/api/v1/bookings", tag = "bookings",
+    request_body = BookingBody,
+    security(("sessionid" = [])),
+    responses(
+        (status = 201, description = "The booking, confirmed; a confirmation email follows", body = Booking),
+        (status = 401, description = "`not_authenticated`", body = ErrorBody),
+        (status = 409, description = "`conflict`: the dates overlap a confirmed booking", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: dates, guests, or the property (`details` per field)", body = ErrorBody),
+    ))]
 async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -195,6 +230,17 @@ async fn create_checked(
     Ok((StatusCode::CREATED, Json(booking)))
 }
 
+/// Cancels a booking (its guest or the property's host).
+#[utoipa::path(post, path = "/api/v1/bookings/{id}/cancel", tag = "bookings",
+    params(("id" = i64, Path, minimum = 1, description = "Booking id")),
+    security(("sessionid" = [])),
+    responses(
+        (status = 200, description = "The booking, cancelled", body = Booking),
+        (status = 401, description = "`not_authenticated`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: neither its guest nor the host", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`conflict`: already cancelled", body = ErrorBody),
+    ))]
 async fn cancel(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,

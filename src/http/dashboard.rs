@@ -6,13 +6,15 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
-use axum::routing::get;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 use super::extract::AuthUser;
+use super::openapi::ErrorBody;
 use super::properties::featured_list;
 use crate::db::bookings::Booking;
 use crate::db::properties::Property;
@@ -23,22 +25,26 @@ use crate::error::ApiResult;
 pub const DASHBOARD_TTL: Duration = Duration::from_secs(3600);
 
 /// Route of `/api/v1/dashboard` (signed-in users only).
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/dashboard", get(dashboard))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(dashboard))
 }
 
 /// Totals over the user's confirmed bookings; `total_spent` is a decimal string.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Stats {
+    #[schema(minimum = 0)]
     total_bookings: i64,
+    #[schema(minimum = 0)]
     upcoming_bookings: i64,
+    #[schema(minimum = 0)]
     nights_booked: i64,
+    #[schema(pattern = "^[0-9]+\\.[0-9]{2}$", example = "340.00")]
     total_spent: String,
 }
 
 /// Body of `GET /api/v1/dashboard`, cached whole: the 10 newest bookings, stats,
 /// and up to 5 featured properties not yet booked, same cities first.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Dashboard {
     bookings: Vec<Booking>,
     stats: Stats,
@@ -80,6 +86,12 @@ async fn compute(state: &AppState, user_id: i64) -> anyhow::Result<Dashboard> {
     })
 }
 
+#[utoipa::path(get, path = "/api/v1/dashboard", tag = "dashboard",
+    security(("sessionid" = [])),
+    responses(
+        (status = 200, description = "Recent bookings, stats and recommendations", body = Dashboard),
+        (status = 401, description = "`not_authenticated`", body = ErrorBody),
+    ))]
 async fn dashboard(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,

@@ -16,10 +16,25 @@ use crate::error::ApiError;
 /// A JSON body (`Content-Type: application/json`, at most 64 KiB).
 pub struct ApiJson<T>(pub T);
 
+/// True when the media type is exactly `application/json` (parameters such
+/// as `charset` allowed). axum's own check also takes every `+json` type
+/// (`application/json-patch+json`), which `API.md` answers with 415: a
+/// client sending another format must not have it read as ours.
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+}
+
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if !is_json(req.headers()) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(ApiJson(v)),
             Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::UnsupportedMediaType),
@@ -29,6 +44,17 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             Err(e) => Err(ApiError::InvalidRequest(e.body_text())),
         }
     }
+}
+
+/// For `#[serde(default, deserialize_with = "non_null")]` on an optional
+/// field: absent is `None`, a value is `Some`, and `null` is refused as the
+/// wrong type (serde's `Option` would read it as absent).
+pub fn non_null<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 /// Query parameters; anything that does not fit is a 400.

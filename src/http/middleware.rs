@@ -8,6 +8,7 @@ use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum_extra::extract::cookie::CookieJar;
 
 use super::AppState;
 use super::extract::Caller;
@@ -17,14 +18,9 @@ use crate::sessions::{self, COOKIE};
 
 /// The raw session id of the request's cookie, if it looks like one.
 pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(axum::http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.to_owned())
+    CookieJar::from_headers(headers)
+        .get(COOKIE)
+        .map(|c| c.value().to_owned())
         .filter(|v| sessions::looks_like_id(v))
 }
 

@@ -4,22 +4,23 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
 use serde_json::{Map, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
+use super::openapi::Health;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Routes of `/health` and `/metrics`, for load balancers and Prometheus.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(metrics))
 }
 
 async fn check<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> &'static str {
@@ -30,6 +31,12 @@ async fn check<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> &'s
     }
 }
 
+/// Each dependency checked with a short timeout.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses(
+        (status = 200, description = "Everything is up", body = Health),
+        (status = 503, description = "A part is down: named in the body", body = Health),
+    ))]
 async fn health(State(state): State<AppState>) -> impl IntoResponse {
     let (database, cache, sessions, ratelimit, jobs) = tokio::join!(
         check(state.db.ping()),
@@ -62,6 +69,11 @@ async fn health(State(state): State<AppState>) -> impl IntoResponse {
     (status, Json(Value::Object(body)))
 }
 
+/// Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses(
+        (status = 200, description = "Counters and histograms", body = String, content_type = "text/plain"),
+    ))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     if let Ok(Ok(c)) = tokio::time::timeout(CHECK_TIMEOUT, state.jobs.backend().counts()).await {
         metrics::gauge!("jobs_queue_depth", "state" => "queued").set(c.queued as f64);

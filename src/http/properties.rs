@@ -5,17 +5,19 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
-use super::extract::{ApiJson, ApiQuery, AuthUser, IdPath};
+use super::extract::{ApiJson, ApiQuery, AuthUser, IdPath, non_null};
+use super::openapi::ErrorBody;
 use crate::cache::PROPERTIES_NS;
 use crate::db::properties::{DeleteOutcome, NewProperty, Property, PropertyFields, PropertyFilter};
 use crate::domain::{MAX_PRICE_CENTS, Money, Role, check_text};
@@ -28,27 +30,40 @@ pub const FEATURED_TTL: Duration = Duration::from_secs(3600);
 /// Lifetime of a cached property detail; a property write makes it stale sooner.
 pub const DETAIL_TTL: Duration = Duration::from_secs(600);
 
-/// Routes of `/api/v1/properties`: public reads, host writes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/properties", get(list).post(create))
-        .route("/api/v1/properties/featured", get(featured))
-        .route(
-            "/api/v1/properties/{id}",
-            get(detail).patch(update).delete(remove),
-        )
+/// Routes of `/api/v1/properties`: public reads, host writes, each with
+/// its description.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(featured))
+        .routes(routes!(detail, update, remove))
 }
 
 /// Query of the public list, as sent.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Page number, from 1.
+    #[param(minimum = 1, maximum = 1000000, nullable = false)]
     page: Option<u32>,
+    /// Results per page (default 20).
+    #[param(minimum = 1, maximum = 100, nullable = false)]
     page_size: Option<u32>,
+    /// City, any case.
+    #[param(min_length = 1, max_length = 100, nullable = false)]
     city: Option<String>,
+    /// Country, any case.
+    #[param(min_length = 1, max_length = 100, nullable = false)]
     country: Option<String>,
+    /// Lowest price per night, a decimal string (`"50.00"`).
+    #[param(pattern = "^[0-9]{1,12}\\.[0-9]{2}$", nullable = false)]
     min_price: Option<String>,
+    /// Highest price per night, a decimal string (`"150.00"`).
+    #[param(pattern = "^[0-9]{1,12}\\.[0-9]{2}$", nullable = false)]
     max_price: Option<String>,
+    /// Guests the property must take.
+    #[param(minimum = 1, maximum = 50, nullable = false)]
     guests: Option<i32>,
 }
 
@@ -117,10 +132,12 @@ impl ListQuery {
 }
 
 /// One page of a list, as `API.md` shapes it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Page<T> {
     /// Items matching across all pages, not only this one.
+    #[schema(minimum = 0)]
     pub count: i64,
+    #[schema(minimum = 1)]
     pub page: u32,
     pub results: Vec<T>,
 }
@@ -134,6 +151,12 @@ fn json_bytes(status: StatusCode, body: Bytes) -> Response {
     r
 }
 
+/// The public list, filtered, ordered by id, cached whole per normalized query.
+#[utoipa::path(get, path = "/api/v1/properties", tag = "properties",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page of properties", body = Page<Property>),
+    ))]
 async fn list(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
@@ -175,6 +198,11 @@ pub async fn featured_list(state: &AppState) -> anyhow::Result<Vec<Property>> {
 /// The featured list as stored: a hit is sent as the cached bytes, without
 /// decoding and re-encoding hundreds of properties. Same key and same JSON
 /// as [`featured_list`], which the dashboard reads typed.
+/// Every featured property, ordered by id.
+#[utoipa::path(get, path = "/api/v1/properties/featured", tag = "properties",
+    responses(
+        (status = 200, description = "The featured properties", body = Vec<Property>),
+    ))]
 async fn featured(State(state): State<AppState>) -> ApiResult<Response> {
     let db = state.db.clone();
     let key = state.cache.keys().featured_template();
@@ -201,6 +229,12 @@ async fn cached_property(state: &AppState, id: i64) -> anyhow::Result<Option<Pro
 }
 
 /// One property; counts one view, and shows stored plus not yet flushed views.
+#[utoipa::path(get, path = "/api/v1/properties/{id}", tag = "properties",
+    params(("id" = i64, Path, minimum = 1, description = "Property id")),
+    responses(
+        (status = 200, description = "The property; this call counted one view", body = Property),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ))]
 async fn detail(State(state): State<AppState>, IdPath(id): IdPath) -> ApiResult<Json<Property>> {
     // The lookup and the view count are independent: run them together, one
     // round trip of latency instead of two. A view of an unknown id is
@@ -220,16 +254,75 @@ async fn detail(State(state): State<AppState>, IdPath(id): IdPath) -> ApiResult<
     Ok(Json(property))
 }
 
-#[derive(Deserialize)]
+/// Body of `POST /api/v1/properties`: every field but `is_featured` is
+/// required, so a missing one is a 400 (it does not fit the schema).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct NewPropertyBody {
+    #[schema(min_length = 1, max_length = 200)]
+    title: String,
+    #[schema(max_length = 5000)]
+    description: String,
+    #[schema(min_length = 1, max_length = 100)]
+    city: String,
+    #[schema(min_length = 1, max_length = 100)]
+    country: String,
+    /// 0.01 to 100000.00, a decimal string.
+    #[schema(pattern = "^[0-9]{1,12}\\.[0-9]{2}$", example = "85.50")]
+    price_per_night: String,
+    #[schema(minimum = 1, maximum = 50)]
+    max_guests: i32,
+    #[serde(default)]
+    #[schema(default = false)]
+    is_featured: bool,
+}
+
+/// Body of `PATCH /api/v1/properties/{id}`: any subset of the writable
+/// fields. An absent field is left as it is; `null` is a wrong type (400),
+/// never "no change", because no field of a property is nullable.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PropertyBody {
+    #[serde(default, deserialize_with = "non_null")]
+    #[schema(nullable = false, min_length = 1, max_length = 200)]
     title: Option<String>,
+    #[serde(default, deserialize_with = "non_null")]
+    #[schema(nullable = false, max_length = 5000)]
     description: Option<String>,
+    #[serde(default, deserialize_with = "non_null")]
+    #[schema(nullable = false, min_length = 1, max_length = 100)]
     city: Option<String>,
+    #[serde(default, deserialize_with = "non_null")]
+    #[schema(nullable = false, min_length = 1, max_length = 100)]
     country: Option<String>,
+    /// 0.01 to 100000.00, a decimal string.
+    #[serde(default, deserialize_with = "non_null")]
+    #[schema(
+        nullable = false,
+        pattern = "^[0-9]{1,12}\\.[0-9]{2}$",
+        example = "85.50"
+    )]
     price_per_night: Option<String>,
+    #[serde(default, deserialize_with = "non_null")]
+    #[schema(nullable = false, minimum = 1, maximum = 50)]
     max_guests: Option<i32>,
+    #[serde(default, deserialize_with = "non_null")]
+    #[schema(nullable = false)]
     is_featured: Option<bool>,
+}
+
+impl From<NewPropertyBody> for PropertyBody {
+    fn from(b: NewPropertyBody) -> Self {
+        PropertyBody {
+            title: Some(b.title),
+            description: Some(b.description),
+            city: Some(b.city),
+            country: Some(b.country),
+            price_per_night: Some(b.price_per_night),
+            max_guests: Some(b.max_guests),
+            is_featured: Some(b.is_featured),
+        }
+    }
 }
 
 impl PropertyBody {
@@ -307,15 +400,25 @@ impl PropertyBody {
     }
 }
 
+/// A new listing of the signed-in host.
+#[utoipa::path(post, path = "/api/v1/properties", tag = "properties",
+    request_body = NewPropertyBody,
+    security(("sessionid" = [])),
+    responses(
+        (status = 201, description = "The new property", body = Property),
+        (status = 401, description = "`not_authenticated`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: only hosts list properties", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: a value breaks a rule (`details` per field)", body = ErrorBody),
+    ))]
 async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    ApiJson(body): ApiJson<PropertyBody>,
+    ApiJson(body): ApiJson<NewPropertyBody>,
 ) -> ApiResult<(StatusCode, Json<Property>)> {
     if user.role != Role::Host {
         return Err(ApiError::Forbidden);
     }
-    let f = body.validate(true)?;
+    let f = PropertyBody::from(body).validate(true)?;
     let now = OffsetDateTime::now_utc();
     let (Some(title), Some(description), Some(city), Some(country), Some(price), Some(max_guests)) = (
         f.title,
@@ -356,6 +459,18 @@ async fn owned(state: &AppState, id: i64, user_id: i64) -> ApiResult<Property> {
     Ok(p)
 }
 
+/// Changes any subset of the writable fields (the owning host only).
+#[utoipa::path(patch, path = "/api/v1/properties/{id}", tag = "properties",
+    params(("id" = i64, Path, minimum = 1, description = "Property id")),
+    request_body = PropertyBody,
+    security(("sessionid" = [])),
+    responses(
+        (status = 200, description = "The property as changed", body = Property),
+        (status = 401, description = "`not_authenticated`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: not the property's host", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: a value breaks a rule (`details` per field)", body = ErrorBody),
+    ))]
 async fn update(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -377,6 +492,17 @@ async fn update(
     }))
 }
 
+/// Removes a listing (the owning host only); past bookings keep their record.
+#[utoipa::path(delete, path = "/api/v1/properties/{id}", tag = "properties",
+    params(("id" = i64, Path, minimum = 1, description = "Property id")),
+    security(("sessionid" = [])),
+    responses(
+        (status = 204, description = "Gone from every listing and lookup"),
+        (status = 401, description = "`not_authenticated`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: not the property's host", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`conflict`: confirmed bookings that have not ended", body = ErrorBody),
+    ))]
 async fn remove(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,

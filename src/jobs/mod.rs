@@ -11,16 +11,18 @@
 //! idempotent, because a job can run more than once.
 
 pub mod bench;
+pub mod diagnostics;
 pub mod redis;
 pub mod sql;
 pub mod worker;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+
+pub use diagnostics::{Probe, Tallies};
 
 /// Every job the service runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,36 +41,14 @@ pub enum Job {
     BookingConfirmation { booking_id: i64 },
     /// Move counted property views into the database.
     FlushViews,
-    /// Diagnostics, tests and benchmarks: sleeps, records its run under
-    /// `tally` (so that a double execution is visible), then succeeds or
-    /// fails. The optional fields make delivery tests fast: a short lease
-    /// (`timeout_ms`) and a short retry backoff (`backoff_ms`).
-    Probe {
-        fail: bool,
-        sleep_ms: u64,
-        /// Lease timeout instead of the default (`sleep_ms / 2 + 5 s`).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        timeout_ms: Option<u64>,
-        /// Base of the retry backoff instead of 1 s.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        backoff_ms: Option<u64>,
-        /// Name of the tally that counts this job's runs
-        /// ([`QueueBackend::tally_run`]).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        tally: Option<String>,
-    },
+    /// Diagnostics, tests and benchmarks (see [`diagnostics`]).
+    Probe(Probe),
 }
 
 impl Job {
     /// A probe that succeeds at once (the no-op job of tests and benchmarks).
     pub fn noop_probe(tally: Option<String>) -> Job {
-        Job::Probe {
-            fail: false,
-            sleep_ms: 0,
-            timeout_ms: None,
-            backoff_ms: None,
-            tally,
-        }
+        Job::Probe(Probe::noop(tally))
     }
 
     /// The stable name stored with the job (logs, metrics, `jobs dead`).
@@ -77,7 +57,7 @@ impl Job {
             Job::SendOtp { .. } => "send_otp",
             Job::BookingConfirmation { .. } => "booking_confirmation",
             Job::FlushViews => "flush_views",
-            Job::Probe { .. } => "probe",
+            Job::Probe(_) => "probe",
         }
     }
 
@@ -85,7 +65,7 @@ impl Job {
     pub fn max_attempts(&self) -> u32 {
         match self {
             Job::SendOtp { .. } | Job::BookingConfirmation { .. } => 5,
-            Job::FlushViews | Job::Probe { .. } => 3,
+            Job::FlushViews | Job::Probe(_) => 3,
         }
     }
 
@@ -95,11 +75,7 @@ impl Job {
         match self {
             Job::SendOtp { .. } | Job::BookingConfirmation { .. } => Duration::from_secs(30),
             Job::FlushViews => Duration::from_secs(60),
-            Job::Probe {
-                timeout_ms: Some(t),
-                ..
-            } => Duration::from_millis(*t),
-            Job::Probe { sleep_ms, .. } => Duration::from_millis(sleep_ms / 2 + 5_000),
+            Job::Probe(p) => p.timeout(),
         }
     }
 
@@ -107,10 +83,7 @@ impl Job {
     /// [`worker::backoff_ms`]).
     pub fn backoff_base(&self) -> Duration {
         match self {
-            Job::Probe {
-                backoff_ms: Some(b),
-                ..
-            } => Duration::from_millis(*b),
+            Job::Probe(p) => p.backoff_base(),
             _ => Duration::from_secs(1),
         }
     }
@@ -158,41 +131,76 @@ pub struct QueueCounts {
     pub dead: i64,
 }
 
+/// How a delivery ended, as the worker reports it to the queue.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Settle {
+    /// Success, with the result to keep for the result TTL.
+    Done(Option<String>),
+    /// Failed; queued again at `at_ms` (Unix ms).
+    Retry { error: String, at_ms: i64 },
+    /// Failed for the last time: dead, kept with its error until replayed.
+    Dead(String),
+    /// Given back unfinished (the worker is stopping), due at once, without
+    /// using up an attempt.
+    Release,
+}
+
+/// The outcome of one held job, for [`QueueBackend::exchange`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// The job's id.
+    pub id: String,
+    /// How it ended.
+    pub settle: Settle,
+}
+
+/// What one [`QueueBackend::exchange`] did.
+#[derive(Debug, Clone, Default)]
+pub struct Exchanged {
+    /// Per outcome, in order: false when the worker no longer held the job
+    /// (its lease ran out and another delivery decides; nothing changed).
+    pub held: Vec<bool>,
+    /// The jobs now leased to the worker (at most the number asked for).
+    pub leased: Vec<Leased>,
+    /// How long until the next job is due (a delayed job or retry, or a
+    /// lease that may run out), when none was left to lease now; `None`
+    /// when nothing is waiting. Workers sleep this long at most.
+    pub next_due: Option<Duration>,
+}
+
 /// Storage of the queue: [`sql::SqlQueue`] (embedded) and
 /// [`redis::RedisQueue`] implement it and pass one behaviour suite
 /// (`tests/api/jobs_suite.rs`). Every operation on a held job checks that the
 /// caller still holds the lease, so a worker whose lease ran out cannot
 /// overwrite the outcome of the delivery that replaced it.
+///
+/// The hot path is [`QueueBackend::exchange`]: a worker process records the
+/// outcomes of the jobs its slots finished and leases the next batch in one
+/// step (one round trip on Redis), and, when idle, waits in
+/// [`QueueBackend::wait_for_work`] (one blocking command per process, or an
+/// in-process wake-up) instead of polling per slot.
 #[async_trait]
 pub trait QueueBackend: Send + Sync + 'static {
-    /// Queues a job to run at `run_at_ms` (Unix ms; now or earlier = at once).
-    async fn enqueue(&self, id: &str, job: &Job, run_at_ms: i64) -> anyhow::Result<()>;
-    /// Leases the next due job to `worker_id` for the job's own timeout,
-    /// counting one attempt. Jobs whose lease ran out come back first (or go
-    /// dead if that was their last attempt).
-    async fn reserve(&self, worker_id: &str) -> anyhow::Result<Option<Leased>>;
+    /// Queues jobs, each `(id, job, run_at_ms)` (Unix ms; now or earlier =
+    /// at once), and wakes a waiting worker. Fails (queueing none of the
+    /// batch on Redis) if an id exists already.
+    async fn enqueue_many(&self, jobs: &[(String, Job, i64)]) -> anyhow::Result<()>;
+    /// Records `outcomes` of jobs `worker_id` holds, then leases up to
+    /// `want` due jobs to it, each for its own timeout and counting one
+    /// attempt. Delayed jobs that are due and leases that ran out come back
+    /// first (a lease that ran out on its last attempt is dead).
+    async fn exchange(
+        &self,
+        worker_id: &str,
+        outcomes: &[Outcome],
+        want: usize,
+    ) -> anyhow::Result<Exchanged>;
+    /// Waits until a job may have been queued (an enqueue wakes it) or
+    /// `timeout` passed. Only one caller per process is expected (the
+    /// worker's dispatcher); dropping the future is safe.
+    async fn wait_for_work(&self, timeout: Duration) -> anyhow::Result<()>;
     /// Extends a lease; false when the worker no longer holds the job.
     async fn extend(&self, id: &str, worker_id: &str, timeout: Duration) -> anyhow::Result<bool>;
-    /// Records success and its result (kept for the result TTL); false when
-    /// the worker no longer holds the job (nothing changed).
-    async fn complete(
-        &self,
-        id: &str,
-        worker_id: &str,
-        result: Option<&str>,
-    ) -> anyhow::Result<bool>;
-    /// Back to the queue at `retry_at_ms`, or dead when `None`; false when
-    /// the worker no longer holds the job (nothing changed).
-    async fn fail(
-        &self,
-        id: &str,
-        worker_id: &str,
-        error: &str,
-        retry_at_ms: Option<i64>,
-    ) -> anyhow::Result<bool>;
-    /// Gives a held job back, due at once, without using up an attempt (a
-    /// worker shutting down before the job finished); false if not held.
-    async fn release(&self, id: &str, worker_id: &str) -> anyhow::Result<bool>;
     /// Status of one job; `None` if unknown (or finished longer ago than the
     /// result TTL).
     async fn info(&self, id: &str) -> anyhow::Result<Option<JobInfo>>;
@@ -207,29 +215,89 @@ pub trait QueueBackend: Send + Sync + 'static {
     async fn counts(&self) -> anyhow::Result<QueueCounts>;
     /// Housekeeping: drops results older than their TTL.
     async fn purge(&self, result_ttl: Duration) -> anyhow::Result<()>;
-    /// Diagnostics: counts one run of `member` (a job id) under `tally`.
-    /// Probe jobs call it so that tests and the benchmark can prove that
-    /// each job ran exactly once.
-    async fn tally_run(&self, tally: &str, member: &str) -> anyhow::Result<()>;
-    /// Runs counted under `tally`, by member.
-    async fn tally(&self, tally: &str) -> anyhow::Result<BTreeMap<String, i64>>;
+
+    // Single-job forms of the above, for operators and tests.
+
+    /// Queues one job to run at `run_at_ms` (Unix ms; now or earlier = at once).
+    async fn enqueue(&self, id: &str, job: &Job, run_at_ms: i64) -> anyhow::Result<()> {
+        self.enqueue_many(&[(id.to_owned(), job.clone(), run_at_ms)])
+            .await
+    }
+    /// Leases the next due job to `worker_id` ([`QueueBackend::exchange`]
+    /// with no outcome and one wanted).
+    async fn reserve(&self, worker_id: &str) -> anyhow::Result<Option<Leased>> {
+        Ok(self.exchange(worker_id, &[], 1).await?.leased.pop())
+    }
+    /// Records one outcome; false when the worker no longer holds the job.
+    async fn settle(&self, id: &str, worker_id: &str, settle: Settle) -> anyhow::Result<bool> {
+        let outcome = Outcome {
+            id: id.to_owned(),
+            settle,
+        };
+        let done = self.exchange(worker_id, &[outcome], 0).await?;
+        Ok(done.held.first().copied().unwrap_or(false))
+    }
+    /// Records success and its result (kept for the result TTL).
+    async fn complete(
+        &self,
+        id: &str,
+        worker_id: &str,
+        result: Option<&str>,
+    ) -> anyhow::Result<bool> {
+        self.settle(id, worker_id, Settle::Done(result.map(str::to_owned)))
+            .await
+    }
+    /// Back to the queue at `retry_at_ms`, or dead when `None`.
+    async fn fail(
+        &self,
+        id: &str,
+        worker_id: &str,
+        error: &str,
+        retry_at_ms: Option<i64>,
+    ) -> anyhow::Result<bool> {
+        let error = error.to_owned();
+        let settle = match retry_at_ms {
+            Some(at_ms) => Settle::Retry { error, at_ms },
+            None => Settle::Dead(error),
+        };
+        self.settle(id, worker_id, settle).await
+    }
+    /// Gives a held job back, due at once, without using up an attempt.
+    async fn release(&self, id: &str, worker_id: &str) -> anyhow::Result<bool> {
+        self.settle(id, worker_id, Settle::Release).await
+    }
 }
 
 /// The queue handle the API and CLI use.
 #[derive(Clone)]
 pub struct JobQueue {
     backend: Arc<dyn QueueBackend>,
+    tallies: Option<Tallies>,
 }
 
 impl JobQueue {
     /// A queue on `backend`.
     pub fn new(backend: Arc<dyn QueueBackend>) -> Self {
-        JobQueue { backend }
+        JobQueue {
+            backend,
+            tallies: None,
+        }
+    }
+
+    /// Where probe jobs count their runs (diagnostics, tests, benchmarks).
+    pub fn with_tallies(mut self, tallies: Tallies) -> Self {
+        self.tallies = Some(tallies);
+        self
     }
 
     /// The storage, for workers and operator commands.
     pub fn backend(&self) -> &Arc<dyn QueueBackend> {
         &self.backend
+    }
+
+    /// The probes' tallies, if this queue has them.
+    pub fn tallies(&self) -> Option<&Tallies> {
+        self.tallies.as_ref()
     }
 
     /// Queues `job` to run now; returns its id.
@@ -243,5 +311,19 @@ impl JobQueue {
         self.backend.enqueue(&id, job, run_at_ms).await?;
         metrics::counter!("jobs_enqueued_total", "job" => job.name()).increment(1);
         Ok(id)
+    }
+
+    /// Queues every job of `jobs` to run now, in one step where the storage
+    /// allows; returns their ids in order.
+    pub async fn enqueue_many(&self, jobs: &[Job]) -> anyhow::Result<Vec<String>> {
+        let batch: Vec<(String, Job, i64)> = jobs
+            .iter()
+            .map(|j| (uuid::Uuid::new_v4().to_string(), j.clone(), 0))
+            .collect();
+        self.backend.enqueue_many(&batch).await?;
+        for j in jobs {
+            metrics::counter!("jobs_enqueued_total", "job" => j.name()).increment(1);
+        }
+        Ok(batch.into_iter().map(|(id, _, _)| id).collect())
     }
 }

@@ -20,11 +20,12 @@
 //! |---|---|---|
 //! | `job:{id}` | hash | name, payload, status, attempts, max_attempts, timeout_ms, worker, last_error, result |
 //! | `ready` | list | ids due now (LPUSH to queue, RPOP to take; due retries and taken-back leases go to the head) |
+//! | `wake` | list | wake-up tokens: enqueues push, idle worker processes wait with one `BLPOP` each |
 //! | `delayed` | zset | ids waiting for a retry or a later start (score: run-at ms) |
 //! | `leases` | zset | ids being run (score: lease deadline ms; the owner is `worker` in the hash) |
 //! | `dead` | zset | ids out of attempts (score: time of death ms) |
 //! | `periodic:{name}:{slot}` | string | claim of one period of a periodic job (SET NX PX) |
-//! | `tally:{name}` | hash | diagnostic run counts by job id (probe jobs) |
+//! | `tally:{name}` | hash | diagnostic run counts by job id (probe jobs, [`super::diagnostics`]) |
 //!
 //! The hash tag `{q}` puts every key in one Cluster slot, including the job
 //! hashes the scripts compute from ids they pop. Redis `TIME` is the clock
@@ -32,14 +33,26 @@
 //!
 //! # Delivery
 //!
-//! `reserve` (one script) moves due delayed ids to `ready`, takes back
-//! leases that ran out (or kills the job if that was its last attempt),
-//! pops one id, counts the attempt and leases the job for its own timeout.
-//! `extend`, `complete`, `fail` and `release` change a job only while the
-//! caller still holds its lease. A finished job's hash expires after the
+//! A worker process calls `exchange` (one script, `src/jobs/lua/exchange.lua`) for
+//! everything on its hot path: it records the outcomes of the jobs its slots
+//! finished and leases the next batch, after moving due delayed ids to
+//! `ready` and taking back leases that ran out. `extend` changes a lease only
+//! while the caller still holds it. A finished job's hash expires after the
 //! result TTL; dead jobs stay until replayed.
+//!
+//! # Waking idle workers
+//!
+//! An idle worker process does not poll: it waits in `BLPOP wake` on a
+//! connection of its own ([`crate::kv::blocking`]; the role's multiplexed
+//! connection has a 250 ms response timeout and must not be held by a
+//! block). `enqueue` pushes up to one token per job (at most
+//! [`WAKE_TOKENS`]); `exchange` keeps one token while ready jobs remain, so
+//! that idle processes wake one another, and drops stale tokens when the
+//! queue is empty. A worker wakes by itself when the next delayed job or
+//! lease deadline is due (`exchange` tells it when), and at the latest after
+//! its poll interval, in case a token was lost with a connection.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -47,8 +60,9 @@ use anyhow::Context;
 use async_trait::async_trait;
 use redis::Script;
 
-use super::{Job, JobInfo, Leased, QueueBackend, QueueCounts};
+use super::{Exchanged, Job, JobInfo, Leased, Outcome, QueueBackend, QueueCounts, Settle};
 use crate::kv::RedisRole;
+use crate::kv::blocking::BlockingConn;
 use crate::kv::keys::Keys;
 
 /// How long finished jobs' results are kept by default (as in the worker).
@@ -57,27 +71,25 @@ const DEFAULT_RESULT_TTL: Duration = super::worker::RESULT_TTL;
 /// At most this many delayed ids and lapsed leases are moved per `reserve`.
 const RESERVE_BATCH: u32 = 100;
 
-/// How long diagnostic tallies are kept after their last count.
-const TALLY_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Most wake-up tokens waiting at once: enough to wake this many idle
+/// worker processes for a burst of jobs.
+pub const WAKE_TOKENS: u32 = 64;
+
+/// Most jobs queued by one script call (larger batches are split).
+const ENQUEUE_BATCH: usize = 500;
 
 /// The queue's Lua scripts (SHA1 computed once; loaded on first use).
 struct Scripts {
     enqueue: Script,
-    reserve: Script,
+    exchange: Script,
     extend: Script,
-    complete: Script,
-    fail: Script,
-    release: Script,
     replay: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     enqueue: Script::new(include_str!("lua/enqueue.lua")),
-    reserve: Script::new(include_str!("lua/reserve.lua")),
+    exchange: Script::new(include_str!("lua/exchange.lua")),
     extend: Script::new(include_str!("lua/extend.lua")),
-    complete: Script::new(include_str!("lua/complete.lua")),
-    fail: Script::new(include_str!("lua/fail.lua")),
-    release: Script::new(include_str!("lua/release.lua")),
     replay: Script::new(include_str!("lua/replay.lua")),
 });
 
@@ -89,8 +101,12 @@ pub struct RedisQueue {
     delayed: String,
     leases: String,
     dead: String,
+    wake: String,
     job_prefix: String,
     result_ttl: Duration,
+    /// The blocking connection idle workers wait on; without it,
+    /// [`QueueBackend::wait_for_work`] just sleeps (polling).
+    blocking: Option<BlockingConn>,
 }
 
 impl RedisQueue {
@@ -102,10 +118,19 @@ impl RedisQueue {
             delayed: keys.jobs_delayed(),
             leases: keys.jobs_leases(),
             dead: keys.jobs_dead(),
+            wake: keys.jobs_wake(),
             job_prefix: keys.jobs_job_prefix(),
             keys: keys.clone(),
             result_ttl: DEFAULT_RESULT_TTL,
+            blocking: None,
         }
+    }
+
+    /// Lets idle workers wait for new jobs on a blocking connection of their
+    /// own to `url` (the broker's Redis) instead of polling.
+    pub fn with_wakeups(mut self, url: &str) -> anyhow::Result<Self> {
+        self.blocking = Some(BlockingConn::new(url)?);
+        Ok(self)
     }
 
     /// Keeps finished jobs' results for `ttl` instead of a day.
@@ -141,59 +166,114 @@ fn info(id: &str, mut h: HashMap<String, String>) -> Option<JobInfo> {
 
 #[async_trait]
 impl QueueBackend for RedisQueue {
-    async fn enqueue(&self, id: &str, job: &Job, run_at_ms: i64) -> anyhow::Result<()> {
-        let payload = serde_json::to_string(job)?;
-        let job_key = self.keys.jobs_job(id);
-        let created: i64 = self
-            .role
-            .run(|mut c| async move {
-                SCRIPTS
-                    .enqueue
-                    .key(&self.ready)
-                    .key(&self.delayed)
-                    .key(&job_key)
-                    .arg(id)
-                    .arg(job.name())
-                    .arg(&payload)
-                    .arg(job.max_attempts())
-                    .arg(ms(job.timeout()))
-                    .arg(run_at_ms)
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await
-            .context("queueing a job")?;
-        anyhow::ensure!(created == 1, "a job with id {id} exists already");
+    async fn enqueue_many(&self, jobs: &[(String, Job, i64)]) -> anyhow::Result<()> {
+        for chunk in jobs.chunks(ENQUEUE_BATCH) {
+            let mut args: Vec<String> = Vec::with_capacity(chunk.len() * 6);
+            for (id, job, run_at_ms) in chunk {
+                args.push(id.clone());
+                args.push(job.name().to_owned());
+                args.push(serde_json::to_string(job)?);
+                args.push(job.max_attempts().to_string());
+                args.push(ms(job.timeout()).to_string());
+                args.push(run_at_ms.to_string());
+            }
+            let args = &args;
+            let queued: i64 = self
+                .role
+                .run(|mut c| async move {
+                    SCRIPTS
+                        .enqueue
+                        .key(&self.ready)
+                        .key(&self.delayed)
+                        .key(&self.wake)
+                        .arg(&self.job_prefix)
+                        .arg(WAKE_TOKENS)
+                        .arg(args)
+                        .invoke_async(&mut c)
+                        .await
+                })
+                .await
+                .context("queueing jobs")?;
+            if queued < 0 {
+                let at = usize::try_from(-queued - 1).unwrap_or(0);
+                let id = chunk.get(at).map(|(id, _, _)| id.as_str()).unwrap_or("?");
+                anyhow::bail!("a job with id {id} exists already");
+            }
+        }
         Ok(())
     }
 
-    async fn reserve(&self, worker_id: &str) -> anyhow::Result<Option<Leased>> {
-        let got: Option<(String, String, u32, u32, u64)> = self
+    async fn exchange(
+        &self,
+        worker_id: &str,
+        outcomes: &[Outcome],
+        want: usize,
+    ) -> anyhow::Result<Exchanged> {
+        let mut args: Vec<&str> = Vec::with_capacity(outcomes.len() * 4);
+        let retry_at: Vec<String> = outcomes
+            .iter()
+            .map(|o| match &o.settle {
+                Settle::Retry { at_ms, .. } => at_ms.to_string(),
+                _ => String::new(),
+            })
+            .collect();
+        for (o, at) in outcomes.iter().zip(&retry_at) {
+            let (kind, text, num) = match &o.settle {
+                Settle::Done(Some(r)) => ("done", r.as_str(), "1"),
+                Settle::Done(None) => ("done", "", "0"),
+                Settle::Retry { error, .. } => ("retry", error.as_str(), at.as_str()),
+                Settle::Dead(error) => ("dead", error.as_str(), ""),
+                Settle::Release => ("release", "", ""),
+            };
+            args.extend([o.id.as_str(), kind, text, num]);
+        }
+        let args = &args;
+        type Row = (String, String, u32, u32, u64);
+        let (held, leased, next_due): (Vec<i64>, Vec<Row>, i64) = self
             .role
             .run(|mut c| async move {
                 SCRIPTS
-                    .reserve
+                    .exchange
                     .key(&self.ready)
                     .key(&self.delayed)
                     .key(&self.leases)
                     .key(&self.dead)
+                    .key(&self.wake)
                     .arg(&self.job_prefix)
                     .arg(worker_id)
+                    .arg(want)
                     .arg(RESERVE_BATCH)
+                    .arg(ms(self.result_ttl).max(1))
+                    .arg(args)
                     .invoke_async(&mut c)
                     .await
             })
             .await
-            .context("reserving a job")?;
-        Ok(
-            got.map(|(id, payload, attempt, max_attempts, timeout_ms)| Leased {
-                job: serde_json::from_str(&payload).map_err(|e| e.to_string()),
-                id,
-                attempt,
-                max_attempts,
-                timeout: Duration::from_millis(timeout_ms),
-            }),
-        )
+            .context("exchanging jobs with the queue")?;
+        Ok(Exchanged {
+            held: held.into_iter().map(|h| h == 1).collect(),
+            leased: leased
+                .into_iter()
+                .map(|(id, payload, attempt, max_attempts, timeout_ms)| Leased {
+                    job: serde_json::from_str(&payload).map_err(|e| e.to_string()),
+                    id,
+                    attempt,
+                    max_attempts,
+                    timeout: Duration::from_millis(timeout_ms),
+                })
+                .collect(),
+            next_due: u64::try_from(next_due).ok().map(Duration::from_millis),
+        })
+    }
+
+    async fn wait_for_work(&self, timeout: Duration) -> anyhow::Result<()> {
+        match &self.blocking {
+            Some(conn) => conn.blpop(&self.wake, timeout).await.map(|_| ()),
+            None => {
+                tokio::time::sleep(timeout).await;
+                Ok(())
+            }
+        }
     }
 
     async fn extend(&self, id: &str, worker_id: &str, timeout: Duration) -> anyhow::Result<bool> {
@@ -214,83 +294,6 @@ impl QueueBackend for RedisQueue {
             .await
             .context("extending a lease")?;
         Ok(held == 1)
-    }
-
-    async fn complete(
-        &self,
-        id: &str,
-        worker_id: &str,
-        result: Option<&str>,
-    ) -> anyhow::Result<bool> {
-        let job_key = self.keys.jobs_job(id);
-        let done: i64 = self
-            .role
-            .run(|mut c| async move {
-                SCRIPTS
-                    .complete
-                    .key(&self.leases)
-                    .key(&job_key)
-                    .arg(id)
-                    .arg(worker_id)
-                    .arg(if result.is_some() { "1" } else { "0" })
-                    .arg(result.unwrap_or_default())
-                    .arg(ms(self.result_ttl).max(1))
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await
-            .context("completing a job")?;
-        Ok(done == 1)
-    }
-
-    async fn fail(
-        &self,
-        id: &str,
-        worker_id: &str,
-        error: &str,
-        retry_at_ms: Option<i64>,
-    ) -> anyhow::Result<bool> {
-        let job_key = self.keys.jobs_job(id);
-        let retry = retry_at_ms.map(|t| t.to_string()).unwrap_or_default();
-        let done: i64 = self
-            .role
-            .run(|mut c| async move {
-                SCRIPTS
-                    .fail
-                    .key(&self.leases)
-                    .key(&self.delayed)
-                    .key(&self.dead)
-                    .key(&job_key)
-                    .arg(id)
-                    .arg(worker_id)
-                    .arg(error)
-                    .arg(&retry)
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await
-            .context("recording a job failure")?;
-        Ok(done == 1)
-    }
-
-    async fn release(&self, id: &str, worker_id: &str) -> anyhow::Result<bool> {
-        let job_key = self.keys.jobs_job(id);
-        let done: i64 = self
-            .role
-            .run(|mut c| async move {
-                SCRIPTS
-                    .release
-                    .key(&self.leases)
-                    .key(&self.ready)
-                    .key(&job_key)
-                    .arg(id)
-                    .arg(worker_id)
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await
-            .context("releasing a job")?;
-        Ok(done == 1)
     }
 
     async fn info(&self, id: &str) -> anyhow::Result<Option<JobInfo>> {
@@ -356,6 +359,7 @@ impl QueueBackend for RedisQueue {
                     .key(&self.dead)
                     .key(&self.ready)
                     .key(&job_key)
+                    .key(&self.wake)
                     .arg(id)
                     .invoke_async(&mut c)
                     .await
@@ -421,36 +425,5 @@ impl QueueBackend for RedisQueue {
     /// set when they complete).
     async fn purge(&self, _result_ttl: Duration) -> anyhow::Result<()> {
         Ok(())
-    }
-
-    async fn tally_run(&self, tally: &str, member: &str) -> anyhow::Result<()> {
-        let key = self.keys.jobs_tally(tally);
-        self.role
-            .run(|mut c| async move {
-                redis::pipe()
-                    .cmd("HINCRBY")
-                    .arg(&key)
-                    .arg(member)
-                    .arg(1)
-                    .ignore()
-                    .cmd("PEXPIRE")
-                    .arg(&key)
-                    .arg(ms(TALLY_TTL))
-                    .ignore()
-                    .query_async::<()>(&mut c)
-                    .await
-            })
-            .await
-            .context("counting a run")
-    }
-
-    async fn tally(&self, tally: &str) -> anyhow::Result<BTreeMap<String, i64>> {
-        let key = self.keys.jobs_tally(tally);
-        let h: HashMap<String, i64> = self
-            .role
-            .run(|mut c| async move { redis::cmd("HGETALL").arg(&key).query_async(&mut c).await })
-            .await
-            .context("reading a tally")?;
-        Ok(h.into_iter().collect())
     }
 }

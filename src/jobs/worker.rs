@@ -1,19 +1,34 @@
-//! The worker: reserves jobs, runs their handlers with the lease kept alive,
+//! The worker: leases jobs, runs their handlers with the lease kept alive,
 //! records results, retries failures with exponential backoff and jitter,
 //! schedules periodic jobs once per period across all workers, and shuts
 //! down gracefully (no new jobs; running ones finish within a grace period
 //! or are given back to the queue).
+//!
+//! One dispatcher per process talks to the queue for all its slots: each
+//! [`QueueBackend::exchange`] records the outcomes of the jobs that finished
+//! since the last one and leases as many jobs as there are free slots (one
+//! round trip on Redis, however many jobs), holding up to twice as many
+//! leases as it has slots so that a slot never waits for a round trip. Jobs
+//! run in tasks of their own; each extends its own lease while it waits for
+//! a slot, while it runs and until its outcome is recorded. While every
+//! slot is busy, the dispatcher lets outcomes gather for up to a
+//! millisecond, so that one exchange carries many. When slots are free and the queue has nothing due, the
+//! dispatcher waits in [`QueueBackend::wait_for_work`] (one blocking wait
+//! per process, woken by enqueues), until the next delayed job or lease
+//! deadline the queue reported, or at the latest the poll interval: an idle
+//! worker sends no command per slot and almost none per second.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rand::{Rng, TryRngCore};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
-use super::{Job, JobQueue, Leased};
+use super::{Job, JobQueue, Leased, Outcome, Settle};
 use crate::cache::{Cache, PROPERTIES_NS};
 use crate::db::{Db, now_ms};
 use crate::domain::Email;
@@ -37,6 +52,11 @@ pub struct Worker {
     ctx: Arc<JobContext>,
     id: String,
     grace: Duration,
+    poll: Duration,
+    batch: usize,
+    /// The periodic slot this worker last asked for: it claims each slot
+    /// once, not once a tick.
+    periodic_slot: Arc<AtomicI64>,
 }
 
 /// How long finished jobs' results are kept.
@@ -46,8 +66,27 @@ pub const RESULT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// back to the queue.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
-/// Longest pause between two polls of an empty queue.
-const MAX_IDLE: Duration = Duration::from_millis(400);
+/// Longest an idle worker waits without asking the queue (a safety net:
+/// enqueues wake it, and it wakes by itself when a delayed job is due).
+pub const DEFAULT_POLL: Duration = Duration::from_secs(5);
+
+/// Most jobs leased in one exchange with the queue.
+pub const DEFAULT_BATCH: usize = 32;
+
+/// How long the dispatcher waits for more outcomes while every slot is
+/// busy, so that one exchange records many.
+const LINGER: Duration = Duration::from_millis(1);
+
+/// Failed exchanges in a row after which a stopping worker (grace period
+/// over) stops trying to record outcomes (about 20 s of retries).
+const GIVE_UP_AFTER: u32 = 20;
+
+/// A job task's report to the dispatcher; `ack` fires once it is recorded
+/// (the task keeps the lease alive until then).
+struct Finished {
+    outcome: Outcome,
+    ack: oneshot::Sender<()>,
+}
 
 impl Worker {
     /// A worker on `queue` with a fresh id.
@@ -64,12 +103,28 @@ impl Worker {
             ctx,
             id,
             grace: DEFAULT_GRACE,
+            poll: DEFAULT_POLL,
+            batch: DEFAULT_BATCH,
+            periodic_slot: Arc::new(AtomicI64::new(i64::MIN)),
         }
     }
 
     /// Sets how long [`Worker::run`] lets running jobs finish at shutdown.
     pub fn with_grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
+        self
+    }
+
+    /// Sets the longest an idle worker waits before asking the queue again
+    /// although nothing woke it (at least 1 ms).
+    pub fn with_poll_interval(mut self, poll: Duration) -> Self {
+        self.poll = poll.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Sets the most jobs leased in one exchange with the queue (at least 1).
+    pub fn with_batch(mut self, batch: usize) -> Self {
+        self.batch = batch.max(1);
         self
     }
 
@@ -81,141 +136,52 @@ impl Worker {
     /// Runs one due job if there is one; `Ok(true)` if a job was handled
     /// (whatever its outcome). Tests drain the queue with it.
     pub async fn try_execute_one(&self) -> anyhow::Result<bool> {
-        self.execute_one(None).await
-    }
-
-    /// [`Worker::try_execute_one`], giving the job back to the queue as soon
-    /// as `release` turns true (the grace period of a shutdown is over).
-    async fn execute_one(&self, release: Option<watch::Receiver<bool>>) -> anyhow::Result<bool> {
         let backend = self.queue.backend();
         let Some(lease) = backend.reserve(&self.id).await? else {
             return Ok(false);
         };
-        let job = match &lease.job {
-            Ok(job) => job.clone(),
-            Err(e) => {
-                tracing::error!(job_id = %lease.id, error = %e, "undecodable job payload; dead");
-                let error = format!("undecodable payload: {e}");
-                self.settle(&lease, || backend.fail(&lease.id, &self.id, &error, None))
-                    .await?;
-                return Ok(true);
-            }
-        };
-        let name = job.name();
-        let span =
-            tracing::info_span!("job", job_id = %lease.id, job = name, attempt = lease.attempt);
-        async {
-            tracing::info!("job started");
-            let started = Instant::now();
-            // The lease is kept alive until the outcome is recorded, so that
-            // a slow write of the outcome cannot let the job be redelivered.
-            let keep_alive = self.keep_alive(&lease);
-            let outcome = match release {
-                None => Some(self.handle(&lease.id, &job).await),
-                Some(mut release) => tokio::select! {
-                    outcome = self.handle(&lease.id, &job) => Some(outcome),
-                    _ = async {
-                        if release.wait_for(|r| *r).await.is_err() {
-                            std::future::pending::<()>().await;
-                        }
-                    } => None,
-                },
-            };
-            metrics::histogram!("job_duration_seconds", "job" => name)
-                .record(started.elapsed().as_secs_f64());
-            let recorded = match outcome {
-                None => {
-                    let held = self
-                        .settle(&lease, || backend.release(&lease.id, &self.id))
-                        .await;
-                    tracing::warn!("worker stopping: job given back to the queue unfinished");
-                    held
-                }
-                Some(Ok(result)) => {
-                    let held = self
-                        .settle(&lease, || {
-                            backend.complete(&lease.id, &self.id, result.as_deref())
-                        })
-                        .await;
-                    metrics::counter!("jobs_completed_total", "job" => name).increment(1);
-                    tracing::info!(
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "job done"
-                    );
-                    held
-                }
-                Some(Err(e)) => {
-                    let error = format!("{e:#}");
-                    if lease.attempt >= lease.max_attempts {
-                        let held = self
-                            .settle(&lease, || backend.fail(&lease.id, &self.id, &error, None))
-                            .await;
-                        metrics::counter!("jobs_dead_total", "job" => name).increment(1);
-                        tracing::error!(error, "job failed for the last time; dead");
-                        held
-                    } else {
-                        let retry_at = now_ms() + backoff_ms(lease.attempt, job.backoff_base());
-                        let held = self
-                            .settle(&lease, || {
-                                backend.fail(&lease.id, &self.id, &error, Some(retry_at))
-                            })
-                            .await;
-                        metrics::counter!("jobs_retried_total", "job" => name).increment(1);
-                        tracing::warn!(error, "job failed; will retry");
-                        held
-                    }
-                }
-            };
-            keep_alive.abort();
-            if !recorded? {
-                tracing::warn!(
-                    "lease lost before the outcome was recorded; the job's other delivery decides"
-                );
-            }
-            anyhow::Ok(())
+        let (_never, release) = watch::channel(false);
+        let settle = self.with_lease(&lease, self.run_job(&lease, release)).await;
+        let held = self.with_lease(&lease, self.record(&lease, settle)).await?;
+        if !held {
+            tracing::warn!(job_id = %lease.id,
+                "lease lost before the outcome was recorded; the job's other delivery decides");
         }
-        .instrument(span)
-        .await?;
         Ok(true)
     }
 
-    /// Extends the lease every third of its timeout until aborted.
-    fn keep_alive(&self, lease: &Leased) -> tokio::task::JoinHandle<()> {
-        let (backend, id, worker, timeout) = (
-            self.queue.backend().clone(),
-            lease.id.clone(),
-            self.id.clone(),
-            lease.timeout,
-        );
-        tokio::spawn(
-            async move {
-                loop {
-                    tokio::time::sleep(timeout / 3).await;
-                    match backend.extend(&id, &worker, timeout).await {
+    /// Runs `fut` while extending `lease` every third of its timeout.
+    async fn with_lease<T>(&self, lease: &Leased, fut: impl Future<Output = T>) -> T {
+        let backend = self.queue.backend();
+        let period = (lease.timeout / 3).max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut lost = false;
+        tokio::pin!(fut);
+        loop {
+            tokio::select! {
+                out = &mut fut => return out,
+                _ = tick.tick(), if !lost => {
+                    match backend.extend(&lease.id, &self.id, lease.timeout).await {
                         Ok(true) => {}
-                        Ok(false) => break,
-                        Err(e) => {
-                            tracing::warn!(error = format!("{e:#}"), "lease extension failed")
-                        }
+                        Ok(false) => lost = true,
+                        Err(e) => tracing::warn!(job_id = %lease.id, error = format!("{e:#}"),
+                            "lease extension failed"),
                     }
                 }
             }
-            .in_current_span(),
-        )
+        }
     }
 
-    /// Records an outcome, retrying while the queue is briefly unreachable
-    /// (the lease is still extended meanwhile). Gives up after the lease's
+    /// Records one outcome, retrying while the queue is briefly unreachable
+    /// (the caller keeps extending the lease). Gives up after the lease's
     /// timeout: the job is then delivered again (at least once).
-    async fn settle<F, Fut>(&self, lease: &Leased, record: F) -> anyhow::Result<bool>
-    where
-        F: Fn() -> Fut,
-        Fut: Future<Output = anyhow::Result<bool>>,
-    {
+    async fn record(&self, lease: &Leased, settle: Settle) -> anyhow::Result<bool> {
+        let backend = self.queue.backend();
         let started = Instant::now();
         let mut pause = Duration::from_millis(50);
         loop {
-            match record().await {
+            match backend.settle(&lease.id, &self.id, settle.clone()).await {
                 Ok(held) => return Ok(held),
                 Err(e) if started.elapsed() < lease.timeout.max(Duration::from_secs(5)) => {
                     tracing::warn!(
@@ -227,6 +193,99 @@ impl Worker {
                 }
                 Err(e) => return Err(e.context("recording the job's outcome")),
             }
+        }
+    }
+
+    /// Runs a leased job's handler and decides how the delivery ends: done,
+    /// retry after the backoff, dead, or given back when `release` turns
+    /// true (the grace period of a shutdown is over).
+    async fn run_job(&self, lease: &Leased, mut release: watch::Receiver<bool>) -> Settle {
+        let job = match &lease.job {
+            Ok(job) => job,
+            Err(e) => {
+                tracing::error!(job_id = %lease.id, error = %e, "undecodable job payload; dead");
+                return Settle::Dead(format!("undecodable payload: {e}"));
+            }
+        };
+        let name = job.name();
+        let span =
+            tracing::info_span!("job", job_id = %lease.id, job = name, attempt = lease.attempt);
+        async {
+            tracing::info!("job started");
+            let started = Instant::now();
+            let outcome = tokio::select! {
+                outcome = self.handle(&lease.id, job) => Some(outcome),
+                _ = async {
+                    if release.wait_for(|r| *r).await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                } => None,
+            };
+            metrics::histogram!("job_duration_seconds", "job" => name)
+                .record(started.elapsed().as_secs_f64());
+            match outcome {
+                None => {
+                    tracing::warn!("worker stopping: job given back to the queue unfinished");
+                    Settle::Release
+                }
+                Some(Ok(result)) => {
+                    metrics::counter!("jobs_completed_total", "job" => name).increment(1);
+                    tracing::info!(
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "job done"
+                    );
+                    Settle::Done(result)
+                }
+                Some(Err(e)) => {
+                    let error = format!("{e:#}");
+                    if lease.attempt >= lease.max_attempts {
+                        metrics::counter!("jobs_dead_total", "job" => name).increment(1);
+                        tracing::error!(error, "job failed for the last time; dead");
+                        Settle::Dead(error)
+                    } else {
+                        let at_ms = now_ms() + backoff_ms(lease.attempt, job.backoff_base());
+                        metrics::counter!("jobs_retried_total", "job" => name).increment(1);
+                        tracing::warn!(error, "job failed; will retry");
+                        Settle::Retry { error, at_ms }
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// One job of [`Worker::run`]: waits for a slot, runs the job with its
+    /// lease kept alive, hands the outcome to the dispatcher and keeps the
+    /// lease until it is recorded.
+    async fn job_task(
+        self,
+        lease: Leased,
+        done: mpsc::UnboundedSender<Finished>,
+        slots: Arc<tokio::sync::Semaphore>,
+        mut shutdown: watch::Receiver<bool>,
+        release: watch::Receiver<bool>,
+    ) {
+        let run = async {
+            // Wait for a free slot; a job that has not started when the
+            // worker stops goes back to the queue at once.
+            let permit = tokio::select! {
+                p = slots.acquire_owned() => p.ok(),
+                _ = shutdown.wait_for(|s| *s) => None,
+            };
+            match permit {
+                Some(_slot) => self.run_job(&lease, release).await,
+                None => Settle::Release,
+            }
+        };
+        let settle = self.with_lease(&lease, run).await;
+        let (ack, recorded) = oneshot::channel();
+        let outcome = Outcome {
+            id: lease.id.clone(),
+            settle,
+        };
+        if done.send(Finished { outcome, ack }).is_ok() {
+            let _ = self.with_lease(&lease, recorded).await;
         }
     }
 
@@ -316,25 +375,7 @@ impl Worker {
                 let flushed = flush_views(&ctx.db, &ctx.cache).await?;
                 Ok(Some(format!("{{\"views_flushed\":{flushed}}}")))
             }
-            Job::Probe {
-                fail,
-                sleep_ms,
-                tally,
-                ..
-            } => {
-                tokio::time::sleep(Duration::from_millis(*sleep_ms)).await;
-                if let Some(tally) = tally {
-                    self.queue
-                        .backend()
-                        .tally_run(tally, id)
-                        .await
-                        .context("counting the probe's run")?;
-                }
-                if *fail {
-                    anyhow::bail!("probe job asked to fail");
-                }
-                Ok(Some("{\"probe\":\"ok\"}".into()))
-            }
+            Job::Probe(probe) => probe.run(id, self.queue.tallies()).await,
         }
     }
 
@@ -343,86 +384,222 @@ impl Worker {
     /// jobs, lets running ones finish for the grace period, and gives the
     /// ones still running back to the queue.
     pub async fn run(self, concurrency: usize, mut shutdown: watch::Receiver<bool>) {
-        tracing::info!(worker_id = %self.id, concurrency, "worker started");
+        let slots = concurrency.max(1);
+        tracing::info!(worker_id = %self.id, concurrency = slots, "worker started");
+        let backend = self.queue.backend().clone();
         let (release_tx, release_rx) = watch::channel(false);
-        let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..concurrency.max(1) {
-            let (me, mut stop, release) = (self.clone(), shutdown.clone(), release_rx.clone());
-            tasks.spawn(async move {
-                let mut idle = Duration::ZERO;
-                while !*stop.borrow() {
-                    match me.execute_one(Some(release.clone())).await {
-                        Ok(true) => {
-                            idle = Duration::ZERO;
-                            continue;
-                        }
-                        Ok(false) => {
-                            idle = (idle * 2).clamp(Duration::from_millis(25), MAX_IDLE);
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = format!("{e:#}"), "queue unavailable");
-                            idle = Duration::from_secs(1);
-                        }
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
+        // The one blocking wait of this process runs in a task of its own so
+        // that the dispatcher can record outcomes meanwhile without
+        // cancelling it (a cancelled blocking read costs a reconnection).
+        let (wait_tx, mut wait_rx) = mpsc::channel::<Duration>(1);
+        let (woke_tx, mut woke_rx) = mpsc::channel::<anyhow::Result<()>>(1);
+        let waiter = tokio::spawn({
+            let backend = backend.clone();
+            async move {
+                while let Some(timeout) = wait_rx.recv().await {
+                    let woke = backend.wait_for_work(timeout).await;
+                    if woke_tx.send(woke).await.is_err() {
+                        break;
                     }
-                    tokio::select! {
-                        _ = tokio::time::sleep(idle) => {}
-                        // A dropped sender means stop too (never spin on it).
-                        changed = stop.changed() => if changed.is_err() { break },
-                    }
-                }
-            });
-        }
-        let sched = self.clone();
-        let mut stop = shutdown.clone();
-        tasks.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            let mut last_purge = Instant::now();
-            while !*stop.borrow() {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    changed = stop.changed() => {
-                        if changed.is_err() {
-                            break;
-                        }
-                        continue;
-                    }
-                }
-                if let Err(e) = sched.schedule_periodic().await {
-                    tracing::warn!(error = format!("{e:#}"), "periodic scheduling failed");
-                }
-                if last_purge.elapsed() > Duration::from_secs(600) {
-                    last_purge = Instant::now();
-                    let _ = sched.queue.backend().purge(RESULT_TTL).await;
-                    let _ = sched.ctx.db.session_purge_expired().await;
                 }
             }
         });
-        let _ = shutdown.wait_for(|stop| *stop).await;
-        tracing::info!(worker_id = %self.id, grace_secs = self.grace.as_secs_f64(),
-            "worker stopping: taking no new jobs, letting running ones finish");
-        let drain = async { while tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(self.grace, drain).await.is_err() {
-            tracing::warn!(worker_id = %self.id, "grace period over; giving unfinished jobs back");
-            let _ = release_tx.send(true);
-            while tasks.join_next().await.is_some() {}
+        let scheduler = tokio::spawn(self.clone().scheduler(shutdown.clone()));
+
+        let mut jobs = tokio::task::JoinSet::new();
+        // Leases held: jobs running plus jobs waiting for a slot. A process
+        // holds up to twice its slots, so that a slot whose job finished
+        // starts the next at once instead of waiting for a round trip.
+        let capacity = slots * 2;
+        let slot_permits = Arc::new(tokio::sync::Semaphore::new(slots));
+        let mut held = 0usize;
+        let mut pending: Vec<Finished> = Vec::new();
+        let mut fetch = true;
+        let mut waiting = false;
+        let mut due: Option<tokio::time::Instant> = None;
+        let mut stopping = *shutdown.borrow();
+        let mut grace_end: Option<tokio::time::Instant> = None;
+        let mut failures = 0u32;
+        loop {
+            while let Ok(f) = done_rx.try_recv() {
+                pending.push(f);
+            }
+            // Every slot still has a job: let more outcomes come in (for up
+            // to a millisecond) so that one exchange carries many.
+            if !pending.is_empty() && !stopping && held - pending.len() >= slots {
+                let until = tokio::time::Instant::now() + LINGER;
+                while pending.len() < self.batch {
+                    match tokio::time::timeout_at(until, done_rx.recv()).await {
+                        Ok(Some(f)) => pending.push(f),
+                        _ => break,
+                    }
+                }
+            }
+            let free = if stopping {
+                0
+            } else {
+                capacity.saturating_sub(held)
+            };
+            let want = free.min(self.batch);
+            if !pending.is_empty() || (fetch && want > 0) {
+                let outcomes: Vec<Outcome> = pending.iter().map(|f| f.outcome.clone()).collect();
+                match backend.exchange(&self.id, &outcomes, want).await {
+                    Ok(ex) => {
+                        failures = 0;
+                        for (i, f) in pending.drain(..).enumerate() {
+                            if !ex.held.get(i).copied().unwrap_or(false) {
+                                tracing::warn!(job_id = %f.outcome.id,
+                                    "lease lost before the outcome was recorded; the job's other delivery decides");
+                            }
+                            let _ = f.ack.send(());
+                            held = held.saturating_sub(1);
+                        }
+                        let got = ex.leased.len();
+                        for lease in ex.leased {
+                            held += 1;
+                            jobs.spawn(self.clone().job_task(
+                                lease,
+                                done_tx.clone(),
+                                slot_permits.clone(),
+                                shutdown.clone(),
+                                release_rx.clone(),
+                            ));
+                        }
+                        fetch = want > 0 && got == want && held < capacity;
+                        due = ex.next_due.map(|d| tokio::time::Instant::now() + d);
+                    }
+                    Err(e) => {
+                        failures = failures.saturating_add(1);
+                        tracing::warn!(error = format!("{e:#}"), "queue unavailable");
+                        if stopping && grace_end.is_none() && failures >= GIVE_UP_AFTER {
+                            // Shutting down and the queue stays away: the
+                            // leases run out and the jobs are delivered again.
+                            tracing::error!(
+                                jobs = pending.len(),
+                                "outcomes not recorded; the queue will deliver these jobs again"
+                            );
+                            held = held.saturating_sub(pending.len());
+                            pending.clear();
+                            continue;
+                        }
+                        let pause = Duration::from_millis(50)
+                            .saturating_mul(1 << failures.min(5))
+                            .min(Duration::from_secs(1));
+                        tokio::time::sleep(pause).await;
+                        fetch = true;
+                        continue;
+                    }
+                }
+                while jobs.try_join_next().is_some() {}
+                if fetch {
+                    continue;
+                }
+            }
+            if stopping && held == 0 {
+                break;
+            }
+            if !stopping && held < capacity && !waiting {
+                let now = tokio::time::Instant::now();
+                let timeout = due.map_or(self.poll, |d| {
+                    d.saturating_duration_since(now).min(self.poll)
+                });
+                waiting = wait_tx.try_send(timeout).is_ok();
+            }
+            tokio::select! {
+                Some(f) = done_rx.recv() => pending.push(f),
+                Some(woke) = woke_rx.recv(), if waiting => {
+                    waiting = false;
+                    fetch = true;
+                    if let Err(e) = woke {
+                        tracing::warn!(error = format!("{e:#}"), "waiting for jobs failed");
+                    }
+                }
+                _ = sleep_until(due), if due.is_some() && !stopping => {
+                    due = None;
+                    fetch = true;
+                }
+                changed = shutdown.changed(), if !stopping => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        stopping = true;
+                        grace_end = Some(tokio::time::Instant::now() + self.grace);
+                        tracing::info!(worker_id = %self.id, grace_secs = self.grace.as_secs_f64(),
+                            "worker stopping: taking no new jobs, letting running ones finish");
+                    }
+                }
+                _ = sleep_until(grace_end), if grace_end.is_some() => {
+                    grace_end = None;
+                    tracing::warn!(worker_id = %self.id, "grace period over; giving unfinished jobs back");
+                    let _ = release_tx.send(true);
+                }
+            }
         }
+        waiter.abort();
+        let _ = scheduler.await;
+        while jobs.join_next().await.is_some() {}
         tracing::info!(worker_id = %self.id, "worker stopped");
     }
 
+    /// Queues periodic jobs and purges old results until `shutdown`. Its
+    /// one-second tick is local: the queue is asked once per period.
+    async fn scheduler(self, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last_purge = Instant::now();
+        while !*stop.borrow() {
+            tokio::select! {
+                _ = tick.tick() => {}
+                changed = stop.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            }
+            if let Err(e) = self.schedule_periodic().await {
+                tracing::warn!(error = format!("{e:#}"), "periodic scheduling failed");
+            }
+            if last_purge.elapsed() > Duration::from_secs(600) {
+                last_purge = Instant::now();
+                let _ = self.queue.backend().purge(RESULT_TTL).await;
+                let _ = self.ctx.db.session_purge_expired().await;
+            }
+        }
+    }
+
     /// Queues the periodic jobs whose period has begun, once across workers.
+    /// Each worker asks once per period (not on every call).
     pub async fn schedule_periodic(&self) -> anyhow::Result<()> {
         let period = self.ctx.view_flush_interval;
         let secs = i64::try_from(period.as_secs().max(1)).unwrap_or(60);
         let slot = now_ms() / 1000 / secs;
-        if self
-            .queue
-            .backend()
-            .claim_periodic("flush_views", slot, period)
-            .await?
-        {
-            self.queue.enqueue(&Job::FlushViews).await?;
+        if self.periodic_slot.swap(slot, Ordering::Relaxed) == slot {
+            return Ok(());
         }
-        Ok(())
+        let claimed = async {
+            if self
+                .queue
+                .backend()
+                .claim_periodic("flush_views", slot, period)
+                .await?
+            {
+                self.queue.enqueue(&Job::FlushViews).await?;
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        if claimed.is_err() {
+            // Ask again on the next call.
+            self.periodic_slot.store(i64::MIN, Ordering::Relaxed);
+        }
+        claimed
+    }
+}
+
+/// Sleeps until `at`; never resolves for `None` (a disabled select arm).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -373,5 +373,18 @@ impl Keys {
     pub fn jobs_tally(&self, tally: &str) -> String {
         format!("{}tally:{tally}", self.jobs_base())
     }
+
+    /// Hash of probe jobs' pick-up latencies (µs) by job id (diagnostics).
+    pub fn jobs_tally_pickups(&self, tally: &str) -> String {
+        format!("{}tally-pickup:{tally}", self.jobs_base())
+    }
+
+    /// Wake-up list of the queue: enqueues push a token, idle worker
+    /// processes wait on it with one blocking pop each (no polling). Under
+    /// the queue's hash tag, so the scripts that push or clear it stay in
+    /// the queue's slot.
+    pub fn jobs_wake(&self) -> String {
+        format!("{}wake", self.jobs_base())
+    }
     // ---- end of Jobs ----
 }

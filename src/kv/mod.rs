@@ -1,6 +1,7 @@
 //! Redis connections, one per role (the guide's four DBs or one URL each),
 //! and [`keys`], the only place Redis and cache keys are built.
 
+pub mod blocking;
 pub mod breaker;
 pub mod keys;
 

@@ -125,10 +125,10 @@ pub const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
 /// Settings for every role on the Redis at `base`, on the guide's DBs.
 pub fn redis_settings(base: &str) -> stayafrica::config::RedisSettings {
     stayafrica::config::RedisSettings {
-        broker: format!("{base}/0"),
-        cache: format!("{base}/1"),
-        sessions: format!("{base}/2"),
-        ratelimit: format!("{base}/3"),
+        broker: format!("{base}/0").into(),
+        cache: format!("{base}/1").into(),
+        sessions: format!("{base}/2").into(),
+        ratelimit: format!("{base}/3").into(),
     }
 }
 
@@ -244,7 +244,7 @@ pub async fn spawn_on(
     let email_dir = tmp.path().join("mail");
     let mut settings = Settings::defaults();
     settings.bind = "127.0.0.1:0".parse()?;
-    settings.database_url = db_url.to_owned();
+    settings.database_url = db_url.into();
     settings.key_prefix = format!("satest:{}:", uuid::Uuid::new_v4().simple());
     settings.email = stayafrica::config::EmailSetting::File(email_dir.clone());
     // Generous general limits so that tests of other things are not throttled.

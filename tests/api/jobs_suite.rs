@@ -17,7 +17,7 @@ use serde_json::json;
 use stayafrica::db::{Db, now_ms};
 use stayafrica::jobs::redis::RedisQueue;
 use stayafrica::jobs::sql::SqlQueue;
-use stayafrica::jobs::{Job, JobQueue, QueueBackend};
+use stayafrica::jobs::{Job, JobQueue, Probe, QueueBackend, Tallies};
 use stayafrica::kv::keys::Keys;
 use stayafrica::kv::{RedisRole, Role};
 use tokio::sync::watch;
@@ -118,17 +118,25 @@ on_every_queue!(
     failure_retries_after_backoff_then_dies_and_replays,
     release_gives_the_job_back_without_using_an_attempt,
     periodic_claim_is_won_once_per_slot,
-    tally_counts_every_run,
 );
 
 fn probe(timeout_ms: Option<u64>) -> Job {
-    Job::Probe {
+    Job::Probe(Probe {
         fail: false,
         sleep_ms: 0,
         timeout_ms,
         backoff_ms: None,
         tally: None,
-    }
+        ..Probe::default()
+    })
+}
+
+/// The probes' tallies of a test app.
+fn tallies(app: &TestApp) -> anyhow::Result<&Tallies> {
+    app.state
+        .jobs
+        .tallies()
+        .context("the app's queue has tallies")
 }
 
 fn new_id() -> String {
@@ -317,15 +325,58 @@ async fn periodic_claim_is_won_once_per_slot(q: Arc<dyn QueueBackend>) -> anyhow
     Ok(())
 }
 
-async fn tally_counts_every_run(q: Arc<dyn QueueBackend>) -> anyhow::Result<()> {
+/// Diagnostics: probe tallies on the database and on Redis (the same
+/// behaviour; not part of the queue's interface).
+mod tallies_on_every_store {
+    use stayafrica::db::Db;
+    use stayafrica::jobs::Tallies;
+    use stayafrica::kv::keys::Keys;
+    use stayafrica::kv::{RedisRole, Role};
+
+    use crate::helpers::{SHARED_REDIS, TestDb, fresh_database};
+
+    async fn sql(kind: TestDb) -> anyhow::Result<()> {
+        let (url, _guard) = fresh_database(kind).await?;
+        let db = Db::connect(&url).await?;
+        db.migrate().await?;
+        super::tally_counts_every_run(Tallies::sql(db)).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() -> anyhow::Result<()> {
+        sql(TestDb::Sqlite).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() -> anyhow::Result<()> {
+        sql(TestDb::Postgres).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis() -> anyhow::Result<()> {
+        let prefix = format!("satest:{}:", uuid::Uuid::new_v4().simple());
+        let _cleanup = super::RedisCleanup(prefix.clone());
+        let role = RedisRole::connect(Role::Broker, &format!("{SHARED_REDIS}/0")).await?;
+        super::tally_counts_every_run(Tallies::redis(role, Keys::new(&prefix))).await
+    }
+}
+
+async fn tally_counts_every_run(t: Tallies) -> anyhow::Result<()> {
     let tally = uuid::Uuid::new_v4().simple().to_string();
-    assert!(q.tally(&tally).await?.is_empty());
-    q.tally_run(&tally, "a").await?;
-    q.tally_run(&tally, "b").await?;
-    q.tally_run(&tally, "a").await?;
-    q.tally_run(&format!("{tally}x"), "a").await?;
-    let expected: BTreeMap<String, i64> = [("a".to_owned(), 2), ("b".to_owned(), 1)].into();
-    assert_eq!(q.tally(&tally).await?, expected);
+    assert!(t.runs(&tally).await?.is_empty());
+    // Concurrent runs are all counted (the Redis store batches them).
+    let runs =
+        futures::future::join_all(["a", "b", "a", "c", "a"].map(|m| t.record(&tally, m, None)))
+            .await;
+    for r in runs {
+        r?;
+    }
+    t.record(&format!("{tally}x"), "a", None).await?;
+    t.record(&tally, "d", Some(1234)).await?;
+    let expected: BTreeMap<String, i64> = [("a", 3), ("b", 1), ("c", 1), ("d", 1)]
+        .map(|(m, n)| (m.to_owned(), n))
+        .into();
+    assert_eq!(t.runs(&tally).await?, expected);
+    let pickups: BTreeMap<String, i64> = [("d".to_owned(), 1234)].into();
+    assert_eq!(t.pickups(&tally).await?, pickups);
     Ok(())
 }
 
@@ -365,13 +416,14 @@ async fn worker_retries_kills_and_releases(db: TestDb, redis: Option<&str>) -> a
     let failing = app
         .state
         .jobs
-        .enqueue(&Job::Probe {
+        .enqueue(&Job::Probe(Probe {
             fail: true,
             sleep_ms: 0,
             timeout_ms: None,
             backoff_ms: Some(20),
             tally: Some(tally.clone()),
-        })
+            ..Probe::default()
+        }))
         .await?;
     wait_until(
         Duration::from_secs(10),
@@ -390,20 +442,21 @@ async fn worker_retries_kills_and_releases(db: TestDb, redis: Option<&str>) -> a
             .unwrap_or_default()
             .contains("asked to fail")
     );
-    assert_eq!(q.tally(&tally).await?.get(&failing), Some(&3));
+    assert_eq!(tallies(&app)?.runs(&tally).await?.get(&failing), Some(&3));
 
     // A job still running when the grace period ends goes back to the
     // queue, without losing an attempt.
     let slow = app
         .state
         .jobs
-        .enqueue(&Job::Probe {
+        .enqueue(&Job::Probe(Probe {
             fail: false,
             sleep_ms: 30_000,
             timeout_ms: None,
             backoff_ms: None,
             tally: None,
-        })
+            ..Probe::default()
+        }))
         .await?;
     let worker = app.worker.clone().with_grace(Duration::from_millis(100));
     let (stop, stopped) = watch::channel(false);
@@ -640,13 +693,14 @@ async fn a_job_of_a_killed_worker_completes_on_another() -> anyhow::Result<()> {
     let id = app
         .state
         .jobs
-        .enqueue(&Job::Probe {
+        .enqueue(&Job::Probe(Probe {
             fail: false,
             sleep_ms: 2_500,
             timeout_ms: Some(1_000),
             backoff_ms: None,
             tally: Some(tally.clone()),
-        })
+            ..Probe::default()
+        }))
         .await?;
     let mut workers = Workers::for_app(&app)?;
     let first = workers.start(&["--concurrency", "1"])?;
@@ -680,7 +734,7 @@ async fn a_job_of_a_killed_worker_completes_on_another() -> anyhow::Result<()> {
     assert_ne!(info.worker.as_deref(), Some(holder.as_str()));
     assert_eq!(info.result.as_deref(), Some("{\"probe\":\"ok\"}"));
     // The killed run never finished; the second ran once.
-    assert_eq!(q.tally(&tally).await?.get(&id), Some(&1));
+    assert_eq!(tallies(&app)?.runs(&tally).await?.get(&id), Some(&1));
     drop(workers);
     app.stop().await
 }
@@ -693,13 +747,14 @@ async fn a_failing_job_dies_after_its_retries_and_replays_from_the_cli() -> anyh
     let id = app
         .state
         .jobs
-        .enqueue(&Job::Probe {
+        .enqueue(&Job::Probe(Probe {
             fail: true,
             sleep_ms: 0,
             timeout_ms: None,
             backoff_ms: Some(50),
             tally: Some(tally.clone()),
-        })
+            ..Probe::default()
+        }))
         .await?;
     let mut workers = Workers::for_app(&app)?;
     workers.start(&["--concurrency", "2"])?;
@@ -716,7 +771,7 @@ async fn a_failing_job_dies_after_its_retries_and_replays_from_the_cli() -> anyh
             .unwrap_or_default()
             .contains("asked to fail")
     );
-    assert_eq!(q.tally(&tally).await?.get(&id), Some(&3));
+    assert_eq!(tallies(&app)?.runs(&tally).await?.get(&id), Some(&3));
 
     let listed = workers.cli(&["jobs", "dead"])?;
     assert!(listed.contains(&id), "{listed}");
@@ -726,7 +781,7 @@ async fn a_failing_job_dies_after_its_retries_and_replays_from_the_cli() -> anyh
     // Replayed with fresh attempts: three more runs, then dead again.
     workers
         .wait(Duration::from_secs(20), "three more runs", || async {
-            Ok(q.tally(&tally).await?.get(&id) == Some(&6)
+            Ok(tallies(&app)?.runs(&tally).await?.get(&id) == Some(&6)
                 && q.info(&id).await?.is_some_and(|i| i.status == "dead"))
         })
         .await?;
@@ -763,7 +818,7 @@ async fn ten_thousand_jobs_run_exactly_once_on_four_worker_processes() -> anyhow
         .await?;
     drop(workers);
 
-    let runs = q.tally(&tally).await?;
+    let runs = tallies(&app)?.runs(&tally).await?;
     let doubles: Vec<_> = runs.iter().filter(|(_, n)| **n != 1).collect();
     assert!(doubles.is_empty(), "ran more than once: {doubles:?}");
     assert_eq!(runs.len(), JOBS);
@@ -846,12 +901,15 @@ async fn two_workers_flushing_views_do_not_double_count() -> anyhow::Result<()> 
 async fn sigterm_lets_running_jobs_finish_or_gives_them_back() -> anyhow::Result<()> {
     let (app, _cleanup) = redis_app().await?;
     let q = app.state.jobs.backend().clone();
-    let slow = |sleep_ms| Job::Probe {
-        fail: false,
-        sleep_ms,
-        timeout_ms: None,
-        backoff_ms: None,
-        tally: None,
+    let slow = |sleep_ms| {
+        Job::Probe(Probe {
+            fail: false,
+            sleep_ms,
+            timeout_ms: None,
+            backoff_ms: None,
+            tally: None,
+            ..Probe::default()
+        })
     };
     let mut workers = Workers::for_app(&app)?;
 
