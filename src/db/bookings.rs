@@ -4,9 +4,12 @@
 use serde::{Deserialize, Serialize};
 use time::{Date, OffsetDateTime};
 
-use super::{Db, DbKind, is_overlap};
+use super::{Db, DbKind, is_deadlock, is_overlap};
 use crate::domain::{BookingStatus, Money};
 use crate::with_pool;
+
+/// How often a booking insert aborted by a deadlock is tried in all.
+const DEADLOCK_RETRIES: u32 = 3;
 
 /// A booking as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
@@ -113,15 +116,23 @@ impl Db {
              WHERE id = $1 AND deleted_at IS NULL {lock}
              RETURNING {COLS}"
         );
-        let res = with_pool!(self, p => sqlx::query_as::<_, BookingRow>(sqlx::AssertSqlSafe(sql))
-            .bind(b.property_id).bind(b.guest_id).bind(b.check_in).bind(b.check_out)
-            .bind(b.guests).bind(b.total_price.cents()).bind(b.status.as_str()).bind(b.created_at)
-            .fetch_optional(p).await);
-        match res {
-            Ok(Some(row)) => Ok(Ok(row.into())),
-            Ok(None) => Ok(Err(BookingRefused::NoProperty)),
-            Err(e) if is_overlap(&e) => Ok(Err(BookingRefused::Overlap)),
-            Err(e) => Err(e.into()),
+        // A deadlock between overlapping inserts aborts one of them; it is
+        // run again (it then sees the winner's booking, or none if that one
+        // rolled back), so a client never gets a 500 for a race it lost.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let res = with_pool!(self, p => sqlx::query_as::<_, BookingRow>(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(b.property_id).bind(b.guest_id).bind(b.check_in).bind(b.check_out)
+                .bind(b.guests).bind(b.total_price.cents()).bind(b.status.as_str()).bind(b.created_at)
+                .fetch_optional(p).await);
+            return match res {
+                Ok(Some(row)) => Ok(Ok(row.into())),
+                Ok(None) => Ok(Err(BookingRefused::NoProperty)),
+                Err(e) if is_overlap(&e) => Ok(Err(BookingRefused::Overlap)),
+                Err(e) if is_deadlock(&e) && attempt < DEADLOCK_RETRIES => continue,
+                Err(e) => Err(e.into()),
+            };
         }
     }
 

@@ -116,6 +116,15 @@ pub fn is_overlap(err: &sqlx::Error) -> bool {
     })
 }
 
+/// True when PostgreSQL aborted the statement to break a deadlock (40P01).
+/// Concurrent inserts checked by one exclusion constraint can wait on each
+/// other (PostgreSQL's documented behaviour for exclusion constraints): one
+/// of them is aborted, and running it again decides it cleanly.
+pub fn is_deadlock(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .is_some_and(|e| e.code().as_deref() == Some("40P01"))
+}
+
 /// True when `err` is a unique-key violation.
 pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     err.as_database_error()
