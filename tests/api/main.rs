@@ -10,6 +10,7 @@ mod cache_api;
 mod cache_suite;
 mod cli_cache;
 mod errors;
+mod http_caching;
 mod jobs_suite;
 mod limiter_suite;
 mod ops;
