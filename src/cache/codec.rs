@@ -3,7 +3,8 @@
 //! payload is the value LZ4-compressed with its length prepended
 //! (`lz4_flex::compress_prepend_size`). Values above [`COMPRESS_ABOVE`] bytes
 //! are compressed when that makes them smaller; small ones are not, since
-//! LZ4 would cost CPU for a few bytes. The operator CLI (`stayafrica cache
+//! LZ4 would cost CPU for a few bytes, nor are stored responses
+//! ([`super::response`]), which are sent as stored. The operator CLI (`stayafrica cache
 //! get`) decodes the same format.
 
 use anyhow::Context;
@@ -21,7 +22,9 @@ const LZ4: u8 = 1;
 
 /// Frames `value` for storage, compressed when that pays.
 pub fn encode(value: &[u8]) -> Bytes {
-    if value.len() > COMPRESS_ABOVE {
+    // Stored responses carry their own compressed variants and are sent as
+    // they are: LZ4 would make every hit decompress them.
+    if value.len() > COMPRESS_ABOVE && !value.starts_with(&super::response::MARKER) {
         let packed = lz4_flex::compress_prepend_size(value);
         if packed.len() < value.len() {
             let mut out = BytesMut::with_capacity(packed.len() + 1);

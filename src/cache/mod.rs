@@ -13,13 +13,15 @@
 //! Parts: [`store::CacheStore`] (the backend trait), [`memory`] (in-process
 //! store of the embedded default), [`redis`] (the Redis store, one round
 //! trip per cached read), [`codec`] (the byte format both stores hold:
-//! header byte, LZ4 above a threshold), and [`Cache`], the facade: metrics,
-//! encoding, single flight in a process and across processes.
+//! header byte, LZ4 above a threshold), [`response`] (whole responses as
+//! sent: ETag and compressed variants made at fill time), and [`Cache`], the
+//! facade: metrics, encoding, single flight in a process and across processes.
 
 pub mod api;
 pub mod codec;
 pub mod memory;
 pub mod redis;
+pub mod response;
 pub mod stats;
 pub mod store;
 

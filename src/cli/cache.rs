@@ -233,8 +233,15 @@ fn decode(raw: &[u8]) -> String {
             .ok()
             .and_then(|v| serde_json::to_string_pretty(&v).ok())
     };
+    // A stored response shows its identity body (tag and compressed
+    // variants are not for reading).
     let plain = crate::cache::codec::decode(bytes::Bytes::copy_from_slice(raw))
-        .map(|b| b.to_vec())
+        .map(
+            |b| match crate::cache::response::CachedResponse::decode(b.clone()) {
+                Ok(r) => r.identity.to_vec(),
+                Err(_) => b.to_vec(),
+            },
+        )
         .unwrap_or_else(|_| raw.to_vec());
     pretty(&plain)
         .or_else(|| pretty(raw))

@@ -5,14 +5,17 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
+use super::caching::{self, Audience};
 use super::extract::AuthUser;
 use super::openapi::ErrorBody;
 use super::properties::featured_list;
@@ -86,6 +89,8 @@ async fn compute(state: &AppState, user_id: i64) -> anyhow::Result<Dashboard> {
     })
 }
 
+/// The dashboard as stored: a hit sends the stored bytes (or a variant
+/// compressed at fill time), never decoding and re-encoding the structs.
 #[utoipa::path(get, path = "/api/v1/dashboard", tag = "dashboard",
     security(("sessionid" = [])),
     responses(
@@ -94,14 +99,17 @@ async fn compute(state: &AppState, user_id: i64) -> anyhow::Result<Dashboard> {
     ))]
 async fn dashboard(
     State(state): State<AppState>,
+    headers: HeaderMap,
     AuthUser(user): AuthUser,
-) -> ApiResult<Json<Dashboard>> {
+) -> ApiResult<Response> {
     let key = state.cache.keys().dashboard_template(user.id);
-    let dashboard = state
+    let entry = state
         .cache
-        .get_or_compute_in("dashboard", &key, DASHBOARD_TTL, || {
-            compute(&state, user.id)
+        .response_in("dashboard", &key, DASHBOARD_TTL, || async {
+            Ok(Bytes::from(serde_json::to_vec(
+                &compute(&state, user.id).await?,
+            )?))
         })
         .await?;
-    Ok(Json(dashboard))
+    Ok(caching::respond(&headers, &entry, Audience::Private))
 }

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod bookings;
+pub mod caching;
 pub mod dashboard;
 pub mod extract;
 pub mod middleware;

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -16,9 +16,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
+use super::caching::{self, Audience};
 use super::extract::{ApiJson, ApiQuery, AuthUser, IdPath, non_null};
 use super::openapi::ErrorBody;
 use crate::cache::PROPERTIES_NS;
+use crate::cache::response::CachedResponse;
 use crate::db::properties::{DeleteOutcome, NewProperty, Property, PropertyFields, PropertyFilter};
 use crate::domain::{MAX_PRICE_CENTS, Money, Role, check_text};
 use crate::error::{ApiError, ApiResult, FieldErrors};
@@ -142,15 +144,6 @@ pub struct Page<T> {
     pub results: Vec<T>,
 }
 
-fn json_bytes(status: StatusCode, body: Bytes) -> Response {
-    let mut r = (status, body).into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
 /// The public list, filtered, ordered by id, cached whole per normalized query.
 #[utoipa::path(get, path = "/api/v1/properties", tag = "properties",
     params(ListQuery),
@@ -159,6 +152,7 @@ fn json_bytes(status: StatusCode, body: Bytes) -> Response {
     ))]
 async fn list(
     State(state): State<AppState>,
+    headers: HeaderMap,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Response> {
     let q = q.normalize()?;
@@ -176,54 +170,56 @@ async fn list(
     };
     // The generation and the entry are read in one round trip.
     let key = state.cache.keys().property_list_template(&q.canonical);
-    let body = state
+    let entry = state
         .cache
-        .get_or_compute_bytes_in("property_list", &key, LIST_TTL, compute)
+        .response_in("property_list", &key, LIST_TTL, compute)
         .await?;
-    Ok(json_bytes(StatusCode::OK, body))
+    Ok(caching::respond(&headers, &entry, Audience::Public))
 }
 
-/// Every featured property (cache-aside, 1 hour).
-pub async fn featured_list(state: &AppState) -> anyhow::Result<Vec<Property>> {
+/// The featured list as stored: tag and compressed variants made once at
+/// fill time (the dashboard reads the same entry typed).
+async fn featured_entry(state: &AppState) -> anyhow::Result<CachedResponse> {
     let db = state.db.clone();
     let key = state.cache.keys().featured_template();
     state
         .cache
-        .get_or_compute_in("featured", &key, FEATURED_TTL, || async move {
-            db.featured_properties().await
-        })
-        .await
-}
-
-/// The featured list as stored: a hit is sent as the cached bytes, without
-/// decoding and re-encoding hundreds of properties. Same key and same JSON
-/// as [`featured_list`], which the dashboard reads typed.
-/// Every featured property, ordered by id.
-#[utoipa::path(get, path = "/api/v1/properties/featured", tag = "properties",
-    responses(
-        (status = 200, description = "The featured properties", body = Vec<Property>),
-    ))]
-async fn featured(State(state): State<AppState>) -> ApiResult<Response> {
-    let db = state.db.clone();
-    let key = state.cache.keys().featured_template();
-    let body = state
-        .cache
-        .get_or_compute_bytes_in("featured", &key, FEATURED_TTL, || async move {
+        .response_in("featured", &key, FEATURED_TTL, || async move {
             Ok(Bytes::from(serde_json::to_vec(
                 &db.featured_properties().await?,
             )?))
         })
-        .await?;
-    Ok(json_bytes(StatusCode::OK, body))
+        .await
 }
 
-async fn cached_property(state: &AppState, id: i64) -> anyhow::Result<Option<Property>> {
+/// Every featured property (cache-aside, 1 hour), decoded for callers that
+/// compute with it (the dashboard's recommendations, on its miss path).
+pub async fn featured_list(state: &AppState) -> anyhow::Result<Vec<Property>> {
+    Ok(serde_json::from_slice(
+        &featured_entry(state).await?.identity,
+    )?)
+}
+
+/// The featured list: a hit sends the stored bytes, never decoding and
+/// re-encoding hundreds of properties, nor decompressing them.
+#[utoipa::path(get, path = "/api/v1/properties/featured", tag = "properties",
+    responses(
+        (status = 200, description = "The featured properties", body = Vec<Property>),
+    ))]
+async fn featured(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    let entry = featured_entry(&state).await?;
+    Ok(caching::respond(&headers, &entry, Audience::Public))
+}
+
+/// The stored detail of `id`: the property's JSON (`null` for no such
+/// property) with the view count as of the fill.
+async fn cached_property(state: &AppState, id: i64) -> anyhow::Result<CachedResponse> {
     let db = state.db.clone();
     let key = state.cache.keys().property_detail_template(id);
     state
         .cache
-        .get_or_compute_in("property_detail", &key, DETAIL_TTL, || async move {
-            db.property(id).await
+        .response_in("property_detail", &key, DETAIL_TTL, || async move {
+            Ok(Bytes::from(serde_json::to_vec(&db.property(id).await?)?))
         })
         .await
 }
@@ -235,23 +231,32 @@ async fn cached_property(state: &AppState, id: i64) -> anyhow::Result<Option<Pro
         (status = 200, description = "The property; this call counted one view", body = Property),
         (status = 404, description = "`not_found`", body = ErrorBody),
     ))]
-async fn detail(State(state): State<AppState>, IdPath(id): IdPath) -> ApiResult<Json<Property>> {
+async fn detail(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    IdPath(id): IdPath,
+) -> ApiResult<Response> {
     // The lookup and the view count are independent: run them together, one
     // round trip of latency instead of two. A view of an unknown id is
     // counted but touches no row when flushed.
-    let (property, pending) = tokio::join!(
+    let (entry, pending) = tokio::join!(
         cached_property(&state, id),
         state.cache.store().views_incr(id)
     );
-    let mut property = property?.ok_or(ApiError::NotFound)?;
-    match pending {
-        Ok(pending) => property.view_count += pending,
-        Err(e) => tracing::warn!(
+    let entry = entry?;
+    if &entry.identity[..] == b"null" {
+        return Err(ApiError::NotFound);
+    }
+    let pending = pending.unwrap_or_else(|e| {
+        tracing::warn!(
             error = format!("{e:#}"),
             "view not counted: cache unavailable"
-        ),
-    }
-    Ok(Json(property))
+        );
+        0
+    });
+    let live = caching::with_view_count(&entry.identity, pending)
+        .ok_or_else(|| anyhow::anyhow!("stored property without a view count"))?;
+    Ok(caching::respond(&headers, &live, Audience::Public))
 }
 
 /// Body of `POST /api/v1/properties`: every field but `is_featured` is

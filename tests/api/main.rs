@@ -13,6 +13,7 @@ mod chaos_support;
 mod cli_cache;
 mod contract;
 mod errors;
+mod http_caching;
 mod jobs_suite;
 mod jobs_wakeup;
 mod limiter_suite;

@@ -1,0 +1,220 @@
+//! HTTP caching of stored responses ([`CachedResponse`]): content-coding
+//! negotiation among the variants made at fill time, the strong `ETag` and
+//! `If-None-Match` → 304, `Cache-Control` and `Vary`.
+//!
+//! Why `max-age=0, must-revalidate` and not a longer max-age: `API.md`
+//! promises that no read starting after a write's response sees the old
+//! values, and that every detail call counts a view. A client or CDN
+//! serving from its own copy for N seconds would break both, so copies may
+//! be kept but are revalidated on every use, which the ETag makes cheap (a
+//! 304 without a body). A longer lifetime is one constant here, once the
+//! contract allows that staleness.
+//!
+//! The two header parsers are hand-written (a few lines each) rather than a
+//! typed-header crate: this is the only place that needs them, and they only
+//! decide between variants we already hold, so a misparse can at worst send
+//! a full 200 instead of a 304 or identity instead of br.
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::cache::response::{CachedResponse, Coding, etag_of};
+
+/// `Cache-Control` of answers that are the same for everybody (lists,
+/// featured, details): shared caches may keep them, revalidating each time.
+pub const PUBLIC_CACHE_CONTROL: &str = "public, max-age=0, must-revalidate";
+/// `Cache-Control` of per-user answers (dashboard): only the user's own
+/// browser may keep them, revalidating each time.
+pub const PRIVATE_CACHE_CONTROL: &str = "private, max-age=0, must-revalidate";
+
+/// Who an answer is for, which decides `Cache-Control` and `Vary`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// The same bytes for every caller: `Vary: Accept-Encoding`.
+    Public,
+    /// Depends on the session cookie: `Vary: Cookie, Accept-Encoding`.
+    Private,
+}
+
+impl Audience {
+    fn cache_control(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Audience::Public => PUBLIC_CACHE_CONTROL,
+            Audience::Private => PRIVATE_CACHE_CONTROL,
+        })
+    }
+
+    fn vary(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Audience::Public => "Accept-Encoding",
+            Audience::Private => "Cookie, Accept-Encoding",
+        })
+    }
+}
+
+/// The answer to a GET from a stored response: 304 without a body when the
+/// client's `If-None-Match` names one of its tags, otherwise 200 with the
+/// best variant the client accepts (br, then gzip, then identity).
+pub fn respond(request: &HeaderMap, entry: &CachedResponse, audience: Audience) -> Response {
+    let coding = negotiate(request, entry);
+    let tag = entry.etag_for(coding);
+    let mut response = if not_modified(request, entry) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let body = entry.body(coding).cloned().unwrap_or_default();
+        let mut r = Response::new(Body::from(body));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(enc) = coding.header() {
+            r.headers_mut()
+                .insert(header::CONTENT_ENCODING, HeaderValue::from_static(enc));
+        }
+        r
+    };
+    let h = response.headers_mut();
+    if let Ok(tag) = HeaderValue::from_maybe_shared(tag) {
+        h.insert(header::ETAG, tag);
+    }
+    h.insert(header::CACHE_CONTROL, audience.cache_control());
+    h.insert(header::VARY, audience.vary());
+    response
+}
+
+/// The variant to send: the best stored one whose coding the client's
+/// `Accept-Encoding` allows (`q=0` forbids; other weights are not ranked,
+/// since br is smaller than gzip for every body we store).
+fn negotiate(request: &HeaderMap, entry: &CachedResponse) -> Coding {
+    let accepted: Vec<(&str, bool)> = request
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|item| {
+            let mut parts = item.split(';');
+            let coding = parts.next()?.trim();
+            let q = parts
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .filter_map(|q| q.trim().parse::<f32>().ok())
+                .next()
+                .unwrap_or(1.0);
+            (!coding.is_empty()).then_some((coding, q > 0.0))
+        })
+        .collect();
+    let allows = |name: &str| {
+        accepted
+            .iter()
+            .find(|(c, _)| c.eq_ignore_ascii_case(name))
+            .or_else(|| accepted.iter().find(|(c, _)| *c == "*"))
+            .is_some_and(|(_, ok)| *ok)
+    };
+    entry
+        .codings()
+        .find(|c| c.header().is_none_or(allows))
+        .unwrap_or(Coding::Identity)
+}
+
+/// Whether `If-None-Match` names a tag of `entry` (weak comparison, as RFC
+/// 9110 prescribes for this header) or is `*`.
+fn not_modified(request: &HeaderMap, entry: &CachedResponse) -> bool {
+    request
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|t| t.trim_ascii())
+        .any(|t| t == b"*" || entry.has_tag(t.strip_prefix(b"W/").unwrap_or(t)))
+}
+
+/// A stored property detail with its live view count: the stored JSON with
+/// the number after `"view_count":` replaced by `stored + pending`, as one
+/// copy of the bytes (no JSON decoding), tagged by what is sent. `None` when
+/// the body has no such field.
+///
+/// Finding the field by its bytes is sound: inside a JSON string a quote
+/// is always escaped (`\"`), so `"view_count":` can only be the key.
+pub fn with_view_count(stored: &Bytes, pending: i64) -> Option<CachedResponse> {
+    const FIELD: &[u8] = b"\"view_count\":";
+    let start = stored.windows(FIELD.len()).position(|w| w == FIELD)? + FIELD.len();
+    let digits = stored[start..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit() || **b == b'-')
+        .count();
+    let value: i64 = std::str::from_utf8(&stored[start..start + digits])
+        .ok()?
+        .parse()
+        .ok()?;
+    let count = value.saturating_add(pending).to_string();
+    let mut body = BytesMut::with_capacity(stored.len() + count.len());
+    body.put_slice(&stored[..start]);
+    body.put_slice(count.as_bytes());
+    body.put_slice(&stored[start + digits..]);
+    let body = body.freeze();
+    Some(CachedResponse::identity_only(etag_of(&body), body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            if let Ok(v) = HeaderValue::from_str(v) {
+                h.append(k.clone(), v);
+            }
+        }
+        h
+    }
+
+    fn big() -> anyhow::Result<CachedResponse> {
+        CachedResponse::build(Bytes::from("{\"a\":\"b\"},".repeat(300)))
+    }
+
+    #[test]
+    fn negotiation_picks_the_best_accepted_variant() -> anyhow::Result<()> {
+        let e = big()?;
+        let ae = |v: &str| negotiate(&headers(&[(header::ACCEPT_ENCODING, v)]), &e);
+        assert_eq!(negotiate(&HeaderMap::new(), &e), Coding::Identity);
+        assert_eq!(ae("gzip, deflate, br"), Coding::Br);
+        assert_eq!(ae("gzip"), Coding::Gzip);
+        assert_eq!(ae("br;q=0, gzip;q=0.5"), Coding::Gzip);
+        assert_eq!(ae("*"), Coding::Br);
+        assert_eq!(ae("*;q=0"), Coding::Identity);
+        assert_eq!(ae("deflate"), Coding::Identity);
+        let small = CachedResponse::build(Bytes::from_static(b"{}"))?;
+        assert_eq!(
+            negotiate(&headers(&[(header::ACCEPT_ENCODING, "br")]), &small),
+            Coding::Identity
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn if_none_match_lists_and_weak_tags_match() -> anyhow::Result<()> {
+        let e = big()?;
+        let tag = String::from_utf8(e.etag_for(Coding::Gzip).to_vec())?;
+        let inm = |v: &str| not_modified(&headers(&[(header::IF_NONE_MATCH, v)]), &e);
+        assert!(inm(&tag));
+        assert!(inm(&format!("\"x\", W/{tag}")));
+        assert!(inm("*"));
+        assert!(!inm("\"x\""));
+        assert!(!not_modified(&HeaderMap::new(), &e));
+        Ok(())
+    }
+
+    #[test]
+    fn view_count_is_spliced_into_the_stored_bytes() {
+        let stored = Bytes::from_static(
+            br#"{"id":7,"description":"say \"view_count\":1","view_count":41,"is_featured":true}"#,
+        );
+        let r = with_view_count(&stored, 2);
+        assert_eq!(
+            r.as_ref().map(|r| &r.identity[..]),
+            Some(&br#"{"id":7,"description":"say \"view_count\":1","view_count":43,"is_featured":true}"#[..])
+        );
+        assert!(with_view_count(&Bytes::from_static(b"{\"id\":1}"), 1).is_none());
+    }
+}
