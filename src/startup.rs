@@ -31,6 +31,7 @@ use crate::ratelimit::memory::MemoryLimiter;
 use crate::ratelimit::redis::RedisLimiter;
 use crate::ratelimit::{LimiterBackend, RateLimiter};
 use crate::sessions::SessionStore;
+use crate::sessions::identity::Identities;
 use crate::sessions::redis::RedisSessionStore;
 use crate::sessions::sql::SqlSessionStore;
 use crate::telemetry;
@@ -80,7 +81,11 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<Jo
             ),
         },
     };
-    let cache = Cache::new(cache_store, keys.clone());
+    let mut cache = Cache::new(cache_store, keys.clone());
+    if settings.redis.is_some() {
+        // The store is remote: hot responses are kept near (see cache::near).
+        cache = cache.with_near_cache(settings.near_cache_bytes);
+    }
     if settings.redis.is_some() {
         cache.spawn_stats_flusher(Duration::from_secs(5));
     }
@@ -101,6 +106,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<Jo
     });
     let state = AppState::new(Inner {
         settings,
+        identities: Identities::new(db.clone()),
         db,
         cache,
         sessions,

@@ -94,6 +94,12 @@ impl Cache {
         self.invalidate(&Keys::user_ns(user_id)).await;
     }
 
+    /// Makes the cached detail of a property stale once its counted views
+    /// are in the database (the detail holds the stored count).
+    pub async fn invalidate_views(&self, property_id: i64) {
+        self.invalidate(&Keys::views_ns(property_id)).await;
+    }
+
     /// The guide's `cache_temporary_data(name, value, timeout)`.
     pub async fn set_temporary<T: Serialize>(
         &self,

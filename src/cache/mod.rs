@@ -20,6 +20,7 @@
 pub mod api;
 pub mod codec;
 pub mod memory;
+pub mod near;
 pub mod redis;
 pub mod response;
 pub mod stats;
@@ -67,6 +68,9 @@ pub struct Cache {
     /// Hits, misses and errors per family, shared through the store by
     /// [`stats::flush`].
     stats: Arc<stats::HitStats>,
+    /// Stored responses held in process memory ([`near`]); `None` when the
+    /// store is itself in-process.
+    near: Option<Arc<near::NearCache>>,
 }
 
 fn record(stats: &stats::HitStats, family: &'static str, outcome: &'static str) {
@@ -170,7 +174,20 @@ impl Cache {
             flights: Arc::default(),
             unbumped: Arc::default(),
             stats: Arc::default(),
+            near: None,
         }
+    }
+
+    /// Puts a near-cache of at most `max_bytes` in front of the store (for a
+    /// store in another process; see [`near`]). 0 leaves it out.
+    pub fn with_near_cache(mut self, max_bytes: u64) -> Self {
+        self.near = (max_bytes > 0).then(|| Arc::new(near::NearCache::new(max_bytes)));
+        self
+    }
+
+    /// The near-cache, if there is one.
+    pub fn near(&self) -> Option<&near::NearCache> {
+        self.near.as_deref()
     }
 
     fn stats(&self) -> &stats::HitStats {
@@ -255,6 +272,29 @@ impl Cache {
             Err(e) => {
                 record(&self.stats, "generation", "error");
                 tracing::warn!(ns, error = format!("{e:#}"), "cache generation read failed");
+                None
+            }
+        }
+    }
+
+    /// The generations `template` embeds, read after this call began (on
+    /// Redis: one round trip shared with every request waiting meanwhile);
+    /// `None` when they cannot be used now (a bump of ours is pending, or
+    /// the store failed), and then the caller must not use a near-cache.
+    pub async fn fresh_generations(&self, template: &KeyTemplate) -> Option<Vec<u64>> {
+        let keys = template.generation_keys();
+        {
+            let unbumped = lock(&self.unbumped);
+            if keys.iter().any(|k| unbumped.contains(k)) {
+                return None;
+            }
+        }
+        match self.store.generations(keys).await {
+            Ok(g) if g.len() == keys.len() => Some(g),
+            Ok(_) => None,
+            Err(e) => {
+                record(&self.stats, "generation", "error");
+                tracing::warn!(error = format!("{e:#}"), "cache generations read failed");
                 None
             }
         }

@@ -25,6 +25,7 @@
 //! trip with no window. Its cost on Redis Cluster: generation-keyed entries
 //! share the hash tag `{g}` with the counters, so they live in one slot.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -34,6 +35,7 @@ use redis::{Script, Value};
 
 use super::store::{CacheStore, OtpOutcome, ViewBatch};
 use crate::kv::RedisRole;
+use crate::kv::coalesce::Coalescer;
 use crate::kv::keys::{KeyTemplate, Keys};
 
 /// Lifetime of a generation counter after it is created or bumped. Safe at
@@ -58,6 +60,10 @@ pub struct RedisStore {
     views_take: Script,
     views_ack: Script,
     unlock: Script,
+    /// Generation reads of concurrent requests, one script call per round.
+    generations: Coalescer<Vec<String>, Vec<u64>>,
+    /// Views counted by concurrent detail requests, one script call per round.
+    views: Coalescer<i64, i64>,
 }
 
 impl RedisStore {
@@ -65,10 +71,13 @@ impl RedisStore {
     /// counters (every other key is passed in by the facade).
     pub fn new(role: RedisRole, keys: Keys) -> Self {
         role.on_restart(forget_generations(keys.generation_pattern()));
+        let gen_lookup = Script::new(include_str!("lua/gen_lookup.lua"));
         RedisStore {
+            generations: generations_coalescer(role.clone(), gen_lookup.clone()),
+            views: views_coalescer(role.clone(), keys.clone()),
             role,
             keys,
-            gen_lookup: Script::new(include_str!("lua/gen_lookup.lua")),
+            gen_lookup,
             gen_bump: Script::new(include_str!("lua/gen_bump.lua")),
             otp_put: Script::new(include_str!("lua/otp_put.lua")),
             otp_attempt: Script::new(include_str!("lua/otp_attempt.lua")),
@@ -86,45 +95,7 @@ impl RedisStore {
         generation_keys: &[String],
         parts: &[String],
     ) -> anyhow::Result<(Vec<u64>, Option<Bytes>)> {
-        let reply: Vec<Value> = self
-            .role
-            .run(|mut conn| async move {
-                let mut call = self.gen_lookup.prepare_invoke();
-                for k in generation_keys {
-                    call.key(k);
-                }
-                call.arg(ttl_ms(GENERATION_TTL));
-                for p in parts {
-                    call.arg(p);
-                }
-                call.invoke_async(&mut conn).await
-            })
-            .await
-            .context("cannot read cache generations")?;
-        let n = generation_keys.len();
-        anyhow::ensure!(
-            reply.len() == n || reply.len() == n + 1,
-            "generation lookup returned {} values for {n} counters",
-            reply.len()
-        );
-        let mut generations = Vec::with_capacity(n);
-        let mut entry = None;
-        for (i, v) in reply.into_iter().enumerate() {
-            let raw = match v {
-                Value::BulkString(b) => b,
-                other => anyhow::bail!("unexpected generation lookup reply {other:?}"),
-            };
-            if i < n {
-                let text = std::str::from_utf8(&raw).context("generation is not text")?;
-                generations.push(
-                    text.parse::<u64>()
-                        .with_context(|| format!("generation {text:?} is not a number"))?,
-                );
-            } else {
-                entry = Some(Bytes::from(raw));
-            }
-        }
-        Ok((generations, entry))
+        lookup_call(&self.role, &self.gen_lookup, generation_keys, parts).await
     }
 
     /// Adds `by` (0 to only read) to a property's pending views; returns
@@ -148,6 +119,112 @@ impl RedisStore {
             })
             .await
     }
+}
+
+/// One `gen_lookup` call: the generations of `generation_keys` and, given
+/// the template `parts`, the entry they name.
+async fn lookup_call(
+    role: &RedisRole,
+    script: &Script,
+    generation_keys: &[String],
+    parts: &[String],
+) -> anyhow::Result<(Vec<u64>, Option<Bytes>)> {
+    let reply: Vec<Value> = role
+        .run(|mut conn| async move {
+            let mut call = script.prepare_invoke();
+            for k in generation_keys {
+                call.key(k);
+            }
+            call.arg(ttl_ms(GENERATION_TTL));
+            for p in parts {
+                call.arg(p);
+            }
+            call.invoke_async(&mut conn).await
+        })
+        .await
+        .context("cannot read cache generations")?;
+    let n = generation_keys.len();
+    anyhow::ensure!(
+        reply.len() == n || reply.len() == n + 1,
+        "generation lookup returned {} values for {n} counters",
+        reply.len()
+    );
+    let mut generations = Vec::with_capacity(n);
+    let mut entry = None;
+    for (i, v) in reply.into_iter().enumerate() {
+        let raw = match v {
+            Value::BulkString(b) => b,
+            other => anyhow::bail!("unexpected generation lookup reply {other:?}"),
+        };
+        if i < n {
+            let text = std::str::from_utf8(&raw).context("generation is not text")?;
+            generations.push(
+                text.parse::<u64>()
+                    .with_context(|| format!("generation {text:?} is not a number"))?,
+            );
+        } else {
+            entry = Some(Bytes::from(raw));
+        }
+    }
+    Ok((generations, entry))
+}
+
+/// Reads the generations every waiting request asks for in one `gen_lookup`
+/// call (each distinct counter once). The call is sent after each of its
+/// requests began, which the near-cache relies on (`kv::coalesce`).
+fn generations_coalescer(role: RedisRole, script: Script) -> Coalescer<Vec<String>, Vec<u64>> {
+    Coalescer::spawn("cache_generations", move |requests: Vec<Vec<String>>| {
+        let (role, script) = (role.clone(), script.clone());
+        async move {
+            let mut distinct: Vec<String> = Vec::new();
+            let mut index: HashMap<String, usize> = HashMap::new();
+            for key in requests.iter().flatten() {
+                if !index.contains_key(key) {
+                    index.insert(key.clone(), distinct.len());
+                    distinct.push(key.clone());
+                }
+            }
+            let (generations, _) = lookup_call(&role, &script, &distinct, &[]).await?;
+            requests
+                .iter()
+                .map(|keys| {
+                    keys.iter()
+                        .map(|k| {
+                            index
+                                .get(k)
+                                .and_then(|&i| generations.get(i).copied())
+                                .context("generation missing from the reply")
+                        })
+                        .collect()
+                })
+                .collect()
+        }
+    })
+}
+
+/// Counts the views of every waiting detail request in one script call.
+fn views_coalescer(role: RedisRole, keys: Keys) -> Coalescer<i64, i64> {
+    let script = Script::new(include_str!("lua/views_count_many.lua"));
+    Coalescer::spawn("cache_views", move |ids: Vec<i64>| {
+        let (role, script) = (role.clone(), script.clone());
+        let (pending, in_flight, batch) = (
+            keys.views_pending(),
+            keys.views_in_flight(),
+            keys.views_batch_prefix(),
+        );
+        async move {
+            role.run(|mut conn| {
+                let mut call = script.prepare_invoke();
+                call.key(&pending).key(&in_flight).arg(&batch);
+                for id in &ids {
+                    call.arg(*id);
+                }
+                async move { call.invoke_async::<Vec<i64>>(&mut conn).await }
+            })
+            .await
+            .context("cannot count the views")
+        }
+    })
 }
 
 /// What the cache does when its Redis restarted or was replaced: that
@@ -334,6 +411,10 @@ impl CacheStore for RedisStore {
             .context("cannot bump the cache generation")
     }
 
+    async fn generations(&self, keys: &[String]) -> anyhow::Result<Vec<u64>> {
+        self.generations.call(keys.to_vec()).await
+    }
+
     async fn lookup(&self, template: &KeyTemplate) -> anyhow::Result<(Vec<u64>, Option<Bytes>)> {
         self.run_lookup(template.generation_keys(), template.parts())
             .await
@@ -413,9 +494,7 @@ impl CacheStore for RedisStore {
     }
 
     async fn views_incr(&self, id: i64) -> anyhow::Result<i64> {
-        self.count_views(id, 1)
-            .await
-            .context("cannot count the view")
+        self.views.call(id).await
     }
 
     async fn views_pending(&self, id: i64) -> anyhow::Result<i64> {

@@ -58,6 +58,18 @@ pub trait CacheStore: Send + Sync + 'static {
     /// unreachable at once.
     async fn bump(&self, key: &str) -> anyhow::Result<u64>;
 
+    /// Current generations of several namespaces, in order. A remote store
+    /// must read them with a call sent after this was called (never an
+    /// answer it had before): the near-cache's coherence rests on it. Redis
+    /// shares one such call among concurrent callers.
+    async fn generations(&self, keys: &[String]) -> anyhow::Result<Vec<u64>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(self.generation(key).await?);
+        }
+        Ok(out)
+    }
+
     /// The generations `template` embeds and the entry stored under the key
     /// they render to. A store that can should do this in one round trip
     /// (Redis: one script); the default takes one call per generation plus

@@ -171,17 +171,16 @@ impl Keys {
     /// One property, before the properties generation is known.
     pub fn property_detail_template(&self, id: i64) -> KeyTemplate {
         KeyTemplate::new(
-            vec![self.generation(PROPERTIES_NS)],
+            vec![
+                self.generation(PROPERTIES_NS),
+                self.generation(&Self::views_ns(id)),
+            ],
             vec![
                 self.cache(&format!("property:detail:{GEN_TAG}:g")),
+                ":v".to_owned(),
                 format!(":{id}"),
             ],
         )
-    }
-
-    /// One property at properties generation `generation`.
-    pub fn property_detail(&self, generation: u64, id: i64) -> String {
-        self.property_detail_template(id).render(&[generation])
     }
 
     /// A user's dashboard, before the properties and user generations are
@@ -251,6 +250,13 @@ impl Keys {
     /// Namespace of one user's cached data (bumped when their bookings change).
     pub fn user_ns(user_id: i64) -> String {
         format!("user:{user_id}")
+    }
+
+    /// Namespace of one property's stored view count: bumped when its
+    /// counted views reach the database, so its cached detail (which holds
+    /// the stored count) is filled again.
+    pub fn views_ns(property_id: i64) -> String {
+        format!("views:{property_id}")
     }
 
     /// The one-time login code of an email.

@@ -263,7 +263,12 @@ async fn generations_bump_and_templates_follow(cache: Cache) -> anyhow::Result<(
         .get_or_compute_bytes_in("test", &template, ttl, compute)
         .await?;
     assert_eq!(computed.load(Ordering::SeqCst), 1);
-    let key = cache.keys().property_detail(g1, 7);
+    let generations = cache
+        .store()
+        .generations(template.generation_keys())
+        .await?;
+    assert_eq!(generations[0], g1);
+    let key = template.render(&generations);
     assert_eq!(
         cache.get_bytes("test", &key).await.as_deref(),
         Some(&b"{\"id\":7}"[..])
@@ -310,7 +315,7 @@ async fn pattern_delete_removes_only_matches(cache: Cache) -> anyhow::Result<()>
         cache
             .set_bytes(
                 "test",
-                &cache.keys().property_detail(1, i),
+                &cache.keys().property_detail_template(i).render(&[1, 1]),
                 Bytes::from_static(b"x"),
                 ttl,
             )
@@ -324,7 +329,10 @@ async fn pattern_delete_removes_only_matches(cache: Cache) -> anyhow::Result<()>
     assert_eq!(removed, 30);
     assert_eq!(
         cache
-            .get_bytes("test", &cache.keys().property_detail(1, 3))
+            .get_bytes(
+                "test",
+                &cache.keys().property_detail_template(3).render(&[1, 1]),
+            )
             .await,
         None
     );
