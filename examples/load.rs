@@ -23,7 +23,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use stayafrica::cache::redis::RedisStore;
-use stayafrica::cache::{Cache, PROPERTIES_NS};
+use stayafrica::cache::{Cache, Namespace};
 use stayafrica::kv::keys::Keys;
 use stayafrica::kv::{RedisRole, Role};
 
@@ -240,7 +240,7 @@ async fn cache(redis: String, concurrency: usize, duration: Duration) -> anyhow:
         move |_, _| {
             let c = c.clone();
             async move {
-                match c.generation(PROPERTIES_NS).await {
+                match c.generation(Namespace::Properties).await {
                     Some(g) => {
                         let key = c.keys().property_list(g, query);
                         c.get_bytes("bench", &key).await.is_some()

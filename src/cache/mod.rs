@@ -21,6 +21,7 @@ pub mod api;
 pub mod codec;
 pub mod memory;
 pub mod near;
+pub mod policy;
 pub mod redis;
 pub mod response;
 pub mod stats;
@@ -37,11 +38,10 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use crate::domain::Email;
+pub use crate::kv::keys::Namespace;
 use crate::kv::keys::{KeyTemplate, Keys};
+pub use policy::{Entry, Event};
 pub use store::{CacheStore, OtpOutcome, ViewBatch};
-
-/// Namespace of everything derived from properties (lists, featured, details).
-pub const PROPERTIES_NS: &str = "properties";
 
 /// How long a cross-process compute lock lives if its holder never releases
 /// it (crashed): longer than any computation should take.
@@ -262,7 +262,7 @@ impl Cache {
 
     /// The generation of a namespace, or `None` when the store cannot say
     /// (then the caller must not use the cache for this request).
-    pub async fn generation(&self, ns: &str) -> Option<u64> {
+    pub async fn generation(&self, ns: Namespace) -> Option<u64> {
         let key = self.keys.generation(ns);
         if lock(&self.unbumped).contains(&key) {
             return None;
@@ -271,7 +271,11 @@ impl Cache {
             Ok(g) => Some(g),
             Err(e) => {
                 record(&self.stats, "generation", "error");
-                tracing::warn!(ns, error = format!("{e:#}"), "cache generation read failed");
+                tracing::warn!(
+                    ?ns,
+                    error = format!("{e:#}"),
+                    "cache generation read failed"
+                );
                 None
             }
         }
@@ -308,20 +312,20 @@ impl Cache {
     ///
     /// The bump runs in a task of its own and this waits for it: a request
     /// cancelled after its write (client gone, deadline) still invalidates.
-    pub async fn invalidate(&self, ns: &str) {
-        let (this, ns) = (self.clone(), ns.to_owned());
-        let task = tokio::spawn(async move { this.invalidate_now(&ns).await });
+    pub async fn invalidate(&self, ns: Namespace) {
+        let this = self.clone();
+        let task = tokio::spawn(async move { this.invalidate_now(ns).await });
         if let Err(e) = task.await {
             tracing::error!(error = %e, "cache invalidation task failed");
         }
     }
 
-    async fn invalidate_now(&self, ns: &str) {
+    async fn invalidate_now(&self, ns: Namespace) {
         let key = self.keys.generation(ns);
         if let Err(e) = self.store.bump(&key).await {
             record(&self.stats, "generation", "error");
             tracing::error!(
-                ns,
+                ?ns,
                 error = format!("{e:#}"),
                 "cache invalidation failed; retrying"
             );

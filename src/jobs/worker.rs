@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
 use super::{Job, JobQueue, Leased, Outcome, Settle};
-use crate::cache::Cache;
+use crate::cache::{Cache, Event};
 use crate::db::{Db, now_ms};
 use crate::domain::Email;
 use crate::email::{self, Mailer};
@@ -634,7 +634,7 @@ pub async fn flush_views(db: &Db, cache: &Cache) -> anyhow::Result<i64> {
             batch
                 .deltas
                 .iter()
-                .map(|(id, _)| cache.invalidate_views(*id)),
+                .map(|(id, _)| cache.happened(Event::ViewsFlushed { property_id: *id })),
         )
         .await;
     }

@@ -4,13 +4,37 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::cache::PROPERTIES_NS;
 use crate::domain::Email;
 
 /// Key builder for one deployment (one prefix).
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
+}
+
+/// Cache role: a namespace of cached data, whose generation counter makes
+/// every entry keyed by it stale at once when bumped. Typed, so that no key
+/// is built from a free string and a namespace cannot be misspelt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Namespace {
+    /// Everything derived from properties (lists, featured, details,
+    /// dashboards' recommendations, the guide's query results).
+    Properties,
+    /// One user's cached data (dashboard, the guide's user data).
+    User(i64),
+    /// One property's stored view count (its cached detail holds it).
+    Views(i64),
+}
+
+impl Namespace {
+    /// Its name inside the generation counter's key.
+    fn name(self) -> String {
+        match self {
+            Namespace::Properties => "properties".to_owned(),
+            Namespace::User(id) => format!("user:{id}"),
+            Namespace::Views(id) => format!("views:{id}"),
+        }
+    }
 }
 
 /// Cache role: hash tag of the generation counters and of every entry keyed
@@ -115,8 +139,8 @@ impl Keys {
     }
 
     /// Generation counter of a cache namespace (bumped to invalidate it).
-    pub fn generation(&self, ns: &str) -> String {
-        self.cache(&format!("gen:{GEN_TAG}:{ns}"))
+    pub fn generation(&self, ns: Namespace) -> String {
+        self.cache(&format!("gen:{GEN_TAG}:{}", ns.name()))
     }
 
     /// A `SCAN MATCH` pattern of every generation counter (glob characters
@@ -138,7 +162,7 @@ impl Keys {
     /// before the properties generation is known.
     pub fn property_list_template(&self, normalized_query: &str) -> KeyTemplate {
         KeyTemplate::new(
-            vec![self.generation(PROPERTIES_NS)],
+            vec![self.generation(Namespace::Properties)],
             vec![
                 self.cache(&format!("property:list:{GEN_TAG}:g")),
                 format!(":{normalized_query}"),
@@ -155,7 +179,7 @@ impl Keys {
     /// The featured list, before the properties generation is known.
     pub fn featured_template(&self) -> KeyTemplate {
         KeyTemplate::new(
-            vec![self.generation(PROPERTIES_NS)],
+            vec![self.generation(Namespace::Properties)],
             vec![
                 self.cache(&format!("property:list:featured:{GEN_TAG}:g")),
                 String::new(),
@@ -172,8 +196,8 @@ impl Keys {
     pub fn property_detail_template(&self, id: i64) -> KeyTemplate {
         KeyTemplate::new(
             vec![
-                self.generation(PROPERTIES_NS),
-                self.generation(&Self::views_ns(id)),
+                self.generation(Namespace::Properties),
+                self.generation(Namespace::Views(id)),
             ],
             vec![
                 self.cache(&format!("property:detail:{GEN_TAG}:g")),
@@ -188,8 +212,8 @@ impl Keys {
     pub fn dashboard_template(&self, user_id: i64) -> KeyTemplate {
         KeyTemplate::new(
             vec![
-                self.generation(PROPERTIES_NS),
-                self.generation(&Self::user_ns(user_id)),
+                self.generation(Namespace::Properties),
+                self.generation(Namespace::User(user_id)),
             ],
             vec![
                 self.cache(&format!("user:dashboard:{user_id}:{GEN_TAG}:g")),
@@ -221,7 +245,7 @@ impl Keys {
     /// them stale.
     pub fn query_template(&self, name: &str) -> KeyTemplate {
         KeyTemplate::new(
-            vec![self.generation(PROPERTIES_NS)],
+            vec![self.generation(Namespace::Properties)],
             vec![
                 self.cache(&format!("query:{GEN_TAG}:g")),
                 format!(":{name}"),
@@ -233,7 +257,7 @@ impl Keys {
     /// before that user's generation is known.
     pub fn user_data_template(&self, user_id: i64, name: &str) -> KeyTemplate {
         KeyTemplate::new(
-            vec![self.generation(&Self::user_ns(user_id))],
+            vec![self.generation(Namespace::User(user_id))],
             vec![
                 self.cache(&format!("user:data:{user_id}:{GEN_TAG}:u")),
                 format!(":{name}"),
@@ -245,18 +269,6 @@ impl Keys {
     /// `cache::stats`); the logical part is `stats:{family}:{outcome}`.
     pub fn cache_stats(&self, family: &str, outcome: &str) -> String {
         self.cache(&format!("stats:{family}:{outcome}"))
-    }
-
-    /// Namespace of one user's cached data (bumped when their bookings change).
-    pub fn user_ns(user_id: i64) -> String {
-        format!("user:{user_id}")
-    }
-
-    /// Namespace of one property's stored view count: bumped when its
-    /// counted views reach the database, so its cached detail (which holds
-    /// the stored count) is filled again.
-    pub fn views_ns(property_id: i64) -> String {
-        format!("views:{property_id}")
     }
 
     /// The one-time login code of an email.

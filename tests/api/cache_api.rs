@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use stayafrica::cache::memory::MemoryStore;
 use stayafrica::cache::redis::RedisStore;
-use stayafrica::cache::{Cache, CacheStore, PROPERTIES_NS};
+use stayafrica::cache::{Cache, CacheStore, Namespace};
 use stayafrica::kv::keys::Keys;
 use stayafrica::kv::{RedisRole, Role};
 
@@ -113,7 +113,7 @@ async fn suite(cache: Cache) -> anyhow::Result<()> {
         assert_eq!(v, vec![1, 2, 3]);
     }
     assert_eq!(runs.load(Ordering::SeqCst), 1);
-    cache.invalidate(PROPERTIES_NS).await;
+    cache.invalidate(Namespace::Properties).await;
     let r = runs.clone();
     let _: Vec<i64> = cache
         .cache_query_result("featured_ids", Duration::from_secs(60), || async move {

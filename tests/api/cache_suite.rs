@@ -14,7 +14,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use stayafrica::cache::memory::MemoryStore;
 use stayafrica::cache::redis::RedisStore;
-use stayafrica::cache::{Cache, OtpOutcome, PROPERTIES_NS};
+use stayafrica::cache::{Cache, Namespace, OtpOutcome};
 use stayafrica::domain::Email;
 use stayafrica::kv::keys::Keys;
 use stayafrica::kv::{RedisRole, Role};
@@ -237,13 +237,17 @@ async fn corrupt_entries_are_misses(cache: Cache) -> anyhow::Result<()> {
 
 async fn generations_bump_and_templates_follow(cache: Cache) -> anyhow::Result<()> {
     let g0 = cache
-        .generation(PROPERTIES_NS)
+        .generation(Namespace::Properties)
         .await
         .ok_or_else(|| anyhow::anyhow!("no generation"))?;
-    assert_eq!(cache.generation(PROPERTIES_NS).await, Some(g0), "stable");
-    cache.invalidate(PROPERTIES_NS).await;
+    assert_eq!(
+        cache.generation(Namespace::Properties).await,
+        Some(g0),
+        "stable"
+    );
+    cache.invalidate(Namespace::Properties).await;
     let g1 = cache
-        .generation(PROPERTIES_NS)
+        .generation(Namespace::Properties)
         .await
         .ok_or_else(|| anyhow::anyhow!("no generation"))?;
     assert!(g1 > g0, "{g1} > {g0}");
@@ -275,14 +279,14 @@ async fn generations_bump_and_templates_follow(cache: Cache) -> anyhow::Result<(
     );
 
     // A bump makes it unreachable at once; the next read computes again.
-    cache.invalidate(PROPERTIES_NS).await;
+    cache.invalidate(Namespace::Properties).await;
     cache
         .get_or_compute_bytes_in("test", &template, ttl, compute)
         .await?;
     assert_eq!(computed.load(Ordering::SeqCst), 2);
 
     // Two generations (dashboard): bumping either one invalidates.
-    let user_ns = Keys::user_ns(5);
+    let user_ns = Namespace::User(5);
     let dash = cache.keys().dashboard_template(5);
     let n = AtomicUsize::new(0);
     let compute = || async {
@@ -296,12 +300,12 @@ async fn generations_bump_and_templates_follow(cache: Cache) -> anyhow::Result<(
         .get_or_compute_bytes_in("test", &dash, ttl, compute)
         .await?;
     assert_eq!(n.load(Ordering::SeqCst), 1);
-    cache.invalidate(&user_ns).await;
+    cache.invalidate(user_ns).await;
     cache
         .get_or_compute_bytes_in("test", &dash, ttl, compute)
         .await?;
     assert_eq!(n.load(Ordering::SeqCst), 2);
-    cache.invalidate(PROPERTIES_NS).await;
+    cache.invalidate(Namespace::Properties).await;
     cache
         .get_or_compute_bytes_in("test", &dash, ttl, compute)
         .await?;
@@ -713,21 +717,27 @@ async fn lost_generation_counter_never_revives_old_entries() -> anyhow::Result<(
         };
         // Cached under g0, then invalidated and cached under g0+1 …
         assert_eq!(&serve(b"v1").await?[..], b"v1");
-        cache.invalidate(PROPERTIES_NS).await;
+        cache.invalidate(Namespace::Properties).await;
         assert_eq!(&serve(b"v2").await?[..], b"v2");
-        cache.invalidate(PROPERTIES_NS).await;
-        let before = cache.generation(PROPERTIES_NS).await.unwrap_or_default();
+        cache.invalidate(Namespace::Properties).await;
+        let before = cache
+            .generation(Namespace::Properties)
+            .await
+            .unwrap_or_default();
         // … then the counter is evicted (or Redis restarted without it) while
         // entries survive. It must come back above every generation already
         // used (a restart at 0 would count up through them again), so the
         // old entries are never served.
-        let gen_key = cache.keys().generation(PROPERTIES_NS);
+        let gen_key = cache.keys().generation(Namespace::Properties);
         assert_eq!(
             cache.store().delete(std::slice::from_ref(&gen_key)).await?,
             1
         );
         assert_eq!(&serve(b"v3").await?[..], b"v3");
-        let after = cache.generation(PROPERTIES_NS).await.unwrap_or_default();
+        let after = cache
+            .generation(Namespace::Properties)
+            .await
+            .unwrap_or_default();
         assert!(after > before, "{after} > {before}");
         // Bumping a lost counter does not restart it low either.
         assert_eq!(
