@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use stayafrica::cache::redis::RedisStore;
 use stayafrica::cache::{Cache, Namespace};
 use stayafrica::kv::keys::Keys;
 use stayafrica::kv::{RedisRole, Role};
@@ -222,7 +221,7 @@ async fn cache(redis: String, concurrency: usize, duration: Duration) -> anyhow:
     let role = RedisRole::connect(Role::Cache, &redis)
         .await
         .context("connect")?;
-    let cache = Cache::new(Arc::new(RedisStore::new(role, keys.clone())), keys.clone());
+    let cache = Cache::redis(role, keys.clone());
     let query = "[1,20,\"nairobi\",null,null,null,null]";
     let page = Bytes::from(vec![b'x'; 8 * 1024]);
     let template = keys.property_list_template(query);

@@ -21,11 +21,13 @@ pub mod api;
 pub mod codec;
 pub mod memory;
 pub mod near;
+pub mod otp;
 pub mod policy;
 pub mod redis;
 pub mod response;
 pub mod stats;
 pub mod store;
+pub mod views;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -35,13 +37,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
 
-use crate::domain::Email;
 pub use crate::kv::keys::Namespace;
 use crate::kv::keys::{KeyTemplate, Keys};
+pub use otp::{OtpOutcome, OtpStore};
 pub use policy::{Entry, Event};
-pub use store::{CacheStore, OtpOutcome, ViewBatch};
+pub use store::CacheStore;
+pub use views::{ViewBatch, ViewCounter};
 
 /// How long a cross-process compute lock lives if its holder never releases
 /// it (crashed): longer than any computation should take.
@@ -59,6 +61,8 @@ const LOCK_POLL: Duration = Duration::from_millis(20);
 #[derive(Clone)]
 pub struct Cache {
     store: Arc<dyn CacheStore>,
+    otps: Arc<dyn otp::OtpStore>,
+    views: Arc<dyn views::ViewCounter>,
     keys: Keys,
     flights: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     /// Generation counters whose bump failed (store unreachable) and is
@@ -166,16 +170,46 @@ impl Drop for FlightShare<'_> {
 }
 
 impl Cache {
-    /// A cache over `store`; clones share its single flight, pending bumps and hit stats.
-    pub fn new(store: Arc<dyn CacheStore>, keys: Keys) -> Self {
+    /// A cache over its three stores; clones share them, the single
+    /// flight, pending bumps and hit stats.
+    pub fn from_parts(
+        store: Arc<dyn CacheStore>,
+        otps: Arc<dyn otp::OtpStore>,
+        views: Arc<dyn views::ViewCounter>,
+        keys: Keys,
+    ) -> Self {
         Cache {
             store,
+            otps,
+            views,
             keys,
             flights: Arc::default(),
             unbumped: Arc::default(),
             stats: Arc::default(),
             near: None,
         }
+    }
+
+    /// The embedded default's cache: every store in this process, values
+    /// bounded by `max_bytes`.
+    pub fn memory(max_bytes: u64, keys: Keys) -> Self {
+        Cache::from_parts(
+            Arc::new(memory::MemoryStore::new(max_bytes)),
+            Arc::new(otp::MemoryOtps::default()),
+            Arc::new(views::MemoryViews::default()),
+            keys,
+        )
+    }
+
+    /// The cache on the cache role's Redis (no near-cache until
+    /// [`Self::with_near_cache`]).
+    pub fn redis(role: crate::kv::RedisRole, keys: Keys) -> Self {
+        Cache::from_parts(
+            Arc::new(redis::RedisStore::new(role.clone(), keys.clone())),
+            Arc::new(otp::RedisOtps::new(role.clone())),
+            Arc::new(views::RedisViews::new(role, keys.clone())),
+            keys,
+        )
     }
 
     /// Puts a near-cache of at most `max_bytes` in front of the store (for a
@@ -205,9 +239,14 @@ impl Cache {
         lock(&self.flights).len()
     }
 
-    /// The raw store: no codec, metrics or single flight (view counters, health checks).
+    /// The raw store: no codec, metrics or single flight (health checks, tests).
     pub fn store(&self) -> &Arc<dyn CacheStore> {
         &self.store
+    }
+
+    /// The view counters.
+    pub fn views(&self) -> &Arc<dyn views::ViewCounter> {
+        &self.views
     }
 
     /// The decoded value of `key`, without metrics.
@@ -535,27 +574,6 @@ impl Cache {
             }
         }
     }
-
-    /// Stores a fresh one-time code for `email` (hashed), replacing any
-    /// earlier one.
-    pub async fn otp_put(&self, email: &Email, code: &str, ttl: Duration) -> anyhow::Result<()> {
-        let key = self.keys.otp(email);
-        self.store.otp_put(&key, &otp_hash(&key, code), ttl).await
-    }
-
-    /// One try at the code of `email`: consumed on success, dead after
-    /// `max_attempts` wrong tries.
-    pub async fn otp_attempt(
-        &self,
-        email: &Email,
-        code: &str,
-        max_attempts: u32,
-    ) -> anyhow::Result<OtpOutcome> {
-        let key = self.keys.otp(email);
-        self.store
-            .otp_attempt(&key, &otp_hash(&key, code), max_attempts)
-            .await
-    }
 }
 
 /// Runs the typed computation (once) and keeps its value, so that the
@@ -603,28 +621,12 @@ where
     }
 }
 
-/// Codes are stored as SHA-256 of key and code: a dump of the store does not
-/// show live codes. (Six digits can be brute-forced offline by someone who can
-/// read the store; the five-minute TTL and attempt limit are the defence
-/// online, which is the one that matters.)
-fn otp_hash(key: &str, code: &str) -> String {
-    let d = Sha256::new()
-        .chain_update(key)
-        .chain_update(b":")
-        .chain_update(code)
-        .finalize();
-    d.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn cache() -> Cache {
-        Cache::new(
-            Arc::new(memory::MemoryStore::new(1 << 20)),
-            Keys::new("test:"),
-        )
+        Cache::memory(1 << 20, Keys::new("test:"))
     }
 
     #[tokio::test]

@@ -216,14 +216,15 @@ async fn create_checked(
             return Err(ApiError::field("property_id", "no such property"));
         }
     };
-    invalidate_dashboard(state, user.id).await;
-    if let Err(e) = state
-        .jobs
-        .enqueue(&Job::BookingConfirmation {
-            booking_id: booking.id,
-        })
-        .await
-    {
+    // Independent steps: one round trip of latency for both.
+    let job = Job::BookingConfirmation {
+        booking_id: booking.id,
+    };
+    let ((), queued) = tokio::join!(
+        invalidate_dashboard(state, user.id),
+        state.jobs.enqueue(&job)
+    );
+    if let Err(e) = queued {
         // The booking stands; only its email is late. Operators see this.
         tracing::error!(
             booking_id = booking.id,

@@ -231,10 +231,7 @@ async fn detail(
     // The lookup and the view count are independent: run them together, one
     // round trip of latency instead of two. A view of an unknown id is
     // counted but touches no row when flushed.
-    let (entry, pending) = tokio::join!(
-        cached_property(&state, id),
-        state.cache.store().views_incr(id)
-    );
+    let (entry, pending) = tokio::join!(cached_property(&state, id), state.cache.views().incr(id));
     let entry = entry?;
     if &entry.identity[..] == b"null" {
         return Err(ApiError::NotFound);
@@ -482,7 +479,7 @@ async fn update(
         .await?
         .ok_or(ApiError::NotFound)?;
     state.cache.happened(Event::PropertyChanged).await;
-    let pending = state.cache.store().views_pending(id).await.unwrap_or(0);
+    let pending = state.cache.views().pending(id).await.unwrap_or(0);
     Ok(Json(Property {
         view_count: updated.view_count + pending,
         ..updated

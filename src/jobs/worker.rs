@@ -617,14 +617,14 @@ pub fn backoff_ms(attempt: u32, base: Duration) -> i64 {
 /// A batch is acknowledged only after the database has it, and the database
 /// applies each batch id once, so a crash anywhere loses and doubles nothing.
 pub async fn flush_views(db: &Db, cache: &Cache) -> anyhow::Result<i64> {
-    let store = cache.store();
+    let views = cache.views();
     let mut total = 0;
     for _ in 0..100 {
-        let Some(batch) = store.views_take().await? else {
+        let Some(batch) = views.take().await? else {
             break;
         };
         db.apply_view_deltas(&batch.flush_id, &batch.deltas).await?;
-        store.views_ack(&batch.flush_id).await?;
+        views.ack(&batch.flush_id).await?;
         total += batch.deltas.iter().map(|(_, d)| d).sum::<i64>();
         // Cached details hold the stored count: make them stale so the
         // detail shows the new stored count, not the old one without the

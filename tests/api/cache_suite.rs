@@ -12,8 +12,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::{Value, json};
-use stayafrica::cache::memory::MemoryStore;
-use stayafrica::cache::redis::RedisStore;
 use stayafrica::cache::{Cache, Namespace, OtpOutcome};
 use stayafrica::domain::Email;
 use stayafrica::kv::keys::Keys;
@@ -31,17 +29,14 @@ fn unique_keys() -> Keys {
 }
 
 fn memory_cache() -> Cache {
-    Cache::new(Arc::new(MemoryStore::new(64 * 1024 * 1024)), unique_keys())
+    Cache::memory(64 * 1024 * 1024, unique_keys())
 }
 
 /// A cache on the Redis at `base` (DB 1, the guide's cache DB), under a
 /// prefix of its own.
 async fn redis_cache_on(base: &str, keys: Keys) -> anyhow::Result<Cache> {
     let role = RedisRole::connect(Role::Cache, &format!("{base}/1")).await?;
-    Ok(Cache::new(
-        Arc::new(RedisStore::new(role, keys.clone())),
-        keys,
-    ))
+    Ok(Cache::redis(role, keys))
 }
 
 async fn redis_cache() -> anyhow::Result<Cache> {
@@ -463,63 +458,63 @@ async fn otp_expires(cache: Cache) -> anyhow::Result<()> {
 }
 
 async fn views_incr_take_ack(cache: Cache) -> anyhow::Result<()> {
-    let s = cache.store();
-    assert_eq!(s.views_take().await?, None);
-    assert_eq!(s.views_incr(1).await?, 1);
-    assert_eq!(s.views_incr(1).await?, 2);
-    assert_eq!(s.views_incr(1).await?, 3);
-    assert_eq!(s.views_incr(2).await?, 1);
-    assert_eq!(s.views_pending(1).await?, 3);
-    assert_eq!(s.views_pending(3).await?, 0);
+    let s = cache.views();
+    assert_eq!(s.take().await?, None);
+    assert_eq!(s.incr(1).await?, 1);
+    assert_eq!(s.incr(1).await?, 2);
+    assert_eq!(s.incr(1).await?, 3);
+    assert_eq!(s.incr(2).await?, 1);
+    assert_eq!(s.pending(1).await?, 3);
+    assert_eq!(s.pending(3).await?, 0);
 
     let batch = s
-        .views_take()
+        .take()
         .await?
         .ok_or_else(|| anyhow::anyhow!("nothing taken"))?;
     assert_eq!(batch.deltas, vec![(1, 3), (2, 1)]);
     // Views taken but not yet in the database still count as pending.
-    assert_eq!(s.views_pending(1).await?, 3);
-    assert_eq!(s.views_incr(1).await?, 4);
-    s.views_ack(&batch.flush_id).await?;
-    assert_eq!(s.views_pending(1).await?, 1);
+    assert_eq!(s.pending(1).await?, 3);
+    assert_eq!(s.incr(1).await?, 4);
+    s.ack(&batch.flush_id).await?;
+    assert_eq!(s.pending(1).await?, 1);
 
     let next = s
-        .views_take()
+        .take()
         .await?
         .ok_or_else(|| anyhow::anyhow!("nothing taken"))?;
     assert_ne!(next.flush_id, batch.flush_id);
     assert_eq!(next.deltas, vec![(1, 1)]);
-    s.views_ack(&next.flush_id).await?;
-    assert_eq!(s.views_take().await?, None);
-    assert_eq!(s.views_pending(1).await?, 0);
+    s.ack(&next.flush_id).await?;
+    assert_eq!(s.take().await?, None);
+    assert_eq!(s.pending(1).await?, 0);
     Ok(())
 }
 
 async fn take_without_ack_is_returned_again(cache: Cache) -> anyhow::Result<()> {
-    let s = cache.store();
+    let s = cache.views();
     for _ in 0..5 {
-        s.views_incr(9).await?;
+        s.incr(9).await?;
     }
     let first = s
-        .views_take()
+        .take()
         .await?
         .ok_or_else(|| anyhow::anyhow!("nothing taken"))?;
     // The flusher "crashed": more views arrive, and the next take returns the
     // same batch with the same id (not the new views).
-    s.views_incr(9).await?;
+    s.incr(9).await?;
     let again = s
-        .views_take()
+        .take()
         .await?
         .ok_or_else(|| anyhow::anyhow!("nothing taken"))?;
     assert_eq!(again, first);
-    assert_eq!(s.views_pending(9).await?, 6);
-    s.views_ack(&first.flush_id).await?;
+    assert_eq!(s.pending(9).await?, 6);
+    s.ack(&first.flush_id).await?;
     let rest = s
-        .views_take()
+        .take()
         .await?
         .ok_or_else(|| anyhow::anyhow!("nothing taken"))?;
     assert_eq!(rest.deltas, vec![(9, 1)]);
-    s.views_ack(&rest.flush_id).await?;
+    s.ack(&rest.flush_id).await?;
     Ok(())
 }
 
@@ -531,8 +526,8 @@ struct FakeDb {
 }
 
 async fn flush_into(cache: &Cache, db: &Mutex<FakeDb>) -> anyhow::Result<()> {
-    let s = cache.store();
-    while let Some(batch) = s.views_take().await? {
+    let s = cache.views();
+    while let Some(batch) = s.take().await? {
         {
             let mut db = db.lock().unwrap_or_else(|e| e.into_inner());
             if db.applied.insert(batch.flush_id.clone()) {
@@ -542,7 +537,7 @@ async fn flush_into(cache: &Cache, db: &Mutex<FakeDb>) -> anyhow::Result<()> {
             }
         }
         tokio::task::yield_now().await;
-        s.views_ack(&batch.flush_id).await?;
+        s.ack(&batch.flush_id).await?;
     }
     Ok(())
 }
@@ -553,7 +548,7 @@ async fn concurrent_flushers_count_every_view_once(cache: Cache) -> anyhow::Resu
         let cache = cache.clone();
         async move {
             for i in 0..100 {
-                cache.store().views_incr((w + i) % 3).await?;
+                cache.views().incr((w + i) % 3).await?;
             }
             anyhow::Ok(())
         }
@@ -1154,8 +1149,8 @@ async fn views_under_concurrency_crashed_and_parallel_flushes() -> anyhow::Resul
         // with the same id, then takes the views that came meanwhile.
         views(100).await?;
         let taken = cache
-            .store()
-            .views_take()
+            .views()
+            .take()
             .await?
             .ok_or_else(|| anyhow::anyhow!("nothing taken"))?;
         assert_eq!(taken.deltas, vec![(id, 100)]);
@@ -1167,8 +1162,8 @@ async fn views_under_concurrency_crashed_and_parallel_flushes() -> anyhow::Resul
         // the retry applies nothing twice.
         views(10).await?;
         let taken = cache
-            .store()
-            .views_take()
+            .views()
+            .take()
             .await?
             .ok_or_else(|| anyhow::anyhow!("nothing taken"))?;
         assert!(db.apply_view_deltas(&taken.flush_id, &taken.deltas).await?);
