@@ -7,22 +7,25 @@
 //! documented in each file's header), so it is atomic and costs one round
 //! trip:
 //!
-//! - generations: read (and initialise when missing) together with the entry
-//!   they name (`gen_lookup`), so an anonymous cached GET is ONE round trip;
-//!   bumped with `gen_bump`. A lost counter restarts at the server time in
-//!   microseconds, above any value it can have had, never at 0; so counters
-//!   may also expire ([`GENERATION_TTL`]) instead of piling up.
+//! - generations: read (and initialised when missing) by `gen_lookup`,
+//!   either alone — the near-cache's validation, one call shared by every
+//!   request waiting together (`kv::coalesce`, `cache::near`) — or together
+//!   with the entry they name, so a read without a near-cache copy is still
+//!   ONE round trip; bumped with `gen_bump`. A lost counter restarts at the
+//!   server time in microseconds, above any value it can have had, never at
+//!   0 (so a rendered key never names two contents, which the near-cache
+//!   relies on); so counters may also expire ([`GENERATION_TTL`]) instead of
+//!   piling up.
 //! - one-time codes and view counters: in [`super::otp`] and [`super::views`].
 //! - compute locks: `SET NX PX`, released by `unlock` only by their holder.
 //!
-//! Why the generation is read inside the value's script rather than kept in
-//! an in-process near-cache invalidated by pub/sub: the design promises that
-//! a write is visible on every instance as soon as the request that made it
-//! has answered. Pub/sub delivers the bump to other instances some time
-//! later, and not at all across a dropped connection, so a near-cache would
-//! serve stale pages in that window. The script gives the same one round
-//! trip with no window. Its cost on Redis Cluster: generation-keyed entries
-//! share the hash tag `{g}` with the counters, so they live in one slot.
+//! Why the near-cache is validated by reading the generations on every
+//! request rather than invalidated by pub/sub or client tracking: the
+//! design promises that a write is visible on every instance as soon as the
+//! request that made it has answered; a push arrives some time later, and
+//! not at all across a dropped connection (see `cache::near`). Cost on Redis
+//! Cluster today: generation-keyed entries share the hash tag `{g}` with the
+//! counters, so they live in one slot.
 
 use std::collections::HashMap;
 use std::time::Duration;
