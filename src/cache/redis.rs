@@ -37,7 +37,7 @@ use redis::{Script, Value};
 
 use super::store::CacheStore;
 use crate::kv::RedisRole;
-use crate::kv::coalesce::{Coalescer, per_slot};
+use crate::kv::coalesce::Coalescer;
 use crate::kv::keys::{KeyTemplate, Keys};
 
 /// Lifetime of a generation counter after it is created or bumped. Safe at
@@ -149,11 +149,7 @@ fn generations_coalescer(role: RedisRole, script: Script) -> Coalescer<Vec<Strin
                     distinct.push(key.clone());
                 }
             }
-            let call = |keys: Vec<String>| {
-                let (role, script) = (&role, &script);
-                async move { Ok(lookup_call(role, script, &keys, &[]).await?.0) }
-            };
-            let generations = per_slot(role.is_cluster(), distinct, |k| k, call).await?;
+            let (generations, _) = lookup_call(&role, &script, &distinct, &[]).await?;
             requests
                 .iter()
                 .map(|keys| {

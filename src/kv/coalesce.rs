@@ -113,54 +113,6 @@ impl<K: Send + 'static, V: Send + 'static> Coalescer<K, V> {
     }
 }
 
-/// Runs one coalesced call as the calls a Redis deployment allows: ONE for
-/// every request on a standalone server; on a cluster, where a script may
-/// only touch keys of one hash slot, one per slot group (requests whose keys
-/// share a hash tag, see [`super::keys::slot_group`]), concurrently. The
-/// answers come back in request order.
-pub async fn per_slot<K, V, F, Fut>(
-    cluster: bool,
-    requests: Vec<K>,
-    key_of: impl Fn(&K) -> &str,
-    call: F,
-) -> anyhow::Result<Vec<V>>
-where
-    F: Fn(Vec<K>) -> Fut,
-    Fut: Future<Output = anyhow::Result<Vec<V>>>,
-{
-    if !cluster {
-        return call(requests).await;
-    }
-    let n = requests.len();
-    let mut groups: Vec<(String, Vec<usize>, Vec<K>)> = Vec::new();
-    for (i, r) in requests.into_iter().enumerate() {
-        let group = super::keys::slot_group(key_of(&r)).to_owned();
-        match groups.iter_mut().find(|(g, _, _)| *g == group) {
-            Some((_, idx, reqs)) => {
-                idx.push(i);
-                reqs.push(r);
-            }
-            None => groups.push((group, vec![i], vec![r])),
-        }
-    }
-    let mut answers: Vec<Option<V>> = (0..n).map(|_| None).collect();
-    let calls = groups.into_iter().map(|(_, idx, reqs)| {
-        let fut = call(reqs);
-        async move { (idx, fut.await) }
-    });
-    for (idx, res) in futures::future::join_all(calls).await {
-        let vals = res?;
-        anyhow::ensure!(vals.len() == idx.len(), "short reply for a slot group");
-        for (i, v) in idx.into_iter().zip(vals) {
-            answers[i] = Some(v);
-        }
-    }
-    answers
-        .into_iter()
-        .map(|a| a.ok_or_else(|| anyhow::anyhow!("request left without an answer")))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,26 +186,6 @@ mod tests {
                 .is_err()
         );
         assert_eq!(c.call(()).await?, 3);
-        Ok(())
-    }
-
-    #[tokio::test]
-    async fn on_a_cluster_each_hash_slot_group_gets_its_own_call() -> anyhow::Result<()> {
-        let calls = std::sync::Mutex::new(Vec::new());
-        let keys = vec!["a{x}1", "b", "a{x}2", "c", "b"];
-        let echo = |reqs: Vec<&'static str>| {
-            calls.lock().map(|mut c| c.push(reqs.len())).ok();
-            async move { Ok(reqs.iter().map(|k| k.to_uppercase()).collect()) }
-        };
-        let answers = per_slot(true, keys.clone(), |k| k, echo).await?;
-        assert_eq!(answers, vec!["A{X}1", "B", "A{X}2", "C", "B"]);
-        let mut sizes = calls.lock().map(|c| c.clone()).unwrap_or_default();
-        sizes.sort_unstable();
-        assert_eq!(sizes, vec![1, 2, 2]);
-        // Standalone: one call for all.
-        let one = per_slot(false, keys, |k| k, echo).await?;
-        assert_eq!(one.len(), 5);
-        assert_eq!(calls.lock().map(|c| c.len()).unwrap_or_default(), 4);
         Ok(())
     }
 

@@ -87,19 +87,6 @@ impl KeyTemplate {
     }
 }
 
-/// The part of `key` Redis Cluster hashes to pick its slot: the content of
-/// the first `{…}` when non-empty (the hash tag), else the whole key. Keys
-/// with equal groups share a slot (a multi-key script may take them).
-pub fn slot_group(key: &str) -> &str {
-    if let Some(open) = key.find('{')
-        && let Some(len) = key[open + 1..].find('}')
-        && len > 0
-    {
-        return &key[open + 1..open + 1 + len];
-    }
-    key
-}
-
 /// A short, stable, non-reversible id for an email, so that keys carry no
 /// personal data.
 pub fn email_tag(email: &Email) -> String {
@@ -418,19 +405,4 @@ impl Keys {
         format!("{}wake", self.jobs_base())
     }
     // ---- end of Jobs ----
-}
-
-#[cfg(test)]
-mod tests {
-    use super::slot_group;
-
-    #[test]
-    fn slot_groups_follow_redis_hash_tag_rules() {
-        assert_eq!(slot_group("p:cache:gen:{g}:properties"), "g");
-        assert_eq!(slot_group("a{x}b{y}"), "x");
-        assert_eq!(slot_group("no-tag"), "no-tag");
-        // An empty tag hashes the whole key, as Redis does.
-        assert_eq!(slot_group("a{}b{c}"), "a{}b{c}");
-        assert_eq!(slot_group("open{only"), "open{only");
-    }
 }

@@ -323,14 +323,6 @@ impl RedisRole {
         Ok(role)
     }
 
-    /// Whether this role's Redis is a cluster, where one script or
-    /// pipeline may only touch keys of one hash slot (coalesced calls are
-    /// then split by [`coalesce::per_slot`]). Every URL the service accepts
-    /// today names a standalone server.
-    pub fn is_cluster(&self) -> bool {
-        false
-    }
-
     /// Registers what to do when this role's Redis turns out to have
     /// restarted or been replaced (see [`RestartHook`]); it runs before any
     /// other call reaches the new server.

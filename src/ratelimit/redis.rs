@@ -15,7 +15,7 @@ use super::LimiterBackend;
 use super::gcra::Decision;
 use crate::config::Rate;
 use crate::kv::RedisRole;
-use crate::kv::coalesce::{Coalescer, per_slot};
+use crate::kv::coalesce::Coalescer;
 
 /// [`LimiterBackend`] on the rate-limit role's Redis.
 pub struct RedisLimiter {
@@ -34,8 +34,7 @@ impl RedisLimiter {
     }
 }
 
-/// Decides every waiting request in one `gcra` call (one per hash slot
-/// group on a cluster), in arrival order.
+/// Decides every waiting request in one `gcra` call, in arrival order.
 fn checks_coalescer(role: RedisRole) -> Coalescer<(String, u32, i64), Reply> {
     let script = redis::Script::new(include_str!("lua/gcra.lua"));
     Coalescer::spawn(
@@ -43,23 +42,17 @@ fn checks_coalescer(role: RedisRole) -> Coalescer<(String, u32, i64), Reply> {
         move |requests: Vec<(String, u32, i64)>| {
             let (role, script) = (role.clone(), script.clone());
             async move {
-                let call = |group: Vec<(String, u32, i64)>| {
-                    let (role, script) = (&role, &script);
-                    async move {
-                        let flat: Vec<i64> = role
-                            .run(|mut conn| {
-                                let mut call = script.prepare_invoke();
-                                for (key, limit, period_us) in &group {
-                                    call.key(key).arg(*limit).arg(*period_us);
-                                }
-                                async move { call.invoke_async(&mut conn).await }
-                            })
-                            .await?;
-                        anyhow::ensure!(flat.len() == group.len() * 4, "short rate limit reply");
-                        Ok(flat.chunks(4).map(|c| (c[0], c[1], c[2], c[3])).collect())
-                    }
-                };
-                per_slot(role.is_cluster(), requests, |r| &r.0, call).await
+                let flat: Vec<i64> = role
+                    .run(|mut conn| {
+                        let mut call = script.prepare_invoke();
+                        for (key, limit, period_us) in &requests {
+                            call.key(key).arg(*limit).arg(*period_us);
+                        }
+                        async move { call.invoke_async(&mut conn).await }
+                    })
+                    .await?;
+                anyhow::ensure!(flat.len() == requests.len() * 4, "short rate limit reply");
+                Ok(flat.chunks(4).map(|c| (c[0], c[1], c[2], c[3])).collect())
             }
         },
     )

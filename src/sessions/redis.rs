@@ -22,7 +22,7 @@ use async_trait::async_trait;
 
 use super::SessionStore;
 use crate::kv::RedisRole;
-use crate::kv::coalesce::{Coalescer, per_slot};
+use crate::kv::coalesce::Coalescer;
 use crate::kv::keys::Keys;
 
 /// [`SessionStore`] on the sessions role's Redis.
@@ -58,44 +58,29 @@ fn loads_coalescer(role: RedisRole) -> Coalescer<(String, u64), Option<i64>> {
     Coalescer::spawn("session_loads", move |requests: Vec<(String, u64)>| {
         let (role, script) = (role.clone(), script.clone());
         async move {
-            let call = |group: Vec<(String, u64)>| {
-                let (role, script) = (&role, &script);
-                async move {
-                    let Some(ttl) = group.first().map(|r| r.1) else {
-                        return Ok(Vec::new());
-                    };
-                    let values: Vec<Option<String>> = role
-                        .run(|mut conn| {
-                            let mut call = script.prepare_invoke();
-                            for (key, _) in &group {
-                                call.key(key);
-                            }
-                            call.arg(ttl);
-                            async move { call.invoke_async(&mut conn).await }
-                        })
-                        .await
-                        .context("cannot load the sessions")?;
-                    anyhow::ensure!(values.len() == group.len(), "short session reply");
-                    values
-                        .into_iter()
-                        .map(|v| {
-                            v.map(|v| {
-                                v.parse::<i64>()
-                                    .context("a session key holds something other than a user id")
-                            })
-                            .transpose()
-                        })
-                        .collect()
-                }
-            };
             let mut answers = Vec::with_capacity(requests.len());
-            let mut rest = requests.as_slice();
-            while let Some(first) = rest.first() {
-                // Requests with one TTL (in practice: all of them) share a call.
-                let n = rest.iter().take_while(|r| r.1 == first.1).count();
-                let (same, tail) = rest.split_at(n);
-                answers.extend(per_slot(role.is_cluster(), same.to_vec(), |r| &r.0, call).await?);
-                rest = tail;
+            for group in requests.chunk_by(|a, b| a.1 == b.1) {
+                let values: Vec<Option<String>> = role
+                    .run(|mut conn| {
+                        let mut call = script.prepare_invoke();
+                        for (key, _) in group {
+                            call.key(key);
+                        }
+                        call.arg(group[0].1);
+                        async move { call.invoke_async(&mut conn).await }
+                    })
+                    .await
+                    .context("cannot load the sessions")?;
+                anyhow::ensure!(values.len() == group.len(), "short session reply");
+                for v in values {
+                    answers.push(
+                        v.map(|v| {
+                            v.parse::<i64>()
+                                .context("a session key holds something other than a user id")
+                        })
+                        .transpose()?,
+                    );
+                }
             }
             Ok(answers)
         }
