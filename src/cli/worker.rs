@@ -5,15 +5,16 @@
 
 use std::time::Duration;
 
+use secrecy::ExposeSecret;
 use tokio::sync::watch;
 
 use crate::config::Settings;
 use crate::jobs::worker::Worker;
 use crate::startup::{build_state, shutdown_signal};
 
-/// Default poll interval of a worker process on the SQL queue: it is not
-/// woken by enqueues of other processes.
-const SQL_POLL_MS: u64 = 500;
+/// Default poll interval of a worker process on the SQL queue on SQLite: it
+/// is not woken by enqueues of other processes (PostgreSQL's are: `LISTEN`).
+const SQLITE_POLL_MS: u64 = 500;
 
 /// Options of `stayafrica worker`.
 #[derive(Debug, clap::Args)]
@@ -26,9 +27,9 @@ pub struct Args {
     #[arg(long, default_value_t = 30.0, value_name = "SECS")]
     grace_secs: f64,
     /// Longest an idle worker waits before asking the queue again although
-    /// nothing woke it (new jobs wake it at once on Redis; delayed ones when
-    /// due). Default 5000 on Redis; 500 on the SQL queue, whose enqueues
-    /// wake only workers in the process that queued.
+    /// nothing woke it (new jobs wake it at once on Redis and PostgreSQL;
+    /// delayed ones when due). Default 5000; 500 on the SQL queue on
+    /// SQLite, whose enqueues wake only workers in the process that queued.
     #[arg(long, value_name = "MS")]
     poll_interval_ms: Option<u64>,
     /// Most jobs this process leases in one exchange with the queue.
@@ -40,8 +41,14 @@ pub struct Args {
 pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
     let grace = Duration::try_from_secs_f64(args.grace_secs)
         .map_err(|_| anyhow::anyhow!("--grace-secs must be a non-negative number"))?;
-    let poll = Duration::from_millis(args.poll_interval_ms.unwrap_or(if settings.is_embedded() {
-        SQL_POLL_MS
+    let on_sqlite = settings.is_embedded()
+        && settings
+            .database_url
+            .expose_secret()
+            .trim()
+            .starts_with("sqlite:");
+    let poll = Duration::from_millis(args.poll_interval_ms.unwrap_or(if on_sqlite {
+        SQLITE_POLL_MS
     } else {
         5000
     }));
