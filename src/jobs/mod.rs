@@ -324,8 +324,16 @@ impl JobQueue {
             .map(|j| (uuid::Uuid::new_v4().to_string(), j.clone(), 0))
             .collect();
         self.backend.enqueue_many(&batch).await?;
+        // One increment per job name, not one registration per job.
+        let mut names: Vec<(&'static str, u64)> = Vec::new();
         for j in jobs {
-            metrics::counter!("jobs_enqueued_total", "job" => j.name()).increment(1);
+            match names.iter_mut().find(|(n, _)| *n == j.name()) {
+                Some((_, k)) => *k += 1,
+                None => names.push((j.name(), 1)),
+            }
+        }
+        for (name, k) in names {
+            metrics::counter!("jobs_enqueued_total", "job" => name).increment(k);
         }
         Ok(batch.into_iter().map(|(id, _, _)| id).collect())
     }
