@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use stayafrica::db::now_ms;
 use stayafrica::jobs::diagnostics::now_us;
 use stayafrica::jobs::redis::RedisQueue;
 use stayafrica::jobs::{Job, JobQueue, Probe, QueueBackend, Tallies};
@@ -23,6 +24,9 @@ use crate::helpers::SHARED_REDIS;
 use crate::jobs_suite::RedisCleanup;
 
 const PARTITIONS: u16 = 4;
+
+/// The workers' view-flush period: longer than any test.
+const FLUSH_SECS: i64 = 100_000_000;
 
 /// A 4-partition queue under a prefix of its own, with the probes'
 /// tallies, and the worker processes started on it (killed when dropped,
@@ -43,6 +47,18 @@ impl Setup {
         let role = RedisRole::connect(Role::Broker, &format!("{SHARED_REDIS}/0")).await?;
         let redis_queue =
             Arc::new(RedisQueue::new(role.clone(), &keys).with_partitions(PARTITIONS));
+        // The workers' periodic view flush (a job with a 60 s lease) is
+        // claimed here for the period they run in, so that it does not
+        // queue: these tests count every job.
+        assert!(
+            redis_queue
+                .claim_periodic(
+                    "flush_views",
+                    now_ms() / 1000 / FLUSH_SECS,
+                    Duration::from_secs(60)
+                )
+                .await?
+        );
         let queue = JobQueue::new(redis_queue.clone()).with_tallies(Tallies::redis(role, keys));
         Ok(Setup {
             _cleanup: RedisCleanup(prefix.clone()),
@@ -77,7 +93,7 @@ impl Setup {
             .env("REDIS_URL", SHARED_REDIS)
             .env("STAYAFRICA_KEY_PREFIX", &self.prefix)
             .env("STAYAFRICA_JOB_PARTITIONS", PARTITIONS.to_string())
-            .env("STAYAFRICA_VIEW_FLUSH_SECS", "100000000")
+            .env("STAYAFRICA_VIEW_FLUSH_SECS", FLUSH_SECS.to_string())
             .env("STAYAFRICA_EMAIL", "log")
             .env("RUST_LOG", "info,sqlx=warn")
             .stdin(Stdio::null());
@@ -220,7 +236,6 @@ async fn four_partitions_run_each_job_once_and_redeliver_after_a_sigkill() -> an
         .await?;
     let first = s.start_worker(&["--concurrency", "8"])?;
     let q = s.q().clone();
-    // (The worker's periodic view flush may be leased beside them.)
     s.wait(Duration::from_secs(30), "8 slow jobs running", || async {
         for id in &slow {
             if q.info(id).await?.is_none_or(|i| i.status != "running") {
@@ -242,28 +257,18 @@ async fn four_partitions_run_each_job_once_and_redeliver_after_a_sigkill() -> an
     let bare = Job::Probe(Probe::bare(Some(tally.clone())));
     let ids: Vec<String> = s.queue.enqueue_many(&vec![bare; JOBS]).await?;
     let ready = s.ready_per_partition()?;
-    // (Plus, perhaps, the killed worker's view flush.)
-    let total = ready.iter().sum::<i64>();
-    assert!(
-        total == JOBS as i64 || total == JOBS as i64 + 1,
-        "{ready:?}"
-    );
+    assert_eq!(ready.iter().sum::<i64>(), JOBS as i64, "{ready:?}");
     assert!(
         ready.iter().all(|n| *n > JOBS as i64 / 8),
         "every partition has a share: {ready:?}"
     );
-    // Summed over the partitions: the no-op jobs, the 8 leases of the
-    // killed worker, and its view flush if it had queued one.
-    let c = q.counts().await?;
+    // Summed over the partitions: the no-op jobs and the 8 leases of the
+    // killed worker.
     let counts = s.cli(&["jobs", "counts"])?;
     assert!(
-        counts.contains(&format!(
-            "queued={}\trunning={}\tdead=0",
-            c.queued, c.running
-        )),
-        "{counts} vs {c:?}"
+        counts.contains(&format!("queued={JOBS}\trunning=8\tdead=0")),
+        "{counts}"
     );
-    assert!(c.queued >= JOBS as i64 && c.running >= 8, "{c:?}");
 
     s.start_worker(&["--concurrency", "8"])?;
     s.start_worker(&["--concurrency", "8"])?;
