@@ -49,7 +49,15 @@
 //! jobs, chosen (1) by the wake-up that woke it (the `BLPOP` answer names
 //! the partition's list), (2) by a partition whose delayed job or lease
 //! deadline has come (each exchange reports its partition's next one), or
-//! (3) round-robin, which keeps the partitions fair while all are busy.
+//! (3) round-robin, which keeps the partitions fair while all are busy
+//! and, for an idle worker, visits one partition per poll interval: the
+//! idle cost stays one `BLPOP` and one exchange per interval whatever the
+//! partition count. Every exchange reports its partition's next due time
+//! (delayed job or lease deadline), which the process keeps per partition
+//! and sleeps until. A lease that runs out in a partition no live worker
+//! has looked at since it was taken (its worker died, the others idle) is
+//! found by that rotation: within a poll interval per partition after it
+//! ran out, at the latest.
 //! Outcomes go to the partition each job was leased from (remembered per
 //! held job), in the same round trip. When the chosen partition has nothing
 //! left, the worker does not try every other partition: it waits on the
@@ -181,10 +189,6 @@ struct Sched {
     due: Vec<Option<Instant>>,
     /// The round-robin position.
     cursor: u16,
-    /// The last wait ended without a wake-up or a due time (the poll
-    /// interval passed): the next exchange asks every partition for its due
-    /// times, in case one was missed (a worker that died holding a lease).
-    sweep: bool,
 }
 
 /// [`QueueBackend`] on Redis: see the module documentation.
@@ -222,7 +226,6 @@ impl RedisQueue {
                 hint: None,
                 due: vec![None],
                 cursor: 0,
-                sweep: false,
             }),
         }
     }
@@ -545,7 +548,6 @@ impl QueueBackend for RedisQueue {
         // as not held, which changes nothing); jobs a successful call
         // leased meanwhile come back after their lease.
         let lease_p = (want > 0).then(|| self.pick());
-        let sweep = std::mem::take(&mut lock(&self.sched).sweep);
         let mut groups: Vec<(u16, Vec<&Outcome>)> = Vec::new();
         let mut index: Vec<(usize, usize)> = Vec::with_capacity(outcomes.len());
         for o in outcomes {
@@ -560,15 +562,10 @@ impl QueueBackend for RedisQueue {
             index.push((g, groups[g].1.len()));
             groups[g].1.push(o);
         }
-        let extra: Vec<u16> = match (lease_p, sweep) {
-            (_, true) => (0..self.partitions()).collect(),
-            (Some(lp), false) => vec![lp],
-            (None, false) => Vec::new(),
-        };
-        for p in extra {
-            if !groups.iter().any(|(q, _)| *q == p) {
-                groups.push((p, Vec::new()));
-            }
+        if let Some(lp) = lease_p
+            && !groups.iter().any(|(q, _)| *q == lp)
+        {
+            groups.push((lp, Vec::new()));
         }
         // Every call reports its partition's next due time, which this
         // process keeps per partition: the earliest over all of them is
@@ -603,17 +600,18 @@ impl QueueBackend for RedisQueue {
                 for l in &ex.leased {
                     map.insert(l.id.clone(), lp);
                 }
-                if ex.leased.len() < want {
-                    // This partition is drained: the worker waits for the
-                    // earliest due time over all partitions, or a wake-up.
-                    ex.next_due = s
-                        .due
-                        .iter()
-                        .flatten()
-                        .min()
-                        .map(|d| d.saturating_duration_since(now));
-                }
             }
+            // Always the earliest due time over all partitions, even when
+            // this exchange leased all it wanted or none: a partition whose
+            // delayed jobs came due while this worker was full has no token
+            // to wake it (only an exchange with that partition moves them to
+            // its ready list), so the worker must come back for it.
+            ex.next_due = s
+                .due
+                .iter()
+                .flatten()
+                .min()
+                .map(|d| d.saturating_duration_since(now));
         }
         Ok(ex)
     }
@@ -642,25 +640,19 @@ impl QueueBackend for RedisQueue {
                 // One BLPOP over every partition's wake-up list (one
                 // server; see "Partitions" above for a Cluster).
                 let keys: Vec<&str> = self.parts.iter().map(|p| p.wake.as_str()).collect();
-                let woke = conn.blpop_any(&keys, timeout).await?;
-                if self.parts.len() > 1 {
-                    let mut s = lock(&self.sched);
-                    match woke {
-                        Some((key, _)) => {
-                            s.hint = self
-                                .parts
-                                .iter()
-                                .position(|p| p.wake == key)
-                                .and_then(|p| u16::try_from(p).ok());
-                        }
-                        None => s.sweep = true,
-                    }
+                if let Some((key, _)) = conn.blpop_any(&keys, timeout).await?
+                    && self.parts.len() > 1
+                {
+                    lock(&self.sched).hint = self
+                        .parts
+                        .iter()
+                        .position(|p| p.wake == key)
+                        .and_then(|p| u16::try_from(p).ok());
                 }
                 Ok(())
             }
             None => {
                 tokio::time::sleep(timeout).await;
-                lock(&self.sched).sweep = true;
                 Ok(())
             }
         }
