@@ -39,6 +39,22 @@ impl WorkerProcess {
         Self::start_on(None, Some(redis), prefix, args)
     }
 
+    /// [`WorkerProcess::start`] on a queue of `partitions` partitions.
+    fn start_partitioned(
+        redis: &str,
+        prefix: &str,
+        partitions: u16,
+        args: &[&str],
+    ) -> anyhow::Result<WorkerProcess> {
+        Self::start_with(
+            None,
+            Some(redis),
+            prefix,
+            args,
+            &[("STAYAFRICA_JOB_PARTITIONS", &partitions.to_string())],
+        )
+    }
+
     /// A worker on `database` (a SQLite file of its own if `None`) and, if
     /// given, the Redis at `redis`.
     fn start_on(
@@ -46,6 +62,16 @@ impl WorkerProcess {
         redis: Option<&str>,
         prefix: &str,
         args: &[&str],
+    ) -> anyhow::Result<WorkerProcess> {
+        Self::start_with(database, redis, prefix, args, &[])
+    }
+
+    fn start_with(
+        database: Option<&str>,
+        redis: Option<&str>,
+        prefix: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
     ) -> anyhow::Result<WorkerProcess> {
         let dir = tempfile::tempdir()?;
         let log = dir.path().join("worker.log");
@@ -66,6 +92,7 @@ impl WorkerProcess {
             Some(url) => cmd.env("REDIS_URL", url),
             None => cmd.env_remove("REDIS_URL"),
         };
+        cmd.envs(env.iter().copied());
         let child = cmd
             .arg("worker")
             .args(args)
@@ -180,10 +207,21 @@ async fn runs_to_done(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_worker_with_16_slots_sends_at_most_5_commands_in_5_s() -> anyhow::Result<()> {
+    idle_cost(1).await
+}
+
+/// The same with 4 partitions: still one wait for all of them, and one
+/// partition looked at per poll interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_of_4_partitions_sends_at_most_5_commands_in_5_s() -> anyhow::Result<()> {
+    idle_cost(4).await
+}
+
+async fn idle_cost(partitions: u16) -> anyhow::Result<()> {
     let redis = RedisServer::start().await?;
     let url = redis.url();
     let prefix = format!("satest:{}:", uuid::Uuid::new_v4().simple());
-    let w = WorkerProcess::start(&url, &prefix, &["--concurrency", "16"])?;
+    let w = WorkerProcess::start_partitioned(&url, &prefix, partitions, &["--concurrency", "16"])?;
     let mut con = sync_conn(&url)?;
     // Started: connected, migrated, and waiting on its wake-up list.
     wait_until(Duration::from_secs(30), "the worker waits", || {
@@ -237,7 +275,9 @@ async fn an_idle_worker_with_16_slots_sends_at_most_5_commands_in_5_s() -> anyho
     );
 
     // It was idle, not dead: a new job still runs.
-    let q = queue_on(&url, &prefix).await?;
+    let role = RedisRole::connect(Role::Broker, &format!("{url}/0")).await?;
+    let q: Arc<dyn QueueBackend> =
+        Arc::new(RedisQueue::new(role, &Keys::new(&prefix)).with_partitions(partitions));
     runs_to_done(&q, &Job::noop_probe(None), 0, &w).await?;
     Ok(())
 }
