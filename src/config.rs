@@ -79,6 +79,7 @@ struct RawSettings {
     memory_cache_mb: u64,
     #[serde(deserialize_with = "opt_partitions")]
     job_partitions: Option<u16>,
+    near_cache_mb: u64,
 }
 
 /// Every key of [`RawSettings`]: `STAYAFRICA_` variables not listed here
@@ -107,6 +108,7 @@ const KEYS: &[&str] = &[
     "request_timeout_ms",
     "memory_cache_mb",
     "job_partitions",
+    "near_cache_mb",
 ];
 
 impl Default for RawSettings {
@@ -134,6 +136,7 @@ impl Default for RawSettings {
             request_timeout_ms: Duration::from_millis(30_000),
             memory_cache_mb: 256,
             job_partitions: None,
+            near_cache_mb: 64,
         }
     }
 }
@@ -367,6 +370,9 @@ pub struct Settings {
     /// (1 on a standalone Redis; on a Cluster, twice its masters, once the
     /// Cluster connection says how many).
     pub job_partitions: Option<u16>,
+    /// Size bound of the near-cache of stored responses in front of a Redis
+    /// cache, in bytes (0: no near-cache).
+    pub near_cache_bytes: u64,
 }
 
 /// Settings whose variable has no `STAYAFRICA_` prefix (the usual names).
@@ -516,6 +522,7 @@ impl Settings {
             request_timeout: raw.request_timeout_ms,
             memory_cache_bytes: raw.memory_cache_mb.saturating_mul(1024 * 1024),
             job_partitions: raw.job_partitions,
+            near_cache_bytes: raw.near_cache_mb.saturating_mul(1024 * 1024),
         })
     }
 

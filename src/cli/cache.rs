@@ -519,7 +519,9 @@ async fn role_info(t: &Target) -> anyhow::Result<Value> {
 }
 
 /// Our hit ratio per key family, from the counters every instance adds to
-/// (`cache::stats`): `{family: {hits, misses, errors, hit_ratio}}`.
+/// (`cache::stats`): `{family: {hits, near_hits, redis_hits, misses,
+/// errors, hit_ratio}}`; `hits` counts both kinds (from an API process's
+/// near-cache, from Redis).
 async fn our_hit_ratios(t: &Target, c: &mut MultiplexedConnection) -> anyhow::Result<Value> {
     let stats_ns = format!("{}stats:", t.ns);
     let mut names = Vec::new();
@@ -534,7 +536,7 @@ async fn our_hit_ratios(t: &Target, c: &mut MultiplexedConnection) -> anyhow::Re
         },
     )
     .await?;
-    let mut families: std::collections::BTreeMap<String, [f64; 3]> = Default::default();
+    let mut families: std::collections::BTreeMap<String, [f64; 4]> = Default::default();
     if !names.is_empty() {
         let values: Vec<Option<f64>> = redis::cmd("MGET").arg(&names).query_async(c).await?;
         for (name, value) in names.iter().zip(values) {
@@ -544,6 +546,7 @@ async fn our_hit_ratios(t: &Target, c: &mut MultiplexedConnection) -> anyhow::Re
             let slot = match outcome {
                 "hit" => 0,
                 "miss" => 1,
+                "near_hit" => 3,
                 _ => 2,
             };
             families.entry(family.to_owned()).or_default()[slot] += value.unwrap_or(0.0);
@@ -551,11 +554,13 @@ async fn our_hit_ratios(t: &Target, c: &mut MultiplexedConnection) -> anyhow::Re
     }
     Ok(families
         .into_iter()
-        .map(|(family, [hits, misses, errors])| {
+        .map(|(family, [redis_hits, misses, errors, near_hits])| {
+            let hits = redis_hits + near_hits;
             let ratio = (hits + misses > 0.0).then(|| hits / (hits + misses));
             (
                 family,
-                json!({"hits": hits, "misses": misses, "errors": errors, "hit_ratio": ratio}),
+                json!({"hits": hits, "near_hits": near_hits, "redis_hits": redis_hits,
+                       "misses": misses, "errors": errors, "hit_ratio": ratio}),
             )
         })
         .collect::<serde_json::Map<String, Value>>()

@@ -4,7 +4,6 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::cache::PROPERTIES_NS;
 use crate::domain::Email;
 
 /// Key builder for one deployment (one prefix).
@@ -13,8 +12,34 @@ pub struct Keys {
     prefix: String,
 }
 
-/// Cache role: hash tag of the generation counters and of every entry keyed
-/// by them.
+/// Cache role: a namespace of cached data, whose generation counter makes
+/// every entry keyed by it stale at once when bumped. Typed, so that no key
+/// is built from a free string and a namespace cannot be misspelt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Namespace {
+    /// Everything derived from properties (lists, featured, details,
+    /// dashboards' recommendations, the guide's query results).
+    Properties,
+    /// One user's cached data (dashboard, the guide's user data).
+    User(i64),
+    /// One property's stored view count (its cached detail holds it).
+    Views(i64),
+}
+
+impl Namespace {
+    /// Its name inside the generation counter's key.
+    fn name(self) -> String {
+        match self {
+            Namespace::Properties => "properties".to_owned(),
+            Namespace::User(id) => format!("user:{id}"),
+            Namespace::Views(id) => format!("views:{id}"),
+        }
+    }
+}
+
+/// Cache role: hash tag of the generation counters (the near-cache's
+/// validation reads several in one script, so they share a slot; the
+/// entries keyed by them carry no tag and spread over every master).
 const GEN_TAG: &str = "{g}";
 
 /// Cache role: hash tag of the view counters (pending hash, in-flight set, batches).
@@ -22,8 +47,8 @@ const VIEWS_TAG: &str = "{v}";
 
 /// Cache role: a key embedding the generations of one or more namespaces, before
 /// they are read: the counters' keys and the text around each generation.
-/// The store renders it once it has the generations (on Redis, inside the
-/// script that also reads the entry, so a cached read is one round trip).
+/// The cache renders it once it has read the generations (on Redis, one
+/// call shared by the requests waiting together; see `cache::near`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyTemplate {
     generation_keys: Vec<String>,
@@ -43,11 +68,6 @@ impl KeyTemplate {
     /// Keys of the generation counters the key embeds, in order.
     pub fn generation_keys(&self) -> &[String] {
         &self.generation_keys
-    }
-
-    /// The text around the generations: `parts[0] g0 parts[1] g1 …`.
-    pub fn parts(&self) -> &[String] {
-        &self.parts
     }
 
     /// The key for these generations (one per generation key).
@@ -96,13 +116,15 @@ impl Keys {
 
     // ---- Cache role (owner: the cache engineer) ----------------------------
     //
-    // Layout: `{prefix}cache:{guide-style name}`. Entries keyed by namespace
-    // generations, and the generation counters themselves, carry the hash
-    // tag `{g}`: one Lua script reads the generations and the entry they
-    // name in a single round trip, and on Redis Cluster the keys one script
-    // touches must share a slot. The tag comes after the guide-style name so
-    // that the guide's patterns (`property:*`) still match. The view
-    // counters share the tag `{v}` for the same reason.
+    // Layout: `{prefix}cache:{guide-style name}`. The generation counters
+    // carry the hash tag `{g}`: the near-cache's validation reads the
+    // counters of many requests in one Lua script, and on Redis Cluster the
+    // keys one script touches must share a slot. The entries keyed by them
+    // carry no tag (they are read with a plain GET once the generations are
+    // known), so on a cluster they spread over every master. The view
+    // counters share the tag `{v}` (their scripts take the pending counts
+    // and the batches together). Tags come after the guide-style name so
+    // that the guide's patterns (`property:*`) still match.
 
     /// `{prefix}cache:` — everything of the cache role starts with this.
     pub fn cache_ns(&self) -> String {
@@ -115,8 +137,8 @@ impl Keys {
     }
 
     /// Generation counter of a cache namespace (bumped to invalidate it).
-    pub fn generation(&self, ns: &str) -> String {
-        self.cache(&format!("gen:{GEN_TAG}:{ns}"))
+    pub fn generation(&self, ns: Namespace) -> String {
+        self.cache(&format!("gen:{GEN_TAG}:{}", ns.name()))
     }
 
     /// A `SCAN MATCH` pattern of every generation counter (glob characters
@@ -138,9 +160,9 @@ impl Keys {
     /// before the properties generation is known.
     pub fn property_list_template(&self, normalized_query: &str) -> KeyTemplate {
         KeyTemplate::new(
-            vec![self.generation(PROPERTIES_NS)],
+            vec![self.generation(Namespace::Properties)],
             vec![
-                self.cache(&format!("property:list:{GEN_TAG}:g")),
+                self.cache("property:list:g"),
                 format!(":{normalized_query}"),
             ],
         )
@@ -155,11 +177,8 @@ impl Keys {
     /// The featured list, before the properties generation is known.
     pub fn featured_template(&self) -> KeyTemplate {
         KeyTemplate::new(
-            vec![self.generation(PROPERTIES_NS)],
-            vec![
-                self.cache(&format!("property:list:featured:{GEN_TAG}:g")),
-                String::new(),
-            ],
+            vec![self.generation(Namespace::Properties)],
+            vec![self.cache("property:list:featured:g"), String::new()],
         )
     }
 
@@ -171,17 +190,16 @@ impl Keys {
     /// One property, before the properties generation is known.
     pub fn property_detail_template(&self, id: i64) -> KeyTemplate {
         KeyTemplate::new(
-            vec![self.generation(PROPERTIES_NS)],
             vec![
-                self.cache(&format!("property:detail:{GEN_TAG}:g")),
+                self.generation(Namespace::Properties),
+                self.generation(Namespace::Views(id)),
+            ],
+            vec![
+                self.cache("property:detail:g"),
+                ":v".to_owned(),
                 format!(":{id}"),
             ],
         )
-    }
-
-    /// One property at properties generation `generation`.
-    pub fn property_detail(&self, generation: u64, id: i64) -> String {
-        self.property_detail_template(id).render(&[generation])
     }
 
     /// A user's dashboard, before the properties and user generations are
@@ -189,11 +207,11 @@ impl Keys {
     pub fn dashboard_template(&self, user_id: i64) -> KeyTemplate {
         KeyTemplate::new(
             vec![
-                self.generation(PROPERTIES_NS),
-                self.generation(&Self::user_ns(user_id)),
+                self.generation(Namespace::Properties),
+                self.generation(Namespace::User(user_id)),
             ],
             vec![
-                self.cache(&format!("user:dashboard:{user_id}:{GEN_TAG}:g")),
+                self.cache(&format!("user:dashboard:{user_id}:g")),
                 ":u".to_owned(),
                 String::new(),
             ],
@@ -222,11 +240,8 @@ impl Keys {
     /// them stale.
     pub fn query_template(&self, name: &str) -> KeyTemplate {
         KeyTemplate::new(
-            vec![self.generation(PROPERTIES_NS)],
-            vec![
-                self.cache(&format!("query:{GEN_TAG}:g")),
-                format!(":{name}"),
-            ],
+            vec![self.generation(Namespace::Properties)],
+            vec![self.cache("query:g"), format!(":{name}")],
         )
     }
 
@@ -234,9 +249,9 @@ impl Keys {
     /// before that user's generation is known.
     pub fn user_data_template(&self, user_id: i64, name: &str) -> KeyTemplate {
         KeyTemplate::new(
-            vec![self.generation(&Self::user_ns(user_id))],
+            vec![self.generation(Namespace::User(user_id))],
             vec![
-                self.cache(&format!("user:data:{user_id}:{GEN_TAG}:u")),
+                self.cache(&format!("user:data:{user_id}:u")),
                 format!(":{name}"),
             ],
         )
@@ -246,11 +261,6 @@ impl Keys {
     /// `cache::stats`); the logical part is `stats:{family}:{outcome}`.
     pub fn cache_stats(&self, family: &str, outcome: &str) -> String {
         self.cache(&format!("stats:{family}:{outcome}"))
-    }
-
-    /// Namespace of one user's cached data (bumped when their bookings change).
-    pub fn user_ns(user_id: i64) -> String {
-        format!("user:{user_id}")
     }
 
     /// The one-time login code of an email.

@@ -3,6 +3,7 @@
 
 pub mod blocking;
 pub mod breaker;
+pub mod coalesce;
 pub mod keys;
 
 use std::future::Future;

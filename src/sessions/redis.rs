@@ -1,7 +1,8 @@
 //! Sessions in the sessions role's Redis (the guide's DB 2), under
 //! `{prefix}session:`. One string key per session, named by the SHA-256 of
 //! its id and holding the user id, with the session TTL; loading it slides
-//! the expiry in the same command (`GETEX … PX`). A set per user
+//! the expiry in the same step (`GETEX … PX`), and the loads of concurrent
+//! requests share one script call (`lua/load_many.lua`, `kv::coalesce`). A set per user
 //! (`{prefix}session:user:{id}`) indexes the user's sessions so that
 //! [`SessionStore::delete_user`] ends them all atomically (`lua/*.lua`).
 //!
@@ -21,6 +22,7 @@ use async_trait::async_trait;
 
 use super::SessionStore;
 use crate::kv::RedisRole;
+use crate::kv::coalesce::Coalescer;
 use crate::kv::keys::Keys;
 
 /// [`SessionStore`] on the sessions role's Redis.
@@ -29,18 +31,60 @@ pub struct RedisSessionStore {
     keys: Keys,
     create: redis::Script,
     delete_user: redis::Script,
+    /// Session loads of concurrent requests, one script call per round.
+    loads: Coalescer<(String, u64), Option<i64>>,
 }
 
 impl RedisSessionStore {
     /// A store on `role`, with keys under `keys`' prefix.
     pub fn new(role: RedisRole, keys: Keys) -> Self {
         RedisSessionStore {
+            loads: loads_coalescer(role.clone()),
             role,
             keys,
             create: redis::Script::new(include_str!("lua/create.lua")),
             delete_user: redis::Script::new(include_str!("lua/delete_user.lua")),
         }
     }
+}
+
+/// Loads every waiting request's session in one `load_many` call (a
+/// request asks for `(key, ttl_ms)`; requests waiting together share a TTL
+/// in practice, the setting's, and one with another TTL goes in a call of
+/// its own). Each call is sent after its requests began, so a logout that
+/// answered before a request started is seen by it (`kv::coalesce`).
+fn loads_coalescer(role: RedisRole) -> Coalescer<(String, u64), Option<i64>> {
+    let script = redis::Script::new(include_str!("lua/load_many.lua"));
+    Coalescer::spawn("session_loads", move |requests: Vec<(String, u64)>| {
+        let (role, script) = (role.clone(), script.clone());
+        async move {
+            let mut answers = Vec::with_capacity(requests.len());
+            for group in requests.chunk_by(|a, b| a.1 == b.1) {
+                let values: Vec<Option<String>> = role
+                    .run(|mut conn| {
+                        let mut call = script.prepare_invoke();
+                        for (key, _) in group {
+                            call.key(key);
+                        }
+                        call.arg(group[0].1);
+                        async move { call.invoke_async(&mut conn).await }
+                    })
+                    .await
+                    .context("cannot load the sessions")?;
+                anyhow::ensure!(values.len() == group.len(), "short session reply");
+                for v in values {
+                    answers.push(
+                        v.map(|v| {
+                            v.parse::<i64>()
+                                .context("a session key holds something other than a user id")
+                        })
+                        .transpose()?,
+                    );
+                }
+            }
+            Ok(answers)
+        }
+    })
 }
 
 /// A TTL in whole milliseconds, at least 1 (Redis refuses `PX 0`).
@@ -72,25 +116,9 @@ impl SessionStore for RedisSessionStore {
     }
 
     async fn load(&self, id_hash: &str, ttl: Duration) -> anyhow::Result<Option<i64>> {
-        let session = self.keys.session(id_hash);
-        let value: Option<String> = self
-            .role
-            .run(|mut conn| async move {
-                redis::cmd("GETEX")
-                    .arg(&session)
-                    .arg("PX")
-                    .arg(ttl_ms(ttl))
-                    .query_async(&mut conn)
-                    .await
-            })
+        self.loads
+            .call((self.keys.session(id_hash), ttl_ms(ttl)))
             .await
-            .context("cannot load the session")?;
-        value
-            .map(|v| {
-                v.parse::<i64>()
-                    .context("a session key holds something other than a user id")
-            })
-            .transpose()
     }
 
     async fn delete(&self, id_hash: &str) -> anyhow::Result<()> {

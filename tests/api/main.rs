@@ -19,6 +19,7 @@ mod jobs_suite;
 mod jobs_wakeup;
 mod limiter_suite;
 mod logs;
+mod near_cache;
 mod openapi;
 mod ops;
 mod properties;
