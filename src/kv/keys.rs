@@ -13,6 +13,10 @@ pub struct Keys {
     prefix: String,
 }
 
+/// Sessions role: how many shards (hash tags) the sessions are spread over
+/// (see the sessions section of [`Keys`]).
+pub const SESSION_SHARDS: u8 = 32;
+
 /// Cache role: hash tag of the generation counters and of every entry keyed
 /// by them.
 const GEN_TAG: &str = "{g}";
@@ -292,20 +296,55 @@ impl Keys {
 
     // ---- end of the cache role ---------------------------------------------
 
+    // ---- Sessions role (src/sessions/redis.rs) ----
+    //
+    // Layout: `{prefix}session:{sNN}:{id hash}` for a session and
+    // `{prefix}session:{sNN}:user:{user id}` for the index of a user's
+    // sessions in shard NN. The scripts touch a session and its user's
+    // index together, so on Redis Cluster the two must share a slot; but a
+    // session is loaded by its hash alone (the cookie says nothing about its
+    // user), so the shared hash tag can only come from the hash: the shard
+    // `{sNN}`, NN = [`SESSION_SHARDS`] values taken from the hash. A user's
+    // index is kept per shard, and ending all of a user's sessions runs the
+    // script once per shard. The shards spread the role over
+    // [`SESSION_SHARDS`] slots, so over every master of a cluster; no tag
+    // holds more than its share of the sessions.
+
     /// `{prefix}session:` — everything of the sessions role starts with this.
     pub fn session_ns(&self) -> String {
         format!("{}session:", self.prefix)
     }
 
-    /// One session, keyed by the SHA-256 of its id, never the id itself.
-    pub fn session(&self, id_hash: &str) -> String {
-        format!("{}session:{id_hash}", self.prefix)
+    /// The shard of a session (its hash tag), from its id hash.
+    pub fn session_shard(id_hash: &str) -> u8 {
+        let digest = Sha256::digest(id_hash.as_bytes());
+        digest[0] % SESSION_SHARDS
     }
 
-    /// Index of a user's session hashes, so that all of them can end at once.
-    pub fn user_sessions(&self, user_id: i64) -> String {
-        format!("{}session:user:{user_id}", self.prefix)
+    /// `{prefix}session:{sNN}:` — the session keys of one shard are this
+    /// followed by their id hash (the scripts build them so).
+    pub fn session_shard_ns(&self, shard: u8) -> String {
+        format!("{}session:{{s{shard:02}}}:", self.prefix)
     }
+
+    /// One session, keyed by the SHA-256 of its id, never the id itself.
+    pub fn session(&self, id_hash: &str) -> String {
+        format!(
+            "{}{id_hash}",
+            self.session_shard_ns(Self::session_shard(id_hash))
+        )
+    }
+
+    /// Index of a user's session hashes in one shard (same slot as the
+    /// sessions it lists), so that all of them can end at once.
+    pub fn user_sessions(&self, user_id: i64, shard: u8) -> String {
+        format!("{}user:{user_id}", self.session_shard_ns(shard))
+    }
+
+    // ---- Rate-limit role (src/ratelimit/redis.rs) ----
+    //
+    // One key per (scope, subject), and every script touches one key: no
+    // hash tag, so the keys spread over every slot of a cluster.
 
     /// `{prefix}rl:` — everything of the rate-limit role starts with this.
     pub fn ratelimit_ns(&self) -> String {

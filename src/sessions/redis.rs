@@ -10,9 +10,12 @@
 //! error, never an empty session: the HTTP layer answers 503, nobody is
 //! silently logged out.
 //!
-//! Redis Cluster: the session key and the user's index hash to different
-//! slots, so the two scripts need a standalone (or single-shard) sessions
-//! Redis, which is what the guide and our deployment use for this role.
+//! Redis Cluster: a session and the user's index it is listed in share a
+//! hash tag, the session's shard (see the sessions section of
+//! `kv::keys`), so every script's keys are in one slot; the shards spread
+//! the sessions over every master. A user has one index per shard holding
+//! their sessions; [`SessionStore::delete_user`] ends them shard by shard,
+//! each shard atomically.
 
 use std::time::Duration;
 
@@ -21,7 +24,7 @@ use async_trait::async_trait;
 
 use super::SessionStore;
 use crate::kv::RedisRole;
-use crate::kv::keys::Keys;
+use crate::kv::keys::{Keys, SESSION_SHARDS};
 
 /// [`SessionStore`] on the sessions role's Redis.
 pub struct RedisSessionStore {
@@ -51,9 +54,10 @@ fn ttl_ms(ttl: Duration) -> u64 {
 #[async_trait]
 impl SessionStore for RedisSessionStore {
     async fn create(&self, id_hash: &str, user_id: i64, ttl: Duration) -> anyhow::Result<()> {
+        let shard = Keys::session_shard(id_hash);
         let session = self.keys.session(id_hash);
-        let index = self.keys.user_sessions(user_id);
-        let ns = self.keys.session_ns();
+        let index = self.keys.user_sessions(user_id, shard);
+        let ns = self.keys.session_shard_ns(shard);
         self.role
             .run(|mut conn| async move {
                 self.create
@@ -110,20 +114,37 @@ impl SessionStore for RedisSessionStore {
     }
 
     async fn delete_user(&self, user_id: i64) -> anyhow::Result<u64> {
-        let index = self.keys.user_sessions(user_id);
-        let ns = self.keys.session_ns();
-        let ended: i64 = self
+        // Every shard's index, concurrently, in one call of the role: each
+        // shard's sessions end atomically, and once this returns no session
+        // of the user created before it can be loaded.
+        let shards: Vec<(String, String)> = (0..SESSION_SHARDS)
+            .map(|shard| {
+                (
+                    self.keys.user_sessions(user_id, shard),
+                    self.keys.session_shard_ns(shard),
+                )
+            })
+            .collect();
+        let ended: Vec<i64> = self
             .role
-            .run(|mut conn| async move {
-                self.delete_user
-                    .key(&index)
-                    .arg(&ns)
-                    .invoke_async(&mut conn)
-                    .await
+            .run(|conn| {
+                futures::future::try_join_all(shards.iter().map(|(index, ns)| {
+                    let mut conn = conn.clone();
+                    async move {
+                        self.delete_user
+                            .key(index)
+                            .arg(ns)
+                            .invoke_async::<i64>(&mut conn)
+                            .await
+                    }
+                }))
             })
             .await
             .context("cannot end the user's sessions")?;
-        Ok(u64::try_from(ended).unwrap_or(0))
+        Ok(ended
+            .into_iter()
+            .map(|n| u64::try_from(n).unwrap_or(0))
+            .sum())
     }
 
     async fn ping(&self) -> anyhow::Result<()> {

@@ -37,7 +37,8 @@ fn memory_cache() -> Cache {
 /// A cache on the Redis at `base` (DB 1, the guide's cache DB), under a
 /// prefix of its own.
 async fn redis_cache_on(base: &str, keys: Keys) -> anyhow::Result<Cache> {
-    let role = RedisRole::connect(Role::Cache, &format!("{base}/1")).await?;
+    let url = crate::topologies::role_url(base, Role::Cache);
+    let role = RedisRole::connect(Role::Cache, &url).await?;
     Ok(Cache::new(
         Arc::new(RedisStore::new(role, keys.clone())),
         keys,
@@ -64,6 +65,22 @@ macro_rules! on_every_store {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn redis() -> anyhow::Result<()> {
                     let cache = super::redis_cache().await?;
+                    let result = super::$name(cache.clone()).await;
+                    super::cleanup(&cache).await;
+                    result
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn cluster() -> anyhow::Result<()> {
+                    let url = crate::topologies::cluster_url().await?;
+                    let cache = super::redis_cache_on(&url, super::unique_keys()).await?;
+                    let result = super::$name(cache.clone()).await;
+                    super::cleanup(&cache).await;
+                    result
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sentinel() -> anyhow::Result<()> {
+                    let url = crate::topologies::sentinel_url().await?;
+                    let cache = super::redis_cache_on(&url, super::unique_keys()).await?;
                     let result = super::$name(cache.clone()).await;
                     super::cleanup(&cache).await;
                     result

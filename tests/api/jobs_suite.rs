@@ -55,6 +55,19 @@ async fn redis_queue() -> anyhow::Result<QueueUnderTest> {
     })
 }
 
+/// The Redis queue on the broker role of a cluster or Sentinel setup of
+/// the tests' own (`topologies`: it dies with the test run, so what the
+/// test leaves under its prefix goes with it).
+async fn redis_queue_on(base: &str) -> anyhow::Result<QueueUnderTest> {
+    let prefix = format!("satest:{}:", uuid::Uuid::new_v4().simple());
+    let url = crate::topologies::role_url(base, Role::Broker);
+    let role = RedisRole::connect(Role::Broker, &url).await?;
+    Ok(QueueUnderTest {
+        queue: Arc::new(RedisQueue::new(role, &Keys::new(&prefix))),
+        _guard: Box::new(()),
+    })
+}
+
 /// Deletes every key of a test prefix from the shared Redis (SCAN + UNLINK,
 /// never KEYS) when dropped.
 struct RedisCleanup(String);
@@ -105,6 +118,18 @@ macro_rules! on_every_queue {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn redis() -> anyhow::Result<()> {
                     let q = super::redis_queue().await?;
+                    super::$name(q.queue.clone()).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn cluster() -> anyhow::Result<()> {
+                    let url = crate::topologies::cluster_url().await?;
+                    let q = super::redis_queue_on(&url).await?;
+                    super::$name(q.queue.clone()).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sentinel() -> anyhow::Result<()> {
+                    let url = crate::topologies::sentinel_url().await?;
+                    let q = super::redis_queue_on(&url).await?;
                     super::$name(q.queue.clone()).await
                 }
             }

@@ -6,7 +6,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use reqwest::{Client, Response};
 use serde_json::json;
 use stayafrica::config::{Rate, Throttles};
@@ -36,7 +35,7 @@ fn unique_keys() -> Keys {
 struct Limiter {
     backend: Arc<dyn LimiterBackend>,
     /// Redis only: a connection to the limiter's DB, to look at TTLs.
-    raw: Option<ConnectionManager>,
+    raw: Option<stayafrica::kv::Conn>,
 }
 
 impl Limiter {
@@ -48,7 +47,13 @@ impl Limiter {
     }
 
     async fn redis() -> anyhow::Result<Limiter> {
-        let url = ratelimit_url(SHARED_REDIS);
+        Limiter::redis_on(SHARED_REDIS).await
+    }
+
+    /// On the rate-limit role of the Redis at `base` (one server, a
+    /// cluster, a Sentinel's master).
+    async fn redis_on(base: &str) -> anyhow::Result<Limiter> {
+        let url = crate::topologies::role_url(base, Role::RateLimit);
         let role = RedisRole::connect(Role::RateLimit, &url).await?;
         let raw = stayafrica::kv::connect(&url, Duration::from_secs(5)).await?;
         Ok(Limiter {
@@ -70,6 +75,16 @@ macro_rules! on_every_limiter {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn redis() -> anyhow::Result<()> {
                     super::$name(super::Limiter::redis().await?).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn cluster() -> anyhow::Result<()> {
+                    let url = crate::topologies::cluster_url().await?;
+                    super::$name(super::Limiter::redis_on(&url).await?).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sentinel() -> anyhow::Result<()> {
+                    let url = crate::topologies::sentinel_url().await?;
+                    super::$name(super::Limiter::redis_on(&url).await?).await
                 }
             }
         )*

@@ -25,3 +25,4 @@ mod restart;
 mod seed_import;
 mod session_suite;
 mod shutdown;
+mod topologies;

@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use reqwest::{Client, Response};
 use serde_json::{Value, json};
 use stayafrica::db::Db;
+use stayafrica::kv::Conn;
 use stayafrica::kv::keys::Keys;
 use stayafrica::kv::{RedisRole, Role};
 use stayafrica::sessions::redis::RedisSessionStore;
@@ -26,7 +26,7 @@ fn sessions_url(base: &str) -> String {
     format!("{base}/2")
 }
 
-async fn raw_sessions_conn() -> anyhow::Result<ConnectionManager> {
+async fn raw_sessions_conn() -> anyhow::Result<Conn> {
     stayafrica::kv::connect(&sessions_url(SHARED_REDIS), Duration::from_secs(5)).await
 }
 
@@ -34,7 +34,7 @@ async fn raw_sessions_conn() -> anyhow::Result<ConnectionManager> {
 struct Store {
     store: Arc<dyn SessionStore>,
     /// Redis only: a connection to the store's DB and its key builder.
-    raw: Option<(ConnectionManager, Keys)>,
+    raw: Option<(Conn, Keys)>,
     _db: Option<DbGuard>,
 }
 
@@ -51,11 +51,21 @@ impl Store {
     }
 
     async fn redis() -> anyhow::Result<Store> {
+        Store::redis_on(SHARED_REDIS).await
+    }
+
+    /// On the sessions role of the Redis at `base` (one server, a cluster,
+    /// a Sentinel's master).
+    async fn redis_on(base: &str) -> anyhow::Result<Store> {
+        let url = crate::topologies::role_url(base, Role::Sessions);
         let keys = Keys::new(&format!("satest:{}:", uuid::Uuid::new_v4().simple()));
-        let role = RedisRole::connect(Role::Sessions, &sessions_url(SHARED_REDIS)).await?;
+        let role = RedisRole::connect(Role::Sessions, &url).await?;
         Ok(Store {
             store: Arc::new(RedisSessionStore::new(role, keys.clone())),
-            raw: Some((raw_sessions_conn().await?, keys)),
+            raw: Some((
+                stayafrica::kv::connect(&url, Duration::from_secs(5)).await?,
+                keys,
+            )),
             _db: None,
         })
     }
@@ -90,6 +100,16 @@ macro_rules! on_every_store {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn redis() -> anyhow::Result<()> {
                     super::$name(super::Store::redis().await?).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn cluster() -> anyhow::Result<()> {
+                    let url = crate::topologies::cluster_url().await?;
+                    super::$name(super::Store::redis_on(&url).await?).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sentinel() -> anyhow::Result<()> {
+                    let url = crate::topologies::sentinel_url().await?;
+                    super::$name(super::Store::redis_on(&url).await?).await
                 }
             }
         )*
@@ -139,7 +159,7 @@ async fn delete_user_ends_only_that_users_sessions(s: Store) -> anyhow::Result<(
     assert_eq!(s.store.load(&a4, HOUR).await?, Some(11));
     if let Some((conn, keys)) = &s.raw {
         let n: i64 = redis::cmd("SCARD")
-            .arg(keys.user_sessions(11))
+            .arg(keys.user_sessions(11, Keys::session_shard(&a4)))
             .query_async(&mut conn.clone())
             .await?;
         assert_eq!(n, 1, "the user's index was emptied");
@@ -285,7 +305,8 @@ async fn login_me_logout_on_redis() -> anyhow::Result<()> {
     let id = user["id"].as_i64().unwrap_or_default();
     let session_key = keys.session(&hash_id(&sid));
     assert_eq!(session_keys(&app).await?, {
-        let mut v = vec![session_key.clone(), keys.user_sessions(id)];
+        let shard = Keys::session_shard(&hash_id(&sid));
+        let mut v = vec![session_key.clone(), keys.user_sessions(id, shard)];
         v.sort();
         v
     });
