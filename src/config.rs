@@ -667,6 +667,46 @@ mod tests {
     }
 
     #[test]
+    fn cluster_and_sentinel_urls_for_every_role() {
+        jailed(|jail| {
+            jail.set_env(
+                "REDIS_URL",
+                "redis+cluster://:pw@10.0.0.1:7000,10.0.0.2:7001",
+            );
+            jail.set_env("REDIS_SESSIONS_URL", "redis+sentinel://s1:26379,s2/main");
+            let r = Settings::load(None)
+                .map_err(|e| e.to_string())?
+                .redis
+                .ok_or("no redis")?;
+            // A cluster has only DB 0: every role on the URL as it is.
+            for url in [&r.cache, &r.ratelimit, &r.broker] {
+                assert_eq!(
+                    url.expose_secret(),
+                    "redis+cluster://:pw@10.0.0.1:7000,10.0.0.2:7001"
+                );
+            }
+            assert_eq!(
+                r.sessions.expose_secret(),
+                "redis+sentinel://s1:26379,s2/main"
+            );
+            // A bad one names its variable, never the password it holds.
+            for (var, bad) in [
+                ("REDIS_URL", "redis+cluster://:s3cret@h:notaport"),
+                ("REDIS_URL", "redis+cluster://:s3cret@h:7000/4"),
+                ("REDIS_BROKER_URL", "redis+sentinel://:s3cret@h:26379"),
+                ("REDIS_CACHE_URL", "memcached://:s3cret@h"),
+            ] {
+                jail.clear_env();
+                jail.set_env("REDIS_URL", "redis://127.0.0.1:6379");
+                jail.set_env(var, bad);
+                let err = load_err(None);
+                assert!(err.contains(var) && !err.contains("s3cret"), "{err}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
     fn debug_of_the_settings_shows_no_credential() {
         jailed(|jail| {
             jail.set_env(

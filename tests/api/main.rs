@@ -26,3 +26,4 @@ mod seed_import;
 mod session_suite;
 mod shutdown;
 mod topologies;
+mod topology_ops;
