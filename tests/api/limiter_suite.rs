@@ -282,8 +282,18 @@ async fn redis_app_with(
     anon: u32,
     tweak: impl FnOnce(&mut stayafrica::config::Settings) + Send + 'static,
 ) -> anyhow::Result<TestApp> {
+    redis_app_on(SHARED_REDIS, anon, tweak).await
+}
+
+/// An app with every role on the Redis at `base` (one server, a cluster, a
+/// Sentinel's master) and `anon` anonymous requests an hour.
+async fn redis_app_on(
+    base: &str,
+    anon: u32,
+    tweak: impl FnOnce(&mut stayafrica::config::Settings) + Send + 'static,
+) -> anyhow::Result<TestApp> {
     spawn_app_with(TestOptions {
-        redis: Some(SHARED_REDIS.into()),
+        redis: Some(base.into()),
         tweak: Box::new(move |s| {
             s.throttles.anon = Rate::new(anon, HOUR);
             tweak(s);
@@ -369,11 +379,27 @@ async fn anonymous_burst_admits_exactly_the_limit() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_instances_share_one_limit() -> anyhow::Result<()> {
-    let first = redis_app(50).await?;
+/// 200 racing requests at a limit of 50, spread over two API instances on
+/// one Redis: exactly 50 pass.
+mod two_instances_share_one_limit {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis() -> anyhow::Result<()> {
+        super::two_instances_share_one_limit_on(crate::helpers::SHARED_REDIS).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cluster() -> anyhow::Result<()> {
+        super::two_instances_share_one_limit_on(&crate::topologies::cluster_url().await?).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sentinel() -> anyhow::Result<()> {
+        super::two_instances_share_one_limit_on(&crate::topologies::sentinel_url().await?).await
+    }
+}
+
+async fn two_instances_share_one_limit_on(base: &str) -> anyhow::Result<()> {
+    let first = redis_app_on(base, 50, |_| {}).await?;
     let prefix = first.state.settings.key_prefix.clone();
-    let second = redis_app_with(50, move |s| s.key_prefix = prefix).await?;
+    let second = redis_app_on(base, 50, move |s| s.key_prefix = prefix).await?;
     let tasks: Vec<_> = (0..200)
         .map(|i| {
             let app = if i % 2 == 0 { &first } else { &second };
