@@ -26,4 +26,5 @@ mod seed_import;
 mod session_suite;
 mod shutdown;
 mod topologies;
+mod topology_e2e;
 mod topology_ops;
