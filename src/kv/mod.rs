@@ -601,7 +601,7 @@ impl Connection {
     /// server's `run_id`; if it changed, runs the restart hooks; then lets
     /// calls through again. The check is a task of its own, so no caller's
     /// cancellation can cut it short.
-    fn verify(self: &Arc<Self>, role: Role) {
+    fn verify(self: &Arc<Self>, role: Role, breaker: Arc<breaker::Breaker>) {
         if self.verifying.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -615,7 +615,24 @@ impl Connection {
                     tracing::debug!(role = role.name(), error = %e, "cannot read the run id");
                     this.suspect.store(false, Ordering::Release);
                 }
-                Ok(Err(_)) | Err(_) => {} // still down or loading: next call retries
+                // Still down or loading: the next call retries. A Sentinel's
+                // master that does not answer may have been replaced: ask
+                // the sentinels again (nothing else would, as no call
+                // reaches the server meanwhile).
+                Ok(Err(e)) => {
+                    let lost = e.is_io_error()
+                        || e.is_timeout()
+                        || e.is_connection_dropped()
+                        || e.is_connection_refusal();
+                    if this.source.is_sentinel() && (lost || verdict(&e).reconnect) {
+                        this.reconnect(role, breaker);
+                    }
+                }
+                Err(_) => {
+                    if this.source.is_sentinel() {
+                        this.reconnect(role, breaker);
+                    }
+                }
             }
             this.verifying.store(false, Ordering::Release);
         });
@@ -759,7 +776,7 @@ impl RedisRole {
         if self.conn.suspect.load(Ordering::Acquire) {
             // The connection broke: the server may have restarted with older
             // data. Nothing reads it until that is checked (milliseconds).
-            self.conn.verify(self.role);
+            self.conn.verify(self.role, self.breaker.clone());
             anyhow::bail!(
                 "Redis {} role unavailable (checking the server after a reconnection)",
                 self.role.name()

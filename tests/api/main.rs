@@ -26,5 +26,6 @@ mod seed_import;
 mod session_suite;
 mod shutdown;
 mod topologies;
+mod topology_chaos;
 mod topology_e2e;
 mod topology_ops;
