@@ -74,6 +74,33 @@ impl Setup {
     }
 }
 
+/// A fault that loses no acknowledged write (resharding, a failover the
+/// sentinels coordinate): every accepted one-time-code job mails exactly
+/// once (`accepted ≤ mailed ≤ accepted + answers that were 503 or none`).
+async fn jobs_exactly_once(s: &Setup, samples: &[Sample]) -> anyhow::Result<()> {
+    use crate::chaos_support::Kind;
+    let otp: Vec<&Sample> = samples.iter().filter(|x| x.kind == Kind::Otp).collect();
+    let accepted = otp.iter().filter(|x| x.status == Some(202)).count();
+    let unsure = otp.len() - accepted;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.api.emails_to(&s.f.otp_email) < accepted && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = s.api.emails_to(&s.f.otp_email);
+    println!("jobs: {accepted} accepted, {unsure} unsure, {sent} mailed");
+    anyhow::ensure!(accepted > 0, "no job was accepted at all");
+    anyhow::ensure!(
+        sent >= accepted,
+        "jobs lost: {accepted} accepted, {sent} mailed"
+    );
+    anyhow::ensure!(
+        sent <= accepted + unsure,
+        "jobs run twice: {accepted} accepted (+{unsure} unsure), {sent} mailed"
+    );
+    Ok(())
+}
+
 fn invariants(api: &Service, samples: &[Sample]) -> anyhow::Result<()> {
     check_invariants(samples, Allow::default())
         .map_err(|e| anyhow::anyhow!("{e}\n{}", api.log_tail()))
@@ -192,6 +219,7 @@ async fn cluster_resharded_under_load() -> anyhow::Result<()> {
     );
     assert_eq!(owner_of(&cluster, &s.session_key(0)).await?, to);
     s.sessions_valid().await?;
+    jobs_exactly_once(&s, &samples).await?;
     Ok(())
 }
 
@@ -289,5 +317,6 @@ async fn sentinel_failover_with_the_old_master_alive_under_load() -> anyhow::Res
         .send()
         .await?;
     assert_eq!(r.status(), 200);
+    jobs_exactly_once(&s, &samples).await?;
     Ok(())
 }
