@@ -314,3 +314,111 @@ async fn cluster_url_without_a_live_seed_fails_to_start_naming_the_role() -> any
     );
     Ok(())
 }
+
+/// How many clients of the servers on `ports` are blocked in `BLPOP`.
+async fn blocked_in_blpop(ports: &[u16]) -> anyhow::Result<usize> {
+    let mut found = 0;
+    for port in ports {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+        let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+            continue;
+        };
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut conn)
+            .await?;
+        found += list
+            .lines()
+            .filter(|l| l.contains(" cmd=blpop ") && l.contains(" flags=b "))
+            .count();
+    }
+    Ok(found)
+}
+
+/// An idle `stayafrica worker` (polling once an hour) on the Redis at
+/// `base` is blocked in its wake-up wait on one of `ports`, and a job
+/// queued then runs: only the wake-up can start it.
+async fn idle_worker_is_woken_on(base: &str, ports: &[u16]) -> anyhow::Result<()> {
+    // Other tests' workers may wait on the same setup: ours is one more.
+    let others = blocked_in_blpop(ports).await?;
+    let dir = tempfile::tempdir()?;
+    let prefix = unique_prefix();
+    let log = dir.path().join("worker.log");
+    let out = std::fs::File::create(&log)?;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stayafrica"))
+        .args([
+            "worker",
+            "--concurrency",
+            "2",
+            "--poll-interval-ms",
+            "3600000",
+        ])
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("w.db").display()),
+        )
+        .env("REDIS_URL", base)
+        .env("STAYAFRICA_KEY_PREFIX", &prefix)
+        .env("STAYAFRICA_VIEW_FLUSH_SECS", "100000000")
+        .env("STAYAFRICA_EMAIL", "log")
+        .env("RUST_LOG", "info,sqlx=warn")
+        .env_remove("REDIS_CACHE_URL")
+        .env_remove("REDIS_SESSIONS_URL")
+        .env_remove("REDIS_RATELIMIT_URL")
+        .env_remove("REDIS_BROKER_URL")
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()?;
+    let result = async {
+        let role = RedisRole::connect(Role::Broker, &role_url(base, Role::Broker)).await?;
+        let q = stayafrica::jobs::redis::RedisQueue::new(role, &Keys::new(&prefix));
+        for round in 0..2 {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while blocked_in_blpop(ports).await? <= others {
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "round {round}: the worker never waits in BLPOP"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let id = uuid::Uuid::new_v4().to_string();
+            let job = stayafrica::jobs::Job::noop_probe(None);
+            stayafrica::jobs::QueueBackend::enqueue(&q, &id, &job, 0).await?;
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let info = stayafrica::jobs::QueueBackend::info(&q, &id).await?;
+                if info.is_some_and(|i| i.status == "done") {
+                    break;
+                }
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "round {round}: the job never ran"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    result.map_err(|e| {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        anyhow::anyhow!("{e:#}\n{text}")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_is_woken_by_its_blocking_wait_on_a_cluster() -> anyhow::Result<()> {
+    let cluster = shared_cluster().await?;
+    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
+    idle_worker_is_woken_on(&cluster.url(), &ports).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_is_woken_by_its_blocking_wait_on_sentinel() -> anyhow::Result<()> {
+    let setup = crate::topologies::shared_sentinel().await?;
+    let ports: Vec<u16> = setup.servers.iter().map(|n| n.port).collect();
+    idle_worker_is_woken_on(&setup.url(), &ports).await
+}
