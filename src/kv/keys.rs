@@ -341,6 +341,20 @@ impl Keys {
         format!("{}user:{user_id}", self.session_shard_ns(shard))
     }
 
+    /// A session in the layout before the shards
+    /// (`{prefix}session:{id hash}`): only read and deleted, never written,
+    /// so that sessions made before the upgrade stay valid until they end.
+    pub fn legacy_session(&self, id_hash: &str) -> String {
+        format!("{}{id_hash}", self.session_ns())
+    }
+
+    /// A user's index in the layout before the shards
+    /// (`{prefix}session:user:{id}`, members named by
+    /// [`Self::legacy_session`]): only ended, never written.
+    pub fn legacy_user_sessions(&self, user_id: i64) -> String {
+        format!("{}user:{user_id}", self.session_ns())
+    }
+
     // ---- Rate-limit role (src/ratelimit/redis.rs) ----
     //
     // One key per (scope, subject), and every script touches one key: no

@@ -16,6 +16,10 @@
 //! the sessions over every master. A user has one index per shard holding
 //! their sessions; [`SessionStore::delete_user`] ends them shard by shard,
 //! each shard atomically.
+//!
+//! Sessions of the layout before the shards (`{prefix}session:{hash}`,
+//! `{prefix}session:user:{id}`, standalone deployments only) are still
+//! loaded, deleted and ended, never written: an upgrade logs nobody out.
 
 use std::time::Duration;
 
@@ -77,15 +81,21 @@ impl SessionStore for RedisSessionStore {
 
     async fn load(&self, id_hash: &str, ttl: Duration) -> anyhow::Result<Option<i64>> {
         let session = self.keys.session(id_hash);
+        let legacy = self.keys.legacy_session(id_hash);
         let value: Option<String> = self
             .role
             .run(|mut conn| async move {
-                redis::cmd("GETEX")
-                    .arg(&session)
-                    .arg("PX")
-                    .arg(ttl_ms(ttl))
-                    .query_async(&mut conn)
-                    .await
+                let getex = |key: &str| {
+                    let mut cmd = redis::cmd("GETEX");
+                    cmd.arg(key).arg("PX").arg(ttl_ms(ttl));
+                    cmd
+                };
+                let found: Option<String> = getex(&session).query_async(&mut conn).await?;
+                if found.is_some() {
+                    return Ok(found);
+                }
+                // A session made before the shards (see `legacy_session`).
+                getex(&legacy).query_async(&mut conn).await
             })
             .await
             .context("cannot load the session")?;
@@ -100,11 +110,15 @@ impl SessionStore for RedisSessionStore {
     async fn delete(&self, id_hash: &str) -> anyhow::Result<()> {
         // The user's index may keep the hash: `create` prunes ended sessions
         // from it and `delete_user` ignores them.
-        let session = self.keys.session(id_hash);
+        let keys = [
+            self.keys.session(id_hash),
+            self.keys.legacy_session(id_hash),
+        ];
         self.role
             .run(|mut conn| async move {
+                // Two slots on a cluster: the cluster connection splits it.
                 redis::cmd("DEL")
-                    .arg(&session)
+                    .arg(&keys[..])
                     .query_async::<i64>(&mut conn)
                     .await
             })
@@ -124,6 +138,12 @@ impl SessionStore for RedisSessionStore {
                     self.keys.session_shard_ns(shard),
                 )
             })
+            // And the index of the layout before the shards (its members
+            // are `session_ns` + hash, see `legacy_session`).
+            .chain(std::iter::once((
+                self.keys.legacy_user_sessions(user_id),
+                self.keys.session_ns(),
+            )))
             .collect();
         let ended: Vec<i64> = self
             .role

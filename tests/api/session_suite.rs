@@ -198,6 +198,52 @@ async fn unknown_ids_load_nothing(s: Store) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Sessions written before the shards (`{prefix}session:{hash}`, indexed
+/// in `{prefix}session:user:{id}`) still load, slide, delete and end with
+/// their user: an upgrade logs nobody out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_of_the_layout_before_the_shards_still_work() -> anyhow::Result<()> {
+    let s = Store::redis().await?;
+    let Some((conn, keys)) = &s.raw else {
+        anyhow::bail!("a Redis store has a raw view");
+    };
+    let mut conn = conn.clone();
+    let (a, b) = (new_hash()?, new_hash()?);
+    for h in [&a, &b] {
+        let _: () = redis::pipe()
+            .cmd("SET")
+            .arg(keys.legacy_session(h))
+            .arg(31)
+            .arg("PX")
+            .arg(60_000)
+            .ignore()
+            .cmd("SADD")
+            .arg(keys.legacy_user_sessions(31))
+            .arg(h)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+    }
+    assert_eq!(s.store.load(&a, HOUR).await?, Some(31));
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(keys.legacy_session(&a))
+        .query_async(&mut conn)
+        .await?;
+    assert!(ttl > 60_000, "loading slid its expiry: {ttl}");
+    s.store.delete(&a).await?;
+    assert_eq!(s.store.load(&a, HOUR).await?, None);
+    let fresh = new_hash()?;
+    s.store.create(&fresh, 31, HOUR).await?;
+    assert_eq!(
+        s.store.delete_user(31).await?,
+        2,
+        "the old one and the new one"
+    );
+    assert_eq!(s.store.load(&b, HOUR).await?, None);
+    assert_eq!(s.store.load(&fresh, HOUR).await?, None);
+    Ok(())
+}
+
 // ----- HTTP, every role on Redis -----
 
 async fn redis_app(
