@@ -14,7 +14,8 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{Conn, Source};
+use super::Conn;
+use super::conn::Source;
 
 /// First pause after a failed connection; it doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
