@@ -22,8 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use stayafrica::cache::redis::RedisStore;
-use stayafrica::cache::{Cache, PROPERTIES_NS};
+use stayafrica::cache::{Cache, Namespace};
 use stayafrica::kv::keys::Keys;
 use stayafrica::kv::{RedisRole, Role};
 
@@ -222,7 +221,7 @@ async fn cache(redis: String, concurrency: usize, duration: Duration) -> anyhow:
     let role = RedisRole::connect(Role::Cache, &redis)
         .await
         .context("connect")?;
-    let cache = Cache::new(Arc::new(RedisStore::new(role, keys.clone())), keys.clone());
+    let cache = Cache::redis(role, keys.clone());
     let query = "[1,20,\"nairobi\",null,null,null,null]";
     let page = Bytes::from(vec![b'x'; 8 * 1024]);
     let template = keys.property_list_template(query);
@@ -240,7 +239,7 @@ async fn cache(redis: String, concurrency: usize, duration: Duration) -> anyhow:
         move |_, _| {
             let c = c.clone();
             async move {
-                match c.generation(PROPERTIES_NS).await {
+                match c.generation(Namespace::Properties).await {
                     Some(g) => {
                         let key = c.keys().property_list(g, query);
                         c.get_bytes("bench", &key).await.is_some()

@@ -20,7 +20,9 @@
 # Prints, per setup and scenario: body bytes, req/s and p99 of the service
 # and of the bare handler, their ratio, and (Redis setup) the Redis commands
 # the server processed per measured request (INFO total_commands_processed,
-# which counts the commands run inside scripts too).
+# which counts the commands run inside scripts too), and the commands the
+# service sent per request (MONITOR during an extra MONITOR_SECS run, the
+# lines of commands run inside scripts left out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +36,7 @@ SCENARIOS=${SCENARIOS:-"featured list detail dashboard"}
 BUILD=${BUILD:-1}
 PG_ADMIN=${PG_ADMIN:-postgres://postgres@127.0.0.1:5432/postgres}
 ACCEPT_ENCODING=${ACCEPT_ENCODING:-}
+MONITOR_SECS=${MONITOR_SECS:-2}
 TARGET=${CARGO_TARGET_DIR:-target}
 BIN=$TARGET/release/stayafrica
 BARE=$TARGET/release/examples/bare
@@ -90,7 +93,7 @@ reqs() { awk '/requests in/ {print $1}' "$1"; }
 bad() { awk '/Non-2xx|Socket errors/ {print}' "$1"; }
 
 RESULTS=$WORK/results.txt
-printf '%-9s %-10s %8s %10s %9s %10s %9s %7s %9s\n' setup scenario bytes "svc req/s" "svc p99" "bare req/s" "bare p99" ratio "redis/req" >"$RESULTS"
+printf '%-9s %-10s %8s %10s %9s %10s %9s %7s %9s %9s\n' setup scenario bytes "svc req/s" "svc p99" "bare req/s" "bare p99" ratio "redis/req" "sent/req" >"$RESULTS"
 
 run_setup() {
   local setup=$1 sport bport db_url env_extra=()
@@ -149,11 +152,24 @@ run_setup() {
       bytes=$(curl -sf "${cargs[@]}" "http://127.0.0.1:$sport$path" | wc -c)
       echo "-- $setup $s (round $round): service"
       run_wrk "http://127.0.0.1:$sport$path" "$c" "$WORK/svc.txt"
-      local per_req="-"
+      local per_req="-" sent_req="-"
       if [ -n "$REDIS_PORT" ]; then
         local cmds
         cmds=$(redis-cli -p "$REDIS_PORT" info stats | awk -F: '/^total_commands_processed/ {print $2+0}')
         per_req=$(awk -v c="$cmds" -v n="$(reqs "$WORK/svc.txt")" 'BEGIN {printf "%.2f", (c-1)/n}')
+        # Commands the service SENT (not those its scripts ran): MONITOR
+        # during a short extra run (it slows Redis, not the ratio), lines
+        # marked "lua]" left out.
+        (timeout $((MONITOR_SECS + 2)) redis-cli -p "$REDIS_PORT" monitor >"$WORK/mon.txt" 2>/dev/null || true) &
+        local mon_pid=$!
+        sleep 0.5
+        local margs=(-t"$THREADS" -c"$CONNS" -d"${MONITOR_SECS}s")
+        [ -n "$c" ] && margs+=(-H "Cookie: $c")
+        wrk "${margs[@]}" "http://127.0.0.1:$sport$path" >"$WORK/mon-wrk.txt"
+        wait "$mon_pid" 2>/dev/null || true
+        local sent
+        sent=$(grep '^[0-9]' "$WORK/mon.txt" | grep -vc ' lua\] ' || true)
+        sent_req=$(awk -v c="$sent" -v n="$(reqs "$WORK/mon-wrk.txt")" 'BEGIN {printf "%.3f", c/n}')
       fi
       bad "$WORK/svc.txt"
       echo "-- $setup $s (round $round): bare"
@@ -164,8 +180,8 @@ run_setup() {
       bad "$WORK/bare.txt"
       local sr br
       sr=$(rps "$WORK/svc.txt"); br=$(rps "$WORK/bare.txt")
-      printf '%-9s %-10s %8s %10s %9s %10s %9s %6s%% %9s\n' "$setup" "$s" "$bytes" "$sr" "$(p99 "$WORK/svc.txt")ms" \
-        "$br" "$(p99 "$WORK/bare.txt")ms" "$(awk -v a="$sr" -v b="$br" 'BEGIN {printf "%.0f", 100*a/b}')" "$per_req" \
+      printf '%-9s %-10s %8s %10s %9s %10s %9s %6s%% %9s %9s\n' "$setup" "$s" "$bytes" "$sr" "$(p99 "$WORK/svc.txt")ms" \
+        "$br" "$(p99 "$WORK/bare.txt")ms" "$(awk -v a="$sr" -v b="$br" 'BEGIN {printf "%.0f", 100*a/b}')" "$per_req" "$sent_req" \
         | tee -a "$RESULTS"
     done
   done

@@ -76,6 +76,7 @@ struct RawSettings {
     request_timeout_ms: Duration,
     #[serde(deserialize_with = "positive_mib")]
     memory_cache_mb: u64,
+    near_cache_mb: u64,
 }
 
 /// Every key of [`RawSettings`]: `STAYAFRICA_` variables not listed here
@@ -103,6 +104,7 @@ const KEYS: &[&str] = &[
     "otp_ttl_secs",
     "request_timeout_ms",
     "memory_cache_mb",
+    "near_cache_mb",
 ];
 
 impl Default for RawSettings {
@@ -129,6 +131,7 @@ impl Default for RawSettings {
             otp_ttl_secs: Duration::from_secs(300),
             request_timeout_ms: Duration::from_millis(30_000),
             memory_cache_mb: 256,
+            near_cache_mb: 64,
         }
     }
 }
@@ -350,6 +353,9 @@ pub struct Settings {
     /// Size bound of the in-process cache (the embedded default's cache),
     /// in bytes.
     pub memory_cache_bytes: u64,
+    /// Size bound of the near-cache of stored responses in front of a Redis
+    /// cache, in bytes (0: no near-cache).
+    pub near_cache_bytes: u64,
 }
 
 /// Settings whose variable has no `STAYAFRICA_` prefix (the usual names).
@@ -498,6 +504,7 @@ impl Settings {
             otp_ttl: raw.otp_ttl_secs,
             request_timeout: raw.request_timeout_ms,
             memory_cache_bytes: raw.memory_cache_mb.saturating_mul(1024 * 1024),
+            near_cache_bytes: raw.near_cache_mb.saturating_mul(1024 * 1024),
         })
     }
 

@@ -14,9 +14,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::cache::memory::MemoryStore;
-use crate::cache::redis::RedisStore;
-use crate::cache::{Cache, CacheStore};
+use crate::cache::Cache;
 use crate::config::Settings;
 use crate::db::Db;
 use crate::email::Mailer;
@@ -31,6 +29,7 @@ use crate::ratelimit::memory::MemoryLimiter;
 use crate::ratelimit::redis::RedisLimiter;
 use crate::ratelimit::{LimiterBackend, RateLimiter};
 use crate::sessions::SessionStore;
+use crate::sessions::identity::Identities;
 use crate::sessions::redis::RedisSessionStore;
 use crate::sessions::sql::SqlSessionStore;
 use crate::telemetry;
@@ -45,13 +44,13 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<Jo
         None => None,
     };
     let Backends {
-        cache_store,
+        cache,
         limiter_backend,
         sessions,
         queue,
     } = match &settings.redis {
         None => Backends {
-            cache_store: Arc::new(MemoryStore::new(settings.memory_cache_bytes)),
+            cache: Cache::memory(settings.memory_cache_bytes, keys.clone()),
             limiter_backend: Arc::new(MemoryLimiter::default()),
             sessions: Arc::new(SqlSessionStore::new(db.clone())),
             queue: Arc::new(SqlQueue::new(db.clone())),
@@ -59,10 +58,12 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<Jo
         // Production: each role on its own Redis connection (its own DB or
         // server), with the role's timeout and circuit breaker.
         Some(r) => Backends {
-            cache_store: Arc::new(RedisStore::new(
+            // The store is remote: hot responses are kept near (cache::near).
+            cache: Cache::redis(
                 RedisRole::connect(Role::Cache, r.cache.expose_secret()).await?,
                 keys.clone(),
-            )),
+            )
+            .with_near_cache(settings.near_cache_bytes),
             // The limiter is handed keys already built by `RateLimiter`.
             limiter_backend: Arc::new(RedisLimiter::new(
                 RedisRole::connect(Role::RateLimit, r.ratelimit.expose_secret()).await?,
@@ -80,7 +81,6 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<Jo
             ),
         },
     };
-    let cache = Cache::new(cache_store, keys.clone());
     if settings.redis.is_some() {
         cache.spawn_stats_flusher(Duration::from_secs(5));
     }
@@ -101,6 +101,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<Jo
     });
     let state = AppState::new(Inner {
         settings,
+        identities: Identities::new(db.clone()),
         db,
         cache,
         sessions,
@@ -113,7 +114,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<Jo
 
 /// The four role backends, in-process or Redis.
 struct Backends {
-    cache_store: Arc<dyn CacheStore>,
+    cache: Cache,
     limiter_backend: Arc<dyn LimiterBackend>,
     sessions: Arc<dyn SessionStore>,
     queue: Arc<dyn QueueBackend>,

@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{Cache, codec};
-use crate::kv::keys::Keys;
+use crate::kv::keys::Namespace;
 
 impl Cache {
     /// The guide's `cache_query_result(name, f, timeout)`: the result of
@@ -91,7 +91,7 @@ impl Cache {
     /// The guide's `invalidate_user_cache(user_id)`: everything cached for
     /// that user (dashboard, user data) becomes stale, in O(1).
     pub async fn invalidate_user_cache(&self, user_id: i64) {
-        self.invalidate(&Keys::user_ns(user_id)).await;
+        self.invalidate(Namespace::User(user_id)).await;
     }
 
     /// The guide's `cache_temporary_data(name, value, timeout)`.

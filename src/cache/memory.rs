@@ -1,6 +1,6 @@
 //! The in-process cache store of the embedded default: moka (TinyLFU,
-//! per-entry TTL, bounded by bytes) for values, and small locked maps for
-//! generations, one-time codes and view counters.
+//! per-entry TTL, bounded by bytes) for values, and a small locked map for
+//! generations.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use moka::Expiry;
-use subtle::ConstantTimeEq;
 
-use super::store::{CacheStore, OtpOutcome, ViewBatch};
+use super::store::CacheStore;
 
 #[derive(Clone)]
 struct Entry {
@@ -39,29 +38,14 @@ impl Expiry<String, Entry> for PerEntryTtl {
     }
 }
 
-struct Otp {
-    hash: String,
-    attempts: u32,
-    expires: Instant,
-}
-
-#[derive(Default)]
-struct Views {
-    pending: HashMap<i64, i64>,
-    /// Batches taken but not acknowledged, oldest first.
-    in_flight: Vec<ViewBatch>,
-}
-
 /// In-process [`CacheStore`].
 pub struct MemoryStore {
     values: moka::future::Cache<String, Entry>,
     generations: Mutex<HashMap<String, u64>>,
-    otps: Mutex<HashMap<String, Otp>>,
-    views: Mutex<Views>,
     counters: Mutex<HashMap<String, (i64, Instant)>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves plain data behind,
     // still consistent: recover it rather than poisoning the cache forever.
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -80,8 +64,6 @@ impl MemoryStore {
         MemoryStore {
             values,
             generations: Mutex::new(HashMap::new()),
-            otps: Mutex::new(HashMap::new()),
-            views: Mutex::new(Views::default()),
             counters: Mutex::new(HashMap::new()),
         }
     }
@@ -198,95 +180,9 @@ impl CacheStore for MemoryStore {
         Ok(())
     }
 
-    async fn otp_put(&self, key: &str, code_hash: &str, ttl: Duration) -> anyhow::Result<()> {
-        let now = Instant::now();
-        let mut otps = lock(&self.otps);
-        otps.retain(|_, o| o.expires > now);
-        otps.insert(
-            key.to_owned(),
-            Otp {
-                hash: code_hash.to_owned(),
-                attempts: 0,
-                expires: now + ttl,
-            },
-        );
-        Ok(())
-    }
-
-    async fn otp_attempt(
-        &self,
-        key: &str,
-        candidate_hash: &str,
-        max_attempts: u32,
-    ) -> anyhow::Result<OtpOutcome> {
-        let mut otps = lock(&self.otps);
-        let Some(otp) = otps.get_mut(key) else {
-            return Ok(OtpOutcome::Missing);
-        };
-        if otp.expires <= Instant::now() || otp.attempts >= max_attempts {
-            otps.remove(key);
-            return Ok(OtpOutcome::Missing);
-        }
-        if bool::from(otp.hash.as_bytes().ct_eq(candidate_hash.as_bytes())) {
-            otps.remove(key);
-            return Ok(OtpOutcome::Accepted);
-        }
-        otp.attempts += 1;
-        if otp.attempts >= max_attempts {
-            otps.remove(key);
-        }
-        Ok(OtpOutcome::Rejected)
-    }
-
-    async fn views_incr(&self, id: i64) -> anyhow::Result<i64> {
-        let mut v = lock(&self.views);
-        *v.pending.entry(id).or_insert(0) += 1;
-        Ok(pending_of(&v, id))
-    }
-
-    async fn views_pending(&self, id: i64) -> anyhow::Result<i64> {
-        Ok(pending_of(&lock(&self.views), id))
-    }
-
-    async fn views_take(&self) -> anyhow::Result<Option<ViewBatch>> {
-        let mut v = lock(&self.views);
-        if let Some(b) = v.in_flight.first() {
-            return Ok(Some(b.clone()));
-        }
-        if v.pending.is_empty() {
-            return Ok(None);
-        }
-        let mut deltas: Vec<(i64, i64)> = std::mem::take(&mut v.pending).into_iter().collect();
-        deltas.sort_unstable();
-        let batch = ViewBatch {
-            flush_id: uuid::Uuid::new_v4().to_string(),
-            deltas,
-        };
-        v.in_flight.push(batch.clone());
-        Ok(Some(batch))
-    }
-
-    async fn views_ack(&self, flush_id: &str) -> anyhow::Result<()> {
-        lock(&self.views)
-            .in_flight
-            .retain(|b| b.flush_id != flush_id);
-        Ok(())
-    }
-
     async fn ping(&self) -> anyhow::Result<()> {
         Ok(())
     }
-}
-
-fn pending_of(v: &Views, id: i64) -> i64 {
-    let in_flight: i64 = v
-        .in_flight
-        .iter()
-        .flat_map(|b| b.deltas.iter())
-        .filter(|(pid, _)| *pid == id)
-        .map(|(_, d)| d)
-        .sum();
-    v.pending.get(&id).copied().unwrap_or(0) + in_flight
 }
 
 #[cfg(test)]

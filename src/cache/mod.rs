@@ -20,10 +20,14 @@
 pub mod api;
 pub mod codec;
 pub mod memory;
+pub mod near;
+pub mod otp;
+pub mod policy;
 pub mod redis;
 pub mod response;
 pub mod stats;
 pub mod store;
+pub mod views;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -33,14 +37,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
 
-use crate::domain::Email;
+pub use crate::kv::keys::Namespace;
 use crate::kv::keys::{KeyTemplate, Keys};
-pub use store::{CacheStore, OtpOutcome, ViewBatch};
-
-/// Namespace of everything derived from properties (lists, featured, details).
-pub const PROPERTIES_NS: &str = "properties";
+pub use otp::{OtpOutcome, OtpStore};
+pub use policy::{Entry, Event};
+pub use store::CacheStore;
+pub use views::{ViewBatch, ViewCounter};
 
 /// How long a cross-process compute lock lives if its holder never releases
 /// it (crashed): longer than any computation should take.
@@ -58,6 +61,8 @@ const LOCK_POLL: Duration = Duration::from_millis(20);
 #[derive(Clone)]
 pub struct Cache {
     store: Arc<dyn CacheStore>,
+    otps: Arc<dyn otp::OtpStore>,
+    views: Arc<dyn views::ViewCounter>,
     keys: Keys,
     flights: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     /// Generation counters whose bump failed (store unreachable) and is
@@ -67,6 +72,9 @@ pub struct Cache {
     /// Hits, misses and errors per family, shared through the store by
     /// [`stats::flush`].
     stats: Arc<stats::HitStats>,
+    /// Stored responses held in process memory ([`near`]); `None` when the
+    /// store is itself in-process.
+    near: Option<Arc<near::NearCache>>,
 }
 
 fn record(stats: &stats::HitStats, family: &'static str, outcome: &'static str) {
@@ -162,15 +170,58 @@ impl Drop for FlightShare<'_> {
 }
 
 impl Cache {
-    /// A cache over `store`; clones share its single flight, pending bumps and hit stats.
-    pub fn new(store: Arc<dyn CacheStore>, keys: Keys) -> Self {
+    /// A cache over its three stores; clones share them, the single
+    /// flight, pending bumps and hit stats.
+    pub fn from_parts(
+        store: Arc<dyn CacheStore>,
+        otps: Arc<dyn otp::OtpStore>,
+        views: Arc<dyn views::ViewCounter>,
+        keys: Keys,
+    ) -> Self {
         Cache {
             store,
+            otps,
+            views,
             keys,
             flights: Arc::default(),
             unbumped: Arc::default(),
             stats: Arc::default(),
+            near: None,
         }
+    }
+
+    /// The embedded default's cache: every store in this process, values
+    /// bounded by `max_bytes`.
+    pub fn memory(max_bytes: u64, keys: Keys) -> Self {
+        Cache::from_parts(
+            Arc::new(memory::MemoryStore::new(max_bytes)),
+            Arc::new(otp::MemoryOtps::default()),
+            Arc::new(views::MemoryViews::default()),
+            keys,
+        )
+    }
+
+    /// The cache on the cache role's Redis (no near-cache until
+    /// [`Self::with_near_cache`]).
+    pub fn redis(role: crate::kv::RedisRole, keys: Keys) -> Self {
+        Cache::from_parts(
+            Arc::new(redis::RedisStore::new(role.clone(), keys.clone())),
+            Arc::new(otp::RedisOtps::new(role.clone())),
+            Arc::new(views::RedisViews::new(role, keys.clone())),
+            keys,
+        )
+    }
+
+    /// Puts a near-cache of at most `max_bytes` in front of the store (for a
+    /// store in another process; see [`near`]). 0 leaves it out.
+    pub fn with_near_cache(mut self, max_bytes: u64) -> Self {
+        self.near = (max_bytes > 0).then(|| Arc::new(near::NearCache::new(max_bytes)));
+        self
+    }
+
+    /// The near-cache, if there is one.
+    pub fn near(&self) -> Option<&near::NearCache> {
+        self.near.as_deref()
     }
 
     fn stats(&self) -> &stats::HitStats {
@@ -188,9 +239,14 @@ impl Cache {
         lock(&self.flights).len()
     }
 
-    /// The raw store: no codec, metrics or single flight (view counters, health checks).
+    /// The raw store: no codec, metrics or single flight (health checks, tests).
     pub fn store(&self) -> &Arc<dyn CacheStore> {
         &self.store
+    }
+
+    /// The view counters.
+    pub fn views(&self) -> &Arc<dyn views::ViewCounter> {
+        &self.views
     }
 
     /// The decoded value of `key`, without metrics.
@@ -245,7 +301,7 @@ impl Cache {
 
     /// The generation of a namespace, or `None` when the store cannot say
     /// (then the caller must not use the cache for this request).
-    pub async fn generation(&self, ns: &str) -> Option<u64> {
+    pub async fn generation(&self, ns: Namespace) -> Option<u64> {
         let key = self.keys.generation(ns);
         if lock(&self.unbumped).contains(&key) {
             return None;
@@ -254,7 +310,34 @@ impl Cache {
             Ok(g) => Some(g),
             Err(e) => {
                 record(&self.stats, "generation", "error");
-                tracing::warn!(ns, error = format!("{e:#}"), "cache generation read failed");
+                tracing::warn!(
+                    ?ns,
+                    error = format!("{e:#}"),
+                    "cache generation read failed"
+                );
+                None
+            }
+        }
+    }
+
+    /// The generations `template` embeds, read after this call began (on
+    /// Redis: one round trip shared with every request waiting meanwhile);
+    /// `None` when they cannot be used now (a bump of ours is pending, or
+    /// the store failed), and then the caller must not use a near-cache.
+    pub async fn fresh_generations(&self, template: &KeyTemplate) -> Option<Vec<u64>> {
+        let keys = template.generation_keys();
+        {
+            let unbumped = lock(&self.unbumped);
+            if keys.iter().any(|k| unbumped.contains(k)) {
+                return None;
+            }
+        }
+        match self.store.generations(keys).await {
+            Ok(g) if g.len() == keys.len() => Some(g),
+            Ok(_) => None,
+            Err(e) => {
+                record(&self.stats, "generation", "error");
+                tracing::warn!(error = format!("{e:#}"), "cache generations read failed");
                 None
             }
         }
@@ -268,20 +351,20 @@ impl Cache {
     ///
     /// The bump runs in a task of its own and this waits for it: a request
     /// cancelled after its write (client gone, deadline) still invalidates.
-    pub async fn invalidate(&self, ns: &str) {
-        let (this, ns) = (self.clone(), ns.to_owned());
-        let task = tokio::spawn(async move { this.invalidate_now(&ns).await });
+    pub async fn invalidate(&self, ns: Namespace) {
+        let this = self.clone();
+        let task = tokio::spawn(async move { this.invalidate_now(ns).await });
         if let Err(e) = task.await {
             tracing::error!(error = %e, "cache invalidation task failed");
         }
     }
 
-    async fn invalidate_now(&self, ns: &str) {
+    async fn invalidate_now(&self, ns: Namespace) {
         let key = self.keys.generation(ns);
         if let Err(e) = self.store.bump(&key).await {
             record(&self.stats, "generation", "error");
             tracing::error!(
-                ns,
+                ?ns,
                 error = format!("{e:#}"),
                 "cache invalidation failed; retrying"
             );
@@ -491,27 +574,6 @@ impl Cache {
             }
         }
     }
-
-    /// Stores a fresh one-time code for `email` (hashed), replacing any
-    /// earlier one.
-    pub async fn otp_put(&self, email: &Email, code: &str, ttl: Duration) -> anyhow::Result<()> {
-        let key = self.keys.otp(email);
-        self.store.otp_put(&key, &otp_hash(&key, code), ttl).await
-    }
-
-    /// One try at the code of `email`: consumed on success, dead after
-    /// `max_attempts` wrong tries.
-    pub async fn otp_attempt(
-        &self,
-        email: &Email,
-        code: &str,
-        max_attempts: u32,
-    ) -> anyhow::Result<OtpOutcome> {
-        let key = self.keys.otp(email);
-        self.store
-            .otp_attempt(&key, &otp_hash(&key, code), max_attempts)
-            .await
-    }
 }
 
 /// Runs the typed computation (once) and keeps its value, so that the
@@ -559,28 +621,12 @@ where
     }
 }
 
-/// Codes are stored as SHA-256 of key and code: a dump of the store does not
-/// show live codes. (Six digits can be brute-forced offline by someone who can
-/// read the store; the five-minute TTL and attempt limit are the defence
-/// online, which is the one that matters.)
-fn otp_hash(key: &str, code: &str) -> String {
-    let d = Sha256::new()
-        .chain_update(key)
-        .chain_update(b":")
-        .chain_update(code)
-        .finalize();
-    d.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn cache() -> Cache {
-        Cache::new(
-            Arc::new(memory::MemoryStore::new(1 << 20)),
-            Keys::new("test:"),
-        )
+        Cache::memory(1 << 20, Keys::new("test:"))
     }
 
     #[tokio::test]

@@ -12,8 +12,7 @@
 //!   bumped with `gen_bump`. A lost counter restarts at the server time in
 //!   microseconds, above any value it can have had, never at 0; so counters
 //!   may also expire ([`GENERATION_TTL`]) instead of piling up.
-//! - one-time codes: `otp_put`, `otp_attempt` (check and consume at once).
-//! - view counters: `views_count`, `views_take`, `views_ack`.
+//! - one-time codes and view counters: in [`super::otp`] and [`super::views`].
 //! - compute locks: `SET NX PX`, released by `unlock` only by their holder.
 //!
 //! Why the generation is read inside the value's script rather than kept in
@@ -25,6 +24,7 @@
 //! trip with no window. Its cost on Redis Cluster: generation-keyed entries
 //! share the hash tag `{g}` with the counters, so they live in one slot.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -32,8 +32,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use redis::{Script, Value};
 
-use super::store::{CacheStore, OtpOutcome, ViewBatch};
+use super::store::CacheStore;
 use crate::kv::RedisRole;
+use crate::kv::coalesce::Coalescer;
 use crate::kv::keys::{KeyTemplate, Keys};
 
 /// Lifetime of a generation counter after it is created or bumped. Safe at
@@ -49,15 +50,11 @@ const SCAN_BATCH: usize = 500;
 /// The cache role's [`CacheStore`] on Redis.
 pub struct RedisStore {
     role: RedisRole,
-    keys: Keys,
     gen_lookup: Script,
     gen_bump: Script,
-    otp_put: Script,
-    otp_attempt: Script,
-    views_count: Script,
-    views_take: Script,
-    views_ack: Script,
     unlock: Script,
+    /// Generation reads of concurrent requests, one script call per round.
+    generations: Coalescer<Vec<String>, Vec<u64>>,
 }
 
 impl RedisStore {
@@ -65,16 +62,12 @@ impl RedisStore {
     /// counters (every other key is passed in by the facade).
     pub fn new(role: RedisRole, keys: Keys) -> Self {
         role.on_restart(forget_generations(keys.generation_pattern()));
+        let gen_lookup = Script::new(include_str!("lua/gen_lookup.lua"));
         RedisStore {
+            generations: generations_coalescer(role.clone(), gen_lookup.clone()),
             role,
-            keys,
-            gen_lookup: Script::new(include_str!("lua/gen_lookup.lua")),
+            gen_lookup,
             gen_bump: Script::new(include_str!("lua/gen_bump.lua")),
-            otp_put: Script::new(include_str!("lua/otp_put.lua")),
-            otp_attempt: Script::new(include_str!("lua/otp_attempt.lua")),
-            views_count: Script::new(include_str!("lua/views_count.lua")),
-            views_take: Script::new(include_str!("lua/views_take.lua")),
-            views_ack: Script::new(include_str!("lua/views_ack.lua")),
             unlock: Script::new(include_str!("lua/unlock.lua")),
         }
     }
@@ -86,68 +79,89 @@ impl RedisStore {
         generation_keys: &[String],
         parts: &[String],
     ) -> anyhow::Result<(Vec<u64>, Option<Bytes>)> {
-        let reply: Vec<Value> = self
-            .role
-            .run(|mut conn| async move {
-                let mut call = self.gen_lookup.prepare_invoke();
-                for k in generation_keys {
-                    call.key(k);
-                }
-                call.arg(ttl_ms(GENERATION_TTL));
-                for p in parts {
-                    call.arg(p);
-                }
-                call.invoke_async(&mut conn).await
-            })
-            .await
-            .context("cannot read cache generations")?;
-        let n = generation_keys.len();
-        anyhow::ensure!(
-            reply.len() == n || reply.len() == n + 1,
-            "generation lookup returned {} values for {n} counters",
-            reply.len()
-        );
-        let mut generations = Vec::with_capacity(n);
-        let mut entry = None;
-        for (i, v) in reply.into_iter().enumerate() {
-            let raw = match v {
-                Value::BulkString(b) => b,
-                other => anyhow::bail!("unexpected generation lookup reply {other:?}"),
-            };
-            if i < n {
-                let text = std::str::from_utf8(&raw).context("generation is not text")?;
-                generations.push(
-                    text.parse::<u64>()
-                        .with_context(|| format!("generation {text:?} is not a number"))?,
-                );
-            } else {
-                entry = Some(Bytes::from(raw));
-            }
-        }
-        Ok((generations, entry))
+        lookup_call(&self.role, &self.gen_lookup, generation_keys, parts).await
     }
+}
 
-    /// Adds `by` (0 to only read) to a property's pending views; returns
-    /// its views not yet in the database, in-flight batches included.
-    async fn count_views(&self, id: i64, by: i64) -> anyhow::Result<i64> {
-        let (pending, in_flight, batch) = (
-            self.keys.views_pending(),
-            self.keys.views_in_flight(),
-            self.keys.views_batch_prefix(),
-        );
-        self.role
-            .run(|mut conn| async move {
-                self.views_count
-                    .key(&pending)
-                    .key(&in_flight)
-                    .arg(id)
-                    .arg(by)
-                    .arg(&batch)
-                    .invoke_async(&mut conn)
-                    .await
-            })
-            .await
+/// One `gen_lookup` call: the generations of `generation_keys` and, given
+/// the template `parts`, the entry they name.
+async fn lookup_call(
+    role: &RedisRole,
+    script: &Script,
+    generation_keys: &[String],
+    parts: &[String],
+) -> anyhow::Result<(Vec<u64>, Option<Bytes>)> {
+    let reply: Vec<Value> = role
+        .run(|mut conn| async move {
+            let mut call = script.prepare_invoke();
+            for k in generation_keys {
+                call.key(k);
+            }
+            call.arg(ttl_ms(GENERATION_TTL));
+            for p in parts {
+                call.arg(p);
+            }
+            call.invoke_async(&mut conn).await
+        })
+        .await
+        .context("cannot read cache generations")?;
+    let n = generation_keys.len();
+    anyhow::ensure!(
+        reply.len() == n || reply.len() == n + 1,
+        "generation lookup returned {} values for {n} counters",
+        reply.len()
+    );
+    let mut generations = Vec::with_capacity(n);
+    let mut entry = None;
+    for (i, v) in reply.into_iter().enumerate() {
+        let raw = match v {
+            Value::BulkString(b) => b,
+            other => anyhow::bail!("unexpected generation lookup reply {other:?}"),
+        };
+        if i < n {
+            let text = std::str::from_utf8(&raw).context("generation is not text")?;
+            generations.push(
+                text.parse::<u64>()
+                    .with_context(|| format!("generation {text:?} is not a number"))?,
+            );
+        } else {
+            entry = Some(Bytes::from(raw));
+        }
     }
+    Ok((generations, entry))
+}
+
+/// Reads the generations every waiting request asks for in one `gen_lookup`
+/// call (each distinct counter once). The call is sent after each of its
+/// requests began, which the near-cache relies on (`kv::coalesce`).
+fn generations_coalescer(role: RedisRole, script: Script) -> Coalescer<Vec<String>, Vec<u64>> {
+    Coalescer::spawn("cache_generations", move |requests: Vec<Vec<String>>| {
+        let (role, script) = (role.clone(), script.clone());
+        async move {
+            let mut distinct: Vec<String> = Vec::new();
+            let mut index: HashMap<String, usize> = HashMap::new();
+            for key in requests.iter().flatten() {
+                if !index.contains_key(key) {
+                    index.insert(key.clone(), distinct.len());
+                    distinct.push(key.clone());
+                }
+            }
+            let (generations, _) = lookup_call(&role, &script, &distinct, &[]).await?;
+            requests
+                .iter()
+                .map(|keys| {
+                    keys.iter()
+                        .map(|k| {
+                            index
+                                .get(k)
+                                .and_then(|&i| generations.get(i).copied())
+                                .context("generation missing from the reply")
+                        })
+                        .collect()
+                })
+                .collect()
+        }
+    })
 }
 
 /// What the cache does when its Redis restarted or was replaced: that
@@ -181,25 +195,6 @@ fn forget_generations(pattern: String) -> crate::kv::RestartHook {
 /// A TTL in whole milliseconds, at least 1 (Redis refuses `PX 0`).
 fn ttl_ms(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
-}
-
-/// `(property id, views)` pairs from a flat `HGETALL`-style reply.
-fn parse_deltas(flat: &[String]) -> anyhow::Result<Vec<(i64, i64)>> {
-    let mut deltas = flat
-        .chunks(2)
-        .map(|pair| match pair {
-            [id, n] => Ok((
-                id.parse::<i64>()
-                    .with_context(|| format!("bad property id {id:?} in a view batch"))?,
-                n.parse::<i64>()
-                    .with_context(|| format!("bad count {n:?} in a view batch"))?,
-            )),
-            _ => anyhow::bail!("odd view batch reply"),
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    deltas.retain(|(_, n)| *n != 0);
-    deltas.sort_unstable();
-    Ok(deltas)
 }
 
 #[async_trait]
@@ -325,6 +320,10 @@ impl CacheStore for RedisStore {
             .context("cannot bump the cache generation")
     }
 
+    async fn generations(&self, keys: &[String]) -> anyhow::Result<Vec<u64>> {
+        self.generations.call(keys.to_vec()).await
+    }
+
     async fn lookup(&self, template: &KeyTemplate) -> anyhow::Result<(Vec<u64>, Option<Bytes>)> {
         self.run_lookup(template.generation_keys(), template.parts())
             .await
@@ -362,104 +361,6 @@ impl CacheStore for RedisStore {
         Ok(())
     }
 
-    async fn otp_put(&self, key: &str, code_hash: &str, ttl: Duration) -> anyhow::Result<()> {
-        self.role
-            .run(|mut conn| async move {
-                self.otp_put
-                    .key(key)
-                    .arg(code_hash)
-                    .arg(ttl_ms(ttl))
-                    .invoke_async::<i64>(&mut conn)
-                    .await
-            })
-            .await
-            .context("cannot store the one-time code")?;
-        Ok(())
-    }
-
-    async fn otp_attempt(
-        &self,
-        key: &str,
-        candidate_hash: &str,
-        max_attempts: u32,
-    ) -> anyhow::Result<OtpOutcome> {
-        let outcome: String = self
-            .role
-            .run(|mut conn| async move {
-                self.otp_attempt
-                    .key(key)
-                    .arg(candidate_hash)
-                    .arg(max_attempts)
-                    .invoke_async(&mut conn)
-                    .await
-            })
-            .await
-            .context("cannot check the one-time code")?;
-        match outcome.as_str() {
-            "accepted" => Ok(OtpOutcome::Accepted),
-            "rejected" => Ok(OtpOutcome::Rejected),
-            "missing" => Ok(OtpOutcome::Missing),
-            other => anyhow::bail!("unexpected one-time code outcome {other:?}"),
-        }
-    }
-
-    async fn views_incr(&self, id: i64) -> anyhow::Result<i64> {
-        self.count_views(id, 1)
-            .await
-            .context("cannot count the view")
-    }
-
-    async fn views_pending(&self, id: i64) -> anyhow::Result<i64> {
-        self.count_views(id, 0)
-            .await
-            .context("cannot read the pending views")
-    }
-
-    async fn views_take(&self) -> anyhow::Result<Option<ViewBatch>> {
-        let new_id = uuid::Uuid::new_v4().to_string();
-        let prefix = self.keys.views_batch_prefix();
-        let new_batch = self.keys.views_batch(&new_id);
-        let (pending, in_flight) = (self.keys.views_pending(), self.keys.views_in_flight());
-        let reply: Option<Vec<String>> = self
-            .role
-            .run(|mut conn| async move {
-                self.views_take
-                    .key(&pending)
-                    .key(&in_flight)
-                    .key(&new_batch)
-                    .arg(&prefix)
-                    .arg(&new_id)
-                    .invoke_async(&mut conn)
-                    .await
-            })
-            .await
-            .context("cannot take the pending views")?;
-        let Some((flush_id, flat)) = reply.as_deref().and_then(<[String]>::split_first) else {
-            return Ok(None);
-        };
-        Ok(Some(ViewBatch {
-            flush_id: flush_id.clone(),
-            deltas: parse_deltas(flat)?,
-        }))
-    }
-
-    async fn views_ack(&self, flush_id: &str) -> anyhow::Result<()> {
-        let batch = self.keys.views_batch(flush_id);
-        let in_flight = self.keys.views_in_flight();
-        self.role
-            .run(|mut conn| async move {
-                self.views_ack
-                    .key(&in_flight)
-                    .key(&batch)
-                    .arg(flush_id)
-                    .invoke_async::<i64>(&mut conn)
-                    .await
-            })
-            .await
-            .context("cannot acknowledge the view batch")?;
-        Ok(())
-    }
-
     async fn ping(&self) -> anyhow::Result<()> {
         self.role
             .run(
@@ -467,23 +368,6 @@ impl CacheStore for RedisStore {
             )
             .await
             .context("cache PING")?;
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_deltas;
-
-    #[test]
-    fn deltas_parse_sorted_and_reject_garbage() -> anyhow::Result<()> {
-        let flat: Vec<String> = ["7", "3", "2", "1", "9", "0"]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
-        assert_eq!(parse_deltas(&flat)?, vec![(2, 1), (7, 3)]);
-        assert!(parse_deltas(&["x".to_owned(), "1".to_owned()]).is_err());
-        assert!(parse_deltas(&["1".to_owned()]).is_err());
         Ok(())
     }
 }

@@ -11,7 +11,7 @@
 
 use std::future::Future;
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -248,32 +248,77 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = anyhow::Result<Bytes>>,
     {
+        // With a near-cache: fresh generations first (shared round trip),
+        // then the entry from process memory when held (see `near`).
+        let started = Instant::now();
+        let near_key = match self.near() {
+            Some(_) => self
+                .fresh_generations(template)
+                .await
+                .map(|g| template.render(&g)),
+            None => None,
+        };
+        if let (Some(near), Some(key)) = (self.near(), &near_key)
+            && let Some(hit) = near.get(key).await
+        {
+            metrics::histogram!("cache_latency_seconds", "family" => family)
+                .record(started.elapsed().as_secs_f64());
+            record(self.stats(), family, "near_hit");
+            return Ok(hit);
+        }
         let mut slot = Some(compute);
         let mut built = None;
-        let stored = self
-            .get_or_compute_bytes_in(family, template, ttl, || async {
-                let compute = slot
-                    .take()
-                    .ok_or_else(|| anyhow::anyhow!("cache computation called twice"))?;
-                let response = CachedResponse::build(compute().await?)?;
-                let framed = response.encode();
-                built = Some(response);
-                Ok(framed)
-            })
-            .await?;
-        if let Some(response) = built {
-            return Ok(response);
-        }
-        match CachedResponse::decode(stored) {
-            Ok(r) => Ok(r),
-            Err(e) => {
-                record(self.stats(), family, "error");
-                tracing::warn!(family, error = %e, "cached entry is not a stored response; computing");
-                let compute = slot.ok_or(e)?;
-                CachedResponse::build(compute().await?)
+        let fill = once(|| build_framed(&mut slot, &mut built));
+        let stored = match &near_key {
+            Some(key) => self.get_or_compute_bytes(family, key, ttl, fill).await?,
+            None => {
+                self.get_or_compute_bytes_in(family, template, ttl, fill)
+                    .await?
             }
+        };
+        let response = match built {
+            Some(response) => response,
+            None => match CachedResponse::decode(stored) {
+                Ok(r) => r,
+                Err(e) => {
+                    record(self.stats(), family, "error");
+                    tracing::warn!(family, error = %e, "cached entry is not a stored response; computing");
+                    let compute = slot.ok_or(e)?;
+                    return CachedResponse::build(compute().await?);
+                }
+            },
+        };
+        if let (Some(near), Some(key)) = (self.near(), near_key) {
+            near.insert(key, response.clone(), ttl).await;
         }
+        Ok(response)
     }
+}
+
+/// Lets the compiler see a closure as `FnOnce` where it is defined (it
+/// hands out borrows of what it captured, which only a `FnOnce` may).
+fn once<F: FnOnce() -> R, R>(f: F) -> F {
+    f
+}
+
+/// The miss path's computation: runs `compute` (once), builds the stored
+/// response and keeps it in `built`, so the caller that computed does not
+/// decode what it just encoded; returns the frame to store.
+async fn build_framed<F, Fut>(
+    compute: &mut Option<F>,
+    built: &mut Option<CachedResponse>,
+) -> anyhow::Result<Bytes>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = anyhow::Result<Bytes>>,
+{
+    let compute = compute
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("cache computation called twice"))?;
+    let response = CachedResponse::build(compute().await?)?;
+    let framed = response.encode();
+    *built = Some(response);
+    Ok(framed)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! [`CacheStore`]: the byte-level operations the cache role needs from its
-//! backend. The in-process store ([`super::memory`]) and the Redis store
+//! [`CacheStore`]: the byte-level operations on values and generations the
+//! cache role needs from its backend (one-time codes and view counters have
+//! traits of their own: [`super::otp`], [`super::views`]). The in-process store ([`super::memory`]) and the Redis store
 //! implement it and pass the same behaviour suite (`tests/api/cache_suite.rs`).
 
 use std::time::Duration;
@@ -8,28 +9,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::kv::keys::KeyTemplate;
-
-/// The outcome of one try at a one-time code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OtpOutcome {
-    /// Right code: it has been consumed.
-    Accepted,
-    /// Wrong code: one attempt used.
-    Rejected,
-    /// No live code (never issued, expired, used, or out of attempts).
-    Missing,
-}
-
-/// Views taken out of the counters to be written to the database. The batch
-/// stays recorded until acknowledged, so a crashed flush is retried with the
-/// same id (and the database applies each id once).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ViewBatch {
-    /// Idempotency key of the batch: the database applies each id once.
-    pub flush_id: String,
-    /// `(property id, views to add)` pairs.
-    pub deltas: Vec<(i64, i64)>,
-}
 
 /// Byte-level cache operations. Every method may fail (a remote store can
 /// be down); callers decide whether that is a miss or an error.
@@ -58,6 +37,18 @@ pub trait CacheStore: Send + Sync + 'static {
     /// unreachable at once.
     async fn bump(&self, key: &str) -> anyhow::Result<u64>;
 
+    /// Current generations of several namespaces, in order. A remote store
+    /// must read them with a call sent after this was called (never an
+    /// answer it had before): the near-cache's coherence rests on it. Redis
+    /// shares one such call among concurrent callers.
+    async fn generations(&self, keys: &[String]) -> anyhow::Result<Vec<u64>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(self.generation(key).await?);
+        }
+        Ok(out)
+    }
+
     /// The generations `template` embeds and the entry stored under the key
     /// they render to. A store that can should do this in one round trip
     /// (Redis: one script); the default takes one call per generation plus
@@ -79,28 +70,6 @@ pub trait CacheStore: Send + Sync + 'static {
     /// Releases a lock taken with `token` (a lock that expired and was taken
     /// by someone else is left alone).
     async fn unlock(&self, key: &str, token: &str) -> anyhow::Result<()>;
-
-    /// Stores a one-time code hash with a TTL, replacing any earlier code.
-    async fn otp_put(&self, key: &str, code_hash: &str, ttl: Duration) -> anyhow::Result<()>;
-    /// Checks a code hash and consumes the code on success, in one atomic
-    /// step; after `max_attempts` wrong tries the code is dead.
-    async fn otp_attempt(
-        &self,
-        key: &str,
-        candidate_hash: &str,
-        max_attempts: u32,
-    ) -> anyhow::Result<OtpOutcome>;
-
-    /// Counts one view; returns the views of that property not yet in the
-    /// database (including any batch being flushed).
-    async fn views_incr(&self, id: i64) -> anyhow::Result<i64>;
-    /// Views of a property not yet in the database.
-    async fn views_pending(&self, id: i64) -> anyhow::Result<i64>;
-    /// The oldest unacknowledged batch, or a new one made of every pending
-    /// count; `None` if there is nothing to flush.
-    async fn views_take(&self) -> anyhow::Result<Option<ViewBatch>>;
-    /// Forgets a batch once the database has it.
-    async fn views_ack(&self, flush_id: &str) -> anyhow::Result<()>;
 
     /// Health check for `/health`: an error when the store cannot be reached.
     async fn ping(&self) -> anyhow::Result<()>;

@@ -514,7 +514,9 @@ async fn role_info(t: &Target) -> anyhow::Result<Value> {
 }
 
 /// Our hit ratio per key family, from the counters every instance adds to
-/// (`cache::stats`): `{family: {hits, misses, errors, hit_ratio}}`.
+/// (`cache::stats`): `{family: {hits, near_hits, redis_hits, misses,
+/// errors, hit_ratio}}`; `hits` counts both kinds (from an API process's
+/// near-cache, from Redis).
 async fn our_hit_ratios(t: &Target, c: &Conn) -> anyhow::Result<Value> {
     let stats_ns = format!("{}stats:", t.ns);
     let mut names = Vec::new();
@@ -528,7 +530,7 @@ async fn our_hit_ratios(t: &Target, c: &Conn) -> anyhow::Result<Value> {
         },
     )
     .await?;
-    let mut families: std::collections::BTreeMap<String, [f64; 3]> = Default::default();
+    let mut families: std::collections::BTreeMap<String, [f64; 4]> = Default::default();
     if !names.is_empty() {
         // The cluster connection splits a multi-key MGET by slot.
         let values: Vec<Option<f64>> = redis::cmd("MGET")
@@ -542,6 +544,7 @@ async fn our_hit_ratios(t: &Target, c: &Conn) -> anyhow::Result<Value> {
             let slot = match outcome {
                 "hit" => 0,
                 "miss" => 1,
+                "near_hit" => 3,
                 _ => 2,
             };
             families.entry(family.to_owned()).or_default()[slot] += value.unwrap_or(0.0);
@@ -549,11 +552,13 @@ async fn our_hit_ratios(t: &Target, c: &Conn) -> anyhow::Result<Value> {
     }
     Ok(families
         .into_iter()
-        .map(|(family, [hits, misses, errors])| {
+        .map(|(family, [redis_hits, misses, errors, near_hits])| {
+            let hits = redis_hits + near_hits;
             let ratio = (hits + misses > 0.0).then(|| hits / (hits + misses));
             (
                 family,
-                json!({"hits": hits, "misses": misses, "errors": errors, "hit_ratio": ratio}),
+                json!({"hits": hits, "near_hits": near_hits, "redis_hits": redis_hits,
+                       "misses": misses, "errors": errors, "hit_ratio": ratio}),
             )
         })
         .collect::<serde_json::Map<String, Value>>()

@@ -16,6 +16,7 @@ use time::{Date, OffsetDateTime};
 use super::AppState;
 use super::extract::{ApiJson, ApiQuery, AuthUser, IdPath};
 use super::openapi::ErrorBody;
+use crate::cache::Event;
 use crate::db::bookings::{Booking, BookingRefused, NewBooking};
 use crate::db::users::User;
 use crate::domain::BookingStatus;
@@ -99,7 +100,10 @@ fn parse_date(s: &str) -> Option<Date> {
 
 /// Makes the user's cached dashboard stale.
 pub async fn invalidate_dashboard(state: &AppState, user_id: i64) {
-    state.cache.invalidate_user_cache(user_id).await;
+    state
+        .cache
+        .happened(Event::BookingChanged { guest_id: user_id })
+        .await;
 }
 
 /// Books a stay; at most 5 attempts per user per hour.
@@ -212,14 +216,15 @@ async fn create_checked(
             return Err(ApiError::field("property_id", "no such property"));
         }
     };
-    invalidate_dashboard(state, user.id).await;
-    if let Err(e) = state
-        .jobs
-        .enqueue(&Job::BookingConfirmation {
-            booking_id: booking.id,
-        })
-        .await
-    {
+    // Independent steps: one round trip of latency for both.
+    let job = Job::BookingConfirmation {
+        booking_id: booking.id,
+    };
+    let ((), queued) = tokio::join!(
+        invalidate_dashboard(state, user.id),
+        state.jobs.enqueue(&job)
+    );
+    if let Err(e) = queued {
         // The booking stands; only its email is late. Operators see this.
         tracing::error!(
             booking_id = booking.id,

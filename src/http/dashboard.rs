@@ -3,7 +3,6 @@
 //! user's own, so a booking change or a property change makes it stale.
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -19,13 +18,11 @@ use super::caching::{self, Audience};
 use super::extract::AuthUser;
 use super::openapi::ErrorBody;
 use super::properties::featured_list;
+use crate::cache::Entry;
 use crate::db::bookings::Booking;
 use crate::db::properties::Property;
 use crate::domain::Money;
 use crate::error::ApiResult;
-
-/// Lifetime of a cached dashboard; a booking or property write makes it stale sooner.
-pub const DASHBOARD_TTL: Duration = Duration::from_secs(3600);
 
 /// Route of `/api/v1/dashboard` (signed-in users only).
 pub fn router() -> OpenApiRouter<AppState> {
@@ -102,10 +99,9 @@ async fn dashboard(
     headers: HeaderMap,
     AuthUser(user): AuthUser,
 ) -> ApiResult<Response> {
-    let key = state.cache.keys().dashboard_template(user.id);
     let entry = state
         .cache
-        .response_in("dashboard", &key, DASHBOARD_TTL, || async {
+        .response(Entry::Dashboard(user.id), || async {
             Ok(Bytes::from(serde_json::to_vec(
                 &compute(&state, user.id).await?,
             )?))

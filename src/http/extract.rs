@@ -110,8 +110,8 @@ impl FromRequestParts<AppState> for AuthUser {
             Caller::Anonymous => Err(ApiError::NotAuthenticated),
             Caller::StoreUnavailable => Err(ApiError::Unavailable("session store")),
             Caller::User(id) => state
-                .db
-                .user_by_id(id)
+                .identities
+                .user(id)
                 .await?
                 .map(AuthUser)
                 .ok_or(ApiError::NotAuthenticated),

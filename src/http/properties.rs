@@ -2,8 +2,6 @@
 //! featured list and detail (cache-aside), and the host's create, update
 //! and delete, each of which invalidates every cached view before answering.
 
-use std::time::Duration;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -19,18 +17,11 @@ use super::AppState;
 use super::caching::{self, Audience};
 use super::extract::{ApiJson, ApiQuery, AuthUser, IdPath, non_null};
 use super::openapi::ErrorBody;
-use crate::cache::PROPERTIES_NS;
 use crate::cache::response::CachedResponse;
+use crate::cache::{Entry, Event};
 use crate::db::properties::{DeleteOutcome, NewProperty, Property, PropertyFields, PropertyFilter};
 use crate::domain::{MAX_PRICE_CENTS, Money, Role, check_text};
 use crate::error::{ApiError, ApiResult, FieldErrors};
-
-/// Lifetime of a cached list response; a property write makes it stale sooner.
-pub const LIST_TTL: Duration = Duration::from_secs(600);
-/// Lifetime of the cached featured list; a property write makes it stale sooner.
-pub const FEATURED_TTL: Duration = Duration::from_secs(3600);
-/// Lifetime of a cached property detail; a property write makes it stale sooner.
-pub const DETAIL_TTL: Duration = Duration::from_secs(600);
 
 /// Routes of `/api/v1/properties`: public reads, host writes, each with
 /// its description.
@@ -168,11 +159,14 @@ async fn list(
         };
         Ok(Bytes::from(serde_json::to_vec(&body)?))
     };
-    // The generation and the entry are read in one round trip.
-    let key = state.cache.keys().property_list_template(&q.canonical);
     let entry = state
         .cache
-        .response_in("property_list", &key, LIST_TTL, compute)
+        .response(
+            Entry::PropertyList {
+                query: &q.canonical,
+            },
+            compute,
+        )
         .await?;
     Ok(caching::respond(&headers, &entry, Audience::Public))
 }
@@ -181,10 +175,9 @@ async fn list(
 /// fill time (the dashboard reads the same entry typed).
 async fn featured_entry(state: &AppState) -> anyhow::Result<CachedResponse> {
     let db = state.db.clone();
-    let key = state.cache.keys().featured_template();
     state
         .cache
-        .response_in("featured", &key, FEATURED_TTL, || async move {
+        .response(Entry::Featured, || async move {
             Ok(Bytes::from(serde_json::to_vec(
                 &db.featured_properties().await?,
             )?))
@@ -215,10 +208,9 @@ async fn featured(State(state): State<AppState>, headers: HeaderMap) -> ApiResul
 /// property) with the view count as of the fill.
 async fn cached_property(state: &AppState, id: i64) -> anyhow::Result<CachedResponse> {
     let db = state.db.clone();
-    let key = state.cache.keys().property_detail_template(id);
     state
         .cache
-        .response_in("property_detail", &key, DETAIL_TTL, || async move {
+        .response(Entry::PropertyDetail(id), || async move {
             Ok(Bytes::from(serde_json::to_vec(&db.property(id).await?)?))
         })
         .await
@@ -239,10 +231,7 @@ async fn detail(
     // The lookup and the view count are independent: run them together, one
     // round trip of latency instead of two. A view of an unknown id is
     // counted but touches no row when flushed.
-    let (entry, pending) = tokio::join!(
-        cached_property(&state, id),
-        state.cache.store().views_incr(id)
-    );
+    let (entry, pending) = tokio::join!(cached_property(&state, id), state.cache.views().incr(id));
     let entry = entry?;
     if &entry.identity[..] == b"null" {
         return Err(ApiError::NotFound);
@@ -451,7 +440,7 @@ async fn create(
             updated_at: now,
         })
         .await?;
-    state.cache.invalidate(PROPERTIES_NS).await;
+    state.cache.happened(Event::PropertyChanged).await;
     Ok((StatusCode::CREATED, Json(property)))
 }
 
@@ -489,8 +478,8 @@ async fn update(
         .update_property(id, &fields, OffsetDateTime::now_utc())
         .await?
         .ok_or(ApiError::NotFound)?;
-    state.cache.invalidate(PROPERTIES_NS).await;
-    let pending = state.cache.store().views_pending(id).await.unwrap_or(0);
+    state.cache.happened(Event::PropertyChanged).await;
+    let pending = state.cache.views().pending(id).await.unwrap_or(0);
     Ok(Json(Property {
         view_count: updated.view_count + pending,
         ..updated
@@ -517,7 +506,7 @@ async fn remove(
     let now = OffsetDateTime::now_utc();
     match state.db.delete_property(id, now.date(), now).await? {
         DeleteOutcome::Deleted => {
-            state.cache.invalidate(PROPERTIES_NS).await;
+            state.cache.happened(Event::PropertyChanged).await;
             Ok(StatusCode::NO_CONTENT)
         }
         DeleteOutcome::NotFound => Err(ApiError::NotFound),

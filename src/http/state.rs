@@ -11,6 +11,7 @@ use crate::db::Db;
 use crate::jobs::JobQueue;
 use crate::ratelimit::RateLimiter;
 use crate::sessions::SessionStore;
+use crate::sessions::identity::Identities;
 
 /// Shared, cheaply cloneable application state.
 #[derive(Clone)]
@@ -22,6 +23,8 @@ pub struct Inner {
     pub db: Db,
     pub cache: Cache,
     pub sessions: Arc<dyn SessionStore>,
+    /// Who the user of a session is (cached; see [`Identities`]).
+    pub identities: Identities,
     pub limiter: RateLimiter,
     pub jobs: JobQueue,
     pub metrics: PrometheusHandle,

@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
 use super::{Job, JobQueue, Leased, Outcome, Settle};
-use crate::cache::{Cache, PROPERTIES_NS};
+use crate::cache::{Cache, Event};
 use crate::db::{Db, now_ms};
 use crate::domain::Email;
 use crate::email::{self, Mailer};
@@ -617,25 +617,26 @@ pub fn backoff_ms(attempt: u32, base: Duration) -> i64 {
 /// A batch is acknowledged only after the database has it, and the database
 /// applies each batch id once, so a crash anywhere loses and doubles nothing.
 pub async fn flush_views(db: &Db, cache: &Cache) -> anyhow::Result<i64> {
-    let store = cache.store();
+    let views = cache.views();
     let mut total = 0;
     for _ in 0..100 {
-        let Some(batch) = store.views_take().await? else {
+        let Some(batch) = views.take().await? else {
             break;
         };
         db.apply_view_deltas(&batch.flush_id, &batch.deltas).await?;
-        store.views_ack(&batch.flush_id).await?;
+        views.ack(&batch.flush_id).await?;
         total += batch.deltas.iter().map(|(_, d)| d).sum::<i64>();
-        // Cached details hold the stored count: drop them so the detail shows
-        // the new stored count, not the old one without the pending views.
-        if let Some(generation) = cache.generation(PROPERTIES_NS).await {
-            let keys: Vec<String> = batch
+        // Cached details hold the stored count: make them stale so the
+        // detail shows the new stored count, not the old one without the
+        // pending views (a generation per property: a near-cache copy on any
+        // instance is left behind too).
+        futures::future::join_all(
+            batch
                 .deltas
                 .iter()
-                .map(|(id, _)| cache.keys().property_detail(generation, *id))
-                .collect();
-            let _ = store.delete(&keys).await;
-        }
+                .map(|(id, _)| cache.happened(Event::ViewsFlushed { property_id: *id })),
+        )
+        .await;
     }
     Ok(total)
 }

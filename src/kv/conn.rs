@@ -16,7 +16,7 @@ use redis::aio::{
 };
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo, Slot};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{AsyncConnectionConfig, RedisError, RedisResult, Value};
 
@@ -119,6 +119,34 @@ impl Master {
 }
 
 impl Conn {
+    /// Whether this is a cluster connection.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Conn::Cluster(_))
+    }
+
+    /// The positions of `keys` in groups that may each go into one script
+    /// call: on a cluster by hash slot (a script may only touch the keys of
+    /// one slot), elsewhere all in one group. Positions keep their order
+    /// within a group; groups come in the order of their first key.
+    pub fn script_groups<S: AsRef<str>>(&self, keys: &[S]) -> Vec<Vec<usize>> {
+        if !self.is_cluster() {
+            return if keys.is_empty() {
+                Vec::new()
+            } else {
+                vec![(0..keys.len()).collect()]
+            };
+        }
+        let mut groups: Vec<(Slot, Vec<usize>)> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let slot = Slot::for_key(key.as_ref());
+            match groups.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((slot, vec![i])),
+            }
+        }
+        groups.into_iter().map(|(_, members)| members).collect()
+    }
+
     /// Every master this connection writes to: one for a standalone server
     /// or a Sentinel's master; on a cluster, each master that owns slots
     /// now (asked of the cluster, so after a failover or resharding the

@@ -4,7 +4,6 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::cache::PROPERTIES_NS;
 use crate::domain::Email;
 
 /// Key builder for one deployment (one prefix).
@@ -16,6 +15,31 @@ pub struct Keys {
 /// Sessions role: how many shards (hash tags) the sessions are spread over
 /// (see the sessions section of [`Keys`]).
 pub const SESSION_SHARDS: u8 = 32;
+
+/// Cache role: a namespace of cached data, whose generation counter makes
+/// every entry keyed by it stale at once when bumped. Typed, so that no key
+/// is built from a free string and a namespace cannot be misspelt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Namespace {
+    /// Everything derived from properties (lists, featured, details,
+    /// dashboards' recommendations, the guide's query results).
+    Properties,
+    /// One user's cached data (dashboard, the guide's user data).
+    User(i64),
+    /// One property's stored view count (its cached detail holds it).
+    Views(i64),
+}
+
+impl Namespace {
+    /// Its name inside the generation counter's key.
+    fn name(self) -> String {
+        match self {
+            Namespace::Properties => "properties".to_owned(),
+            Namespace::User(id) => format!("user:{id}"),
+            Namespace::Views(id) => format!("views:{id}"),
+        }
+    }
+}
 
 /// Cache role: hash tag of the generation counters and of every entry keyed
 /// by them.
@@ -119,8 +143,8 @@ impl Keys {
     }
 
     /// Generation counter of a cache namespace (bumped to invalidate it).
-    pub fn generation(&self, ns: &str) -> String {
-        self.cache(&format!("gen:{GEN_TAG}:{ns}"))
+    pub fn generation(&self, ns: Namespace) -> String {
+        self.cache(&format!("gen:{GEN_TAG}:{}", ns.name()))
     }
 
     /// A `SCAN MATCH` pattern of every generation counter (glob characters
@@ -142,7 +166,7 @@ impl Keys {
     /// before the properties generation is known.
     pub fn property_list_template(&self, normalized_query: &str) -> KeyTemplate {
         KeyTemplate::new(
-            vec![self.generation(PROPERTIES_NS)],
+            vec![self.generation(Namespace::Properties)],
             vec![
                 self.cache(&format!("property:list:{GEN_TAG}:g")),
                 format!(":{normalized_query}"),
@@ -159,7 +183,7 @@ impl Keys {
     /// The featured list, before the properties generation is known.
     pub fn featured_template(&self) -> KeyTemplate {
         KeyTemplate::new(
-            vec![self.generation(PROPERTIES_NS)],
+            vec![self.generation(Namespace::Properties)],
             vec![
                 self.cache(&format!("property:list:featured:{GEN_TAG}:g")),
                 String::new(),
@@ -175,17 +199,16 @@ impl Keys {
     /// One property, before the properties generation is known.
     pub fn property_detail_template(&self, id: i64) -> KeyTemplate {
         KeyTemplate::new(
-            vec![self.generation(PROPERTIES_NS)],
+            vec![
+                self.generation(Namespace::Properties),
+                self.generation(Namespace::Views(id)),
+            ],
             vec![
                 self.cache(&format!("property:detail:{GEN_TAG}:g")),
+                ":v".to_owned(),
                 format!(":{id}"),
             ],
         )
-    }
-
-    /// One property at properties generation `generation`.
-    pub fn property_detail(&self, generation: u64, id: i64) -> String {
-        self.property_detail_template(id).render(&[generation])
     }
 
     /// A user's dashboard, before the properties and user generations are
@@ -193,8 +216,8 @@ impl Keys {
     pub fn dashboard_template(&self, user_id: i64) -> KeyTemplate {
         KeyTemplate::new(
             vec![
-                self.generation(PROPERTIES_NS),
-                self.generation(&Self::user_ns(user_id)),
+                self.generation(Namespace::Properties),
+                self.generation(Namespace::User(user_id)),
             ],
             vec![
                 self.cache(&format!("user:dashboard:{user_id}:{GEN_TAG}:g")),
@@ -226,7 +249,7 @@ impl Keys {
     /// them stale.
     pub fn query_template(&self, name: &str) -> KeyTemplate {
         KeyTemplate::new(
-            vec![self.generation(PROPERTIES_NS)],
+            vec![self.generation(Namespace::Properties)],
             vec![
                 self.cache(&format!("query:{GEN_TAG}:g")),
                 format!(":{name}"),
@@ -238,7 +261,7 @@ impl Keys {
     /// before that user's generation is known.
     pub fn user_data_template(&self, user_id: i64, name: &str) -> KeyTemplate {
         KeyTemplate::new(
-            vec![self.generation(&Self::user_ns(user_id))],
+            vec![self.generation(Namespace::User(user_id))],
             vec![
                 self.cache(&format!("user:data:{user_id}:{GEN_TAG}:u")),
                 format!(":{name}"),
@@ -250,11 +273,6 @@ impl Keys {
     /// `cache::stats`); the logical part is `stats:{family}:{outcome}`.
     pub fn cache_stats(&self, family: &str, outcome: &str) -> String {
         self.cache(&format!("stats:{family}:{outcome}"))
-    }
-
-    /// Namespace of one user's cached data (bumped when their bookings change).
-    pub fn user_ns(user_id: i64) -> String {
-        format!("user:{user_id}")
     }
 
     /// The one-time login code of an email.

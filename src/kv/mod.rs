@@ -6,6 +6,7 @@
 
 pub mod blocking;
 pub mod breaker;
+pub mod coalesce;
 pub mod conn;
 pub mod keys;
 pub mod target;

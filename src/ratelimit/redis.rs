@@ -1,5 +1,6 @@
-//! The Redis limiter: one GCRA check per request as one Lua script call
-//! (`lua/gcra.lua`), so a check is one round trip, atomic across any number
+//! The Redis limiter: one GCRA check per request, the checks of every
+//! request waiting together in one Lua script call (`lua/gcra.lua`,
+//! `kv::coalesce`), so a check is one round trip shared under load, atomic across any number
 //! of API instances, with O(1) state per key (the TAT) that expires when the
 //! key goes idle. The clock is Redis `TIME`: instances may disagree on the
 //! time without changing any decision.
@@ -14,21 +15,65 @@ use super::LimiterBackend;
 use super::gcra::Decision;
 use crate::config::Rate;
 use crate::kv::RedisRole;
+use crate::kv::coalesce::Coalescer;
 
 /// [`LimiterBackend`] on the rate-limit role's Redis.
 pub struct RedisLimiter {
     role: RedisRole,
-    gcra: redis::Script,
+    /// Checks of concurrent requests: `(key, limit, period_us)`.
+    checks: Coalescer<(String, u32, i64), Reply>,
 }
 
 impl RedisLimiter {
     /// A limiter on `role` (the keys it receives are already prefixed).
     pub fn new(role: RedisRole) -> Self {
         RedisLimiter {
+            checks: checks_coalescer(role.clone()),
             role,
-            gcra: redis::Script::new(include_str!("lua/gcra.lua")),
         }
     }
+}
+
+/// Decides every waiting request in one `gcra` call, in arrival order.
+fn checks_coalescer(role: RedisRole) -> Coalescer<(String, u32, i64), Reply> {
+    let script = redis::Script::new(include_str!("lua/gcra.lua"));
+    Coalescer::spawn(
+        "ratelimit_checks",
+        move |requests: Vec<(String, u32, i64)>| {
+            let (role, script) = (role.clone(), script.clone());
+            async move {
+                let (requests, script) = (&requests, &script);
+                // On a cluster one call per hash slot (a script touches one
+                // slot's keys), all sent at once; elsewhere one call.
+                let parts: Vec<(Vec<usize>, Vec<i64>)> = role
+                    .run(|conn| {
+                        let keys: Vec<&str> = requests.iter().map(|(k, _, _)| k.as_str()).collect();
+                        let groups = conn.script_groups(&keys);
+                        futures::future::try_join_all(groups.into_iter().map(move |group| {
+                            let mut conn = conn.clone();
+                            async move {
+                                let mut call = script.prepare_invoke();
+                                for &i in &group {
+                                    let (key, limit, period_us) = &requests[i];
+                                    call.key(key).arg(*limit).arg(*period_us);
+                                }
+                                let flat: Vec<i64> = call.invoke_async(&mut conn).await?;
+                                Ok::<_, redis::RedisError>((group, flat))
+                            }
+                        }))
+                    })
+                    .await?;
+                let mut replies = vec![(0, 0, 0, 0); requests.len()];
+                for (group, flat) in parts {
+                    anyhow::ensure!(flat.len() == group.len() * 4, "short rate limit reply");
+                    for (i, c) in group.into_iter().zip(flat.chunks(4)) {
+                        replies[i] = (c[0], c[1], c[2], c[3]);
+                    }
+                }
+                Ok(replies)
+            }
+        },
+    )
 }
 
 /// The script's reply: allowed (1|0), remaining, reset_after_us, retry_after_us.
@@ -48,16 +93,9 @@ fn decision(limit: u32, (allowed, remaining, reset_after_us, retry_after_us): Re
 impl LimiterBackend for RedisLimiter {
     async fn check(&self, key: &str, rate: Rate) -> anyhow::Result<Decision> {
         let period_us = i64::try_from(rate.period.as_micros()).unwrap_or(i64::MAX);
-        let reply: Reply = self
-            .role
-            .run(|mut conn| async move {
-                self.gcra
-                    .key(key)
-                    .arg(rate.limit)
-                    .arg(period_us)
-                    .invoke_async(&mut conn)
-                    .await
-            })
+        let reply = self
+            .checks
+            .call((key.to_owned(), rate.limit, period_us))
             .await?;
         Ok(decision(rate.limit, reply))
     }

@@ -7,6 +7,7 @@
 //! so a restart logs nobody out) and the Redis store; both pass the same
 //! behaviour suite (`tests/api/session_suite.rs`).
 
+pub mod identity;
 pub mod redis;
 pub mod sql;
 

@@ -1,7 +1,8 @@
 //! Sessions in the sessions role's Redis (the guide's DB 2), under
 //! `{prefix}session:`. One string key per session, named by the SHA-256 of
 //! its id and holding the user id, with the session TTL; loading it slides
-//! the expiry in the same command (`GETEX … PX`). A set per user
+//! the expiry in the same step (`GETEX … PX`), and the loads of concurrent
+//! requests share one script call (`lua/load_many.lua`, `kv::coalesce`). A set per user
 //! (`{prefix}session:user:{id}`) indexes the user's sessions so that
 //! [`SessionStore::delete_user`] ends them all atomically (`lua/*.lua`).
 //!
@@ -28,6 +29,7 @@ use async_trait::async_trait;
 
 use super::SessionStore;
 use crate::kv::RedisRole;
+use crate::kv::coalesce::Coalescer;
 use crate::kv::keys::{Keys, SESSION_SHARDS};
 
 /// [`SessionStore`] on the sessions role's Redis.
@@ -36,18 +38,76 @@ pub struct RedisSessionStore {
     keys: Keys,
     create: redis::Script,
     delete_user: redis::Script,
+    /// Session loads of concurrent requests, one script call per round.
+    loads: Coalescer<(String, u64), Option<i64>>,
 }
 
 impl RedisSessionStore {
     /// A store on `role`, with keys under `keys`' prefix.
     pub fn new(role: RedisRole, keys: Keys) -> Self {
         RedisSessionStore {
+            loads: loads_coalescer(role.clone()),
             role,
             keys,
             create: redis::Script::new(include_str!("lua/create.lua")),
             delete_user: redis::Script::new(include_str!("lua/delete_user.lua")),
         }
     }
+}
+
+/// Loads every waiting request's session in one `load_many` call (a
+/// request asks for `(key, ttl_ms)`; requests waiting together share a TTL
+/// in practice, the setting's, and one with another TTL goes in a call of
+/// its own; on a cluster, one call per hash slot, all sent at once). Each
+/// call is sent after its requests began, so a logout that answered before
+/// a request started is seen by it (`kv::coalesce`).
+fn loads_coalescer(role: RedisRole) -> Coalescer<(String, u64), Option<i64>> {
+    let script = redis::Script::new(include_str!("lua/load_many.lua"));
+    Coalescer::spawn("session_loads", move |requests: Vec<(String, u64)>| {
+        let (role, script) = (role.clone(), script.clone());
+        async move {
+            let (requests, script) = (&requests, &script);
+            let parts: Vec<(Vec<usize>, Vec<Option<String>>)> = role
+                .run(|conn| {
+                    let mut groups = Vec::new();
+                    let mut start = 0;
+                    for by_ttl in requests.chunk_by(|a, b| a.1 == b.1) {
+                        let keys: Vec<&str> = by_ttl.iter().map(|(k, _)| k.as_str()).collect();
+                        for group in conn.script_groups(&keys) {
+                            groups.push(group.into_iter().map(|i| start + i).collect::<Vec<_>>());
+                        }
+                        start += by_ttl.len();
+                    }
+                    futures::future::try_join_all(groups.into_iter().map(move |group| {
+                        let mut conn = conn.clone();
+                        async move {
+                            let mut call = script.prepare_invoke();
+                            for &i in &group {
+                                call.key(&requests[i].0);
+                            }
+                            call.arg(requests[group[0]].1);
+                            let values: Vec<Option<String>> = call.invoke_async(&mut conn).await?;
+                            Ok::<_, redis::RedisError>((group, values))
+                        }
+                    }))
+                })
+                .await
+                .context("cannot load the sessions")?;
+            let mut answers: Vec<Option<i64>> = vec![None; requests.len()];
+            for (group, values) in parts {
+                anyhow::ensure!(values.len() == group.len(), "short session reply");
+                for (i, v) in group.into_iter().zip(values) {
+                    answers[i] = v
+                        .map(|v| {
+                            v.parse::<i64>()
+                                .context("a session key holds something other than a user id")
+                        })
+                        .transpose()?;
+                }
+            }
+            Ok(answers)
+        }
+    })
 }
 
 /// A TTL in whole milliseconds, at least 1 (Redis refuses `PX 0`).
@@ -80,22 +140,25 @@ impl SessionStore for RedisSessionStore {
     }
 
     async fn load(&self, id_hash: &str, ttl: Duration) -> anyhow::Result<Option<i64>> {
-        let session = self.keys.session(id_hash);
+        let found = self
+            .loads
+            .call((self.keys.session(id_hash), ttl_ms(ttl)))
+            .await?;
+        if found.is_some() {
+            return Ok(found);
+        }
+        // A session made before the shards (see `legacy_session`): read on
+        // its own, only for the ids the current layout does not know.
         let legacy = self.keys.legacy_session(id_hash);
         let value: Option<String> = self
             .role
             .run(|mut conn| async move {
-                let getex = |key: &str| {
-                    let mut cmd = redis::cmd("GETEX");
-                    cmd.arg(key).arg("PX").arg(ttl_ms(ttl));
-                    cmd
-                };
-                let found: Option<String> = getex(&session).query_async(&mut conn).await?;
-                if found.is_some() {
-                    return Ok(found);
-                }
-                // A session made before the shards (see `legacy_session`).
-                getex(&legacy).query_async(&mut conn).await
+                redis::cmd("GETEX")
+                    .arg(&legacy)
+                    .arg("PX")
+                    .arg(ttl_ms(ttl))
+                    .query_async(&mut conn)
+                    .await
             })
             .await
             .context("cannot load the session")?;

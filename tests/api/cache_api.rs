@@ -6,9 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use stayafrica::cache::memory::MemoryStore;
-use stayafrica::cache::redis::RedisStore;
-use stayafrica::cache::{Cache, CacheStore, PROPERTIES_NS};
+use stayafrica::cache::{Cache, Namespace};
 use stayafrica::kv::keys::Keys;
 use stayafrica::kv::{RedisRole, Role};
 
@@ -27,15 +25,11 @@ fn prefix() -> String {
 async fn redis_cache() -> anyhow::Result<Cache> {
     let keys = Keys::new(&prefix());
     let role = RedisRole::connect(Role::Cache, &format!("{SHARED_REDIS}/1")).await?;
-    Ok(Cache::new(
-        Arc::new(RedisStore::new(role, keys.clone())),
-        keys,
-    ))
+    Ok(Cache::redis(role, keys))
 }
 
 fn memory_cache() -> Cache {
-    let store: Arc<dyn CacheStore> = Arc::new(MemoryStore::new(1 << 20));
-    Cache::new(store, Keys::new(&prefix()))
+    Cache::memory(1 << 20, Keys::new(&prefix()))
 }
 
 async fn suite(cache: Cache) -> anyhow::Result<()> {
@@ -113,7 +107,7 @@ async fn suite(cache: Cache) -> anyhow::Result<()> {
         assert_eq!(v, vec![1, 2, 3]);
     }
     assert_eq!(runs.load(Ordering::SeqCst), 1);
-    cache.invalidate(PROPERTIES_NS).await;
+    cache.invalidate(Namespace::Properties).await;
     let r = runs.clone();
     let _: Vec<i64> = cache
         .cache_query_result("featured_ids", Duration::from_secs(60), || async move {

@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::{Value, json};
-use stayafrica::cache::memory::MemoryStore;
-use stayafrica::cache::redis::RedisStore;
-use stayafrica::cache::{Cache, OtpOutcome, PROPERTIES_NS};
+use stayafrica::cache::{Cache, Namespace, OtpOutcome};
 use stayafrica::domain::Email;
 use stayafrica::kv::keys::Keys;
 use stayafrica::kv::{RedisRole, Role};
@@ -31,7 +29,7 @@ fn unique_keys() -> Keys {
 }
 
 fn memory_cache() -> Cache {
-    Cache::new(Arc::new(MemoryStore::new(64 * 1024 * 1024)), unique_keys())
+    Cache::memory(64 * 1024 * 1024, unique_keys())
 }
 
 /// A cache on the Redis at `base` (DB 1, the guide's cache DB), under a
@@ -39,10 +37,7 @@ fn memory_cache() -> Cache {
 async fn redis_cache_on(base: &str, keys: Keys) -> anyhow::Result<Cache> {
     let url = crate::topologies::role_url(base, Role::Cache);
     let role = RedisRole::connect(Role::Cache, &url).await?;
-    Ok(Cache::new(
-        Arc::new(RedisStore::new(role, keys.clone())),
-        keys,
-    ))
+    Ok(Cache::redis(role, keys))
 }
 
 async fn redis_cache() -> anyhow::Result<Cache> {
@@ -254,13 +249,17 @@ async fn corrupt_entries_are_misses(cache: Cache) -> anyhow::Result<()> {
 
 async fn generations_bump_and_templates_follow(cache: Cache) -> anyhow::Result<()> {
     let g0 = cache
-        .generation(PROPERTIES_NS)
+        .generation(Namespace::Properties)
         .await
         .ok_or_else(|| anyhow::anyhow!("no generation"))?;
-    assert_eq!(cache.generation(PROPERTIES_NS).await, Some(g0), "stable");
-    cache.invalidate(PROPERTIES_NS).await;
+    assert_eq!(
+        cache.generation(Namespace::Properties).await,
+        Some(g0),
+        "stable"
+    );
+    cache.invalidate(Namespace::Properties).await;
     let g1 = cache
-        .generation(PROPERTIES_NS)
+        .generation(Namespace::Properties)
         .await
         .ok_or_else(|| anyhow::anyhow!("no generation"))?;
     assert!(g1 > g0, "{g1} > {g0}");
@@ -280,21 +279,26 @@ async fn generations_bump_and_templates_follow(cache: Cache) -> anyhow::Result<(
         .get_or_compute_bytes_in("test", &template, ttl, compute)
         .await?;
     assert_eq!(computed.load(Ordering::SeqCst), 1);
-    let key = cache.keys().property_detail(g1, 7);
+    let generations = cache
+        .store()
+        .generations(template.generation_keys())
+        .await?;
+    assert_eq!(generations[0], g1);
+    let key = template.render(&generations);
     assert_eq!(
         cache.get_bytes("test", &key).await.as_deref(),
         Some(&b"{\"id\":7}"[..])
     );
 
     // A bump makes it unreachable at once; the next read computes again.
-    cache.invalidate(PROPERTIES_NS).await;
+    cache.invalidate(Namespace::Properties).await;
     cache
         .get_or_compute_bytes_in("test", &template, ttl, compute)
         .await?;
     assert_eq!(computed.load(Ordering::SeqCst), 2);
 
     // Two generations (dashboard): bumping either one invalidates.
-    let user_ns = Keys::user_ns(5);
+    let user_ns = Namespace::User(5);
     let dash = cache.keys().dashboard_template(5);
     let n = AtomicUsize::new(0);
     let compute = || async {
@@ -308,12 +312,12 @@ async fn generations_bump_and_templates_follow(cache: Cache) -> anyhow::Result<(
         .get_or_compute_bytes_in("test", &dash, ttl, compute)
         .await?;
     assert_eq!(n.load(Ordering::SeqCst), 1);
-    cache.invalidate(&user_ns).await;
+    cache.invalidate(user_ns).await;
     cache
         .get_or_compute_bytes_in("test", &dash, ttl, compute)
         .await?;
     assert_eq!(n.load(Ordering::SeqCst), 2);
-    cache.invalidate(PROPERTIES_NS).await;
+    cache.invalidate(Namespace::Properties).await;
     cache
         .get_or_compute_bytes_in("test", &dash, ttl, compute)
         .await?;
@@ -327,7 +331,7 @@ async fn pattern_delete_removes_only_matches(cache: Cache) -> anyhow::Result<()>
         cache
             .set_bytes(
                 "test",
-                &cache.keys().property_detail(1, i),
+                &cache.keys().property_detail_template(i).render(&[1, 1]),
                 Bytes::from_static(b"x"),
                 ttl,
             )
@@ -341,7 +345,10 @@ async fn pattern_delete_removes_only_matches(cache: Cache) -> anyhow::Result<()>
     assert_eq!(removed, 30);
     assert_eq!(
         cache
-            .get_bytes("test", &cache.keys().property_detail(1, 3))
+            .get_bytes(
+                "test",
+                &cache.keys().property_detail_template(3).render(&[1, 1]),
+            )
             .await,
         None
     );
@@ -468,63 +475,63 @@ async fn otp_expires(cache: Cache) -> anyhow::Result<()> {
 }
 
 async fn views_incr_take_ack(cache: Cache) -> anyhow::Result<()> {
-    let s = cache.store();
-    assert_eq!(s.views_take().await?, None);
-    assert_eq!(s.views_incr(1).await?, 1);
-    assert_eq!(s.views_incr(1).await?, 2);
-    assert_eq!(s.views_incr(1).await?, 3);
-    assert_eq!(s.views_incr(2).await?, 1);
-    assert_eq!(s.views_pending(1).await?, 3);
-    assert_eq!(s.views_pending(3).await?, 0);
+    let s = cache.views();
+    assert_eq!(s.take().await?, None);
+    assert_eq!(s.incr(1).await?, 1);
+    assert_eq!(s.incr(1).await?, 2);
+    assert_eq!(s.incr(1).await?, 3);
+    assert_eq!(s.incr(2).await?, 1);
+    assert_eq!(s.pending(1).await?, 3);
+    assert_eq!(s.pending(3).await?, 0);
 
     let batch = s
-        .views_take()
+        .take()
         .await?
         .ok_or_else(|| anyhow::anyhow!("nothing taken"))?;
     assert_eq!(batch.deltas, vec![(1, 3), (2, 1)]);
     // Views taken but not yet in the database still count as pending.
-    assert_eq!(s.views_pending(1).await?, 3);
-    assert_eq!(s.views_incr(1).await?, 4);
-    s.views_ack(&batch.flush_id).await?;
-    assert_eq!(s.views_pending(1).await?, 1);
+    assert_eq!(s.pending(1).await?, 3);
+    assert_eq!(s.incr(1).await?, 4);
+    s.ack(&batch.flush_id).await?;
+    assert_eq!(s.pending(1).await?, 1);
 
     let next = s
-        .views_take()
+        .take()
         .await?
         .ok_or_else(|| anyhow::anyhow!("nothing taken"))?;
     assert_ne!(next.flush_id, batch.flush_id);
     assert_eq!(next.deltas, vec![(1, 1)]);
-    s.views_ack(&next.flush_id).await?;
-    assert_eq!(s.views_take().await?, None);
-    assert_eq!(s.views_pending(1).await?, 0);
+    s.ack(&next.flush_id).await?;
+    assert_eq!(s.take().await?, None);
+    assert_eq!(s.pending(1).await?, 0);
     Ok(())
 }
 
 async fn take_without_ack_is_returned_again(cache: Cache) -> anyhow::Result<()> {
-    let s = cache.store();
+    let s = cache.views();
     for _ in 0..5 {
-        s.views_incr(9).await?;
+        s.incr(9).await?;
     }
     let first = s
-        .views_take()
+        .take()
         .await?
         .ok_or_else(|| anyhow::anyhow!("nothing taken"))?;
     // The flusher "crashed": more views arrive, and the next take returns the
     // same batch with the same id (not the new views).
-    s.views_incr(9).await?;
+    s.incr(9).await?;
     let again = s
-        .views_take()
+        .take()
         .await?
         .ok_or_else(|| anyhow::anyhow!("nothing taken"))?;
     assert_eq!(again, first);
-    assert_eq!(s.views_pending(9).await?, 6);
-    s.views_ack(&first.flush_id).await?;
+    assert_eq!(s.pending(9).await?, 6);
+    s.ack(&first.flush_id).await?;
     let rest = s
-        .views_take()
+        .take()
         .await?
         .ok_or_else(|| anyhow::anyhow!("nothing taken"))?;
     assert_eq!(rest.deltas, vec![(9, 1)]);
-    s.views_ack(&rest.flush_id).await?;
+    s.ack(&rest.flush_id).await?;
     Ok(())
 }
 
@@ -536,8 +543,8 @@ struct FakeDb {
 }
 
 async fn flush_into(cache: &Cache, db: &Mutex<FakeDb>) -> anyhow::Result<()> {
-    let s = cache.store();
-    while let Some(batch) = s.views_take().await? {
+    let s = cache.views();
+    while let Some(batch) = s.take().await? {
         {
             let mut db = db.lock().unwrap_or_else(|e| e.into_inner());
             if db.applied.insert(batch.flush_id.clone()) {
@@ -547,7 +554,7 @@ async fn flush_into(cache: &Cache, db: &Mutex<FakeDb>) -> anyhow::Result<()> {
             }
         }
         tokio::task::yield_now().await;
-        s.views_ack(&batch.flush_id).await?;
+        s.ack(&batch.flush_id).await?;
     }
     Ok(())
 }
@@ -558,7 +565,7 @@ async fn concurrent_flushers_count_every_view_once(cache: Cache) -> anyhow::Resu
         let cache = cache.clone();
         async move {
             for i in 0..100 {
-                cache.store().views_incr((w + i) % 3).await?;
+                cache.views().incr((w + i) % 3).await?;
             }
             anyhow::Ok(())
         }
@@ -722,21 +729,27 @@ async fn lost_generation_counter_never_revives_old_entries() -> anyhow::Result<(
         };
         // Cached under g0, then invalidated and cached under g0+1 …
         assert_eq!(&serve(b"v1").await?[..], b"v1");
-        cache.invalidate(PROPERTIES_NS).await;
+        cache.invalidate(Namespace::Properties).await;
         assert_eq!(&serve(b"v2").await?[..], b"v2");
-        cache.invalidate(PROPERTIES_NS).await;
-        let before = cache.generation(PROPERTIES_NS).await.unwrap_or_default();
+        cache.invalidate(Namespace::Properties).await;
+        let before = cache
+            .generation(Namespace::Properties)
+            .await
+            .unwrap_or_default();
         // … then the counter is evicted (or Redis restarted without it) while
         // entries survive. It must come back above every generation already
         // used (a restart at 0 would count up through them again), so the
         // old entries are never served.
-        let gen_key = cache.keys().generation(PROPERTIES_NS);
+        let gen_key = cache.keys().generation(Namespace::Properties);
         assert_eq!(
             cache.store().delete(std::slice::from_ref(&gen_key)).await?,
             1
         );
         assert_eq!(&serve(b"v3").await?[..], b"v3");
-        let after = cache.generation(PROPERTIES_NS).await.unwrap_or_default();
+        let after = cache
+            .generation(Namespace::Properties)
+            .await
+            .unwrap_or_default();
         assert!(after > before, "{after} > {before}");
         // Bumping a lost counter does not restart it low either.
         assert_eq!(
@@ -1153,8 +1166,8 @@ async fn views_under_concurrency_crashed_and_parallel_flushes() -> anyhow::Resul
         // with the same id, then takes the views that came meanwhile.
         views(100).await?;
         let taken = cache
-            .store()
-            .views_take()
+            .views()
+            .take()
             .await?
             .ok_or_else(|| anyhow::anyhow!("nothing taken"))?;
         assert_eq!(taken.deltas, vec![(id, 100)]);
@@ -1166,8 +1179,8 @@ async fn views_under_concurrency_crashed_and_parallel_flushes() -> anyhow::Resul
         // the retry applies nothing twice.
         views(10).await?;
         let taken = cache
-            .store()
-            .views_take()
+            .views()
+            .take()
             .await?
             .ok_or_else(|| anyhow::anyhow!("nothing taken"))?;
         assert!(db.apply_view_deltas(&taken.flush_id, &taken.deltas).await?);

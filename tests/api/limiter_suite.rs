@@ -96,8 +96,34 @@ on_every_limiter!(
     remaining_counts_down_then_denies_with_retry_after,
     reset_clears_the_key,
     idle_keys_expire_and_refill,
-    keys_are_independent
+    keys_are_independent,
+    concurrent_checks_of_many_keys_each_count_their_own
 );
+
+/// 300 concurrent checks over 100 keys (3 each, at a limit of 2): checks
+/// waiting together share calls, and on a cluster those keys live in many
+/// slots: each key still admits exactly its limit.
+async fn concurrent_checks_of_many_keys_each_count_their_own(l: Limiter) -> anyhow::Result<()> {
+    let keys = unique_keys();
+    let rate = Rate::new(2, HOUR);
+    let tasks: Vec<_> = (0..300)
+        .map(|i| {
+            let backend = l.backend.clone();
+            let key = keys.ratelimit("suite", &format!("subject-{}", i % 100));
+            tokio::spawn(async move {
+                Ok::<_, anyhow::Error>((i % 100, backend.check(&key, rate).await?))
+            })
+        })
+        .collect();
+    let mut allowed = std::collections::BTreeMap::<usize, u32>::new();
+    for t in tasks {
+        let (subject, d) = t.await??;
+        *allowed.entry(subject).or_default() += u32::from(d.allowed);
+    }
+    assert_eq!(allowed.len(), 100);
+    assert!(allowed.values().all(|n| *n == 2), "{allowed:?}");
+    Ok(())
+}
 
 async fn concurrent_checks_admit_exactly_the_limit(l: Limiter) -> anyhow::Result<()> {
     let key = unique_keys().ratelimit("suite", "burst");

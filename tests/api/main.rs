@@ -18,6 +18,7 @@ mod jobs_suite;
 mod jobs_wakeup;
 mod limiter_suite;
 mod logs;
+mod near_cache;
 mod openapi;
 mod ops;
 mod properties;

@@ -194,6 +194,8 @@ async fn cache_info_reports_our_hit_ratio_per_family() -> anyhow::Result<()> {
     let list = &info[0]["our_hit_ratio_by_family"]["property_list"];
     assert_eq!(list["hits"], 2.0, "{info}");
     assert_eq!(list["misses"], 1.0, "{info}");
+    // After the miss filled it, this process answered from its near-cache.
+    assert_eq!(list["near_hits"], 2.0, "{info}");
     assert!(list["hit_ratio"].as_f64().is_some(), "{info}");
     Ok(())
 }

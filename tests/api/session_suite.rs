@@ -120,8 +120,33 @@ on_every_store!(
     create_load_delete,
     delete_user_ends_only_that_users_sessions,
     loading_slides_the_expiry,
-    unknown_ids_load_nothing
+    unknown_ids_load_nothing,
+    concurrent_loads_of_many_sessions_each_find_their_own
 );
+
+/// 100 sessions of 100 users loaded concurrently, with unknown ids among
+/// them: loads waiting together share calls, and on a cluster those
+/// sessions live in many slots: each load finds its own user.
+async fn concurrent_loads_of_many_sessions_each_find_their_own(s: Store) -> anyhow::Result<()> {
+    let mut hashes = Vec::new();
+    for user in 0..100 {
+        let h = new_hash()?;
+        s.store.create(&h, 1000 + user, HOUR).await?;
+        hashes.push((h, Some(1000 + user)));
+        hashes.push((new_hash()?, None));
+    }
+    let store = s.store.clone();
+    let loads = hashes.iter().map(|(h, _)| {
+        let store = store.clone();
+        let h = h.clone();
+        tokio::spawn(async move { store.load(&h, HOUR).await })
+    });
+    let loads: Vec<_> = loads.collect();
+    for ((_, expected), load) in hashes.iter().zip(loads) {
+        assert_eq!(load.await??, *expected);
+    }
+    Ok(())
+}
 
 const HOUR: Duration = Duration::from_secs(3600);
 

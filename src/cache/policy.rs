@@ -1,0 +1,104 @@
+//! What the service caches and what makes it stale: the families of whole
+//! responses with their keys and lifetimes, and the domain events that
+//! invalidate them. Handlers name an [`Entry`] or an [`Event`]; they build
+//! no keys and bump no generations themselves.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::Cache;
+use super::response::CachedResponse;
+use crate::kv::keys::{KeyTemplate, Keys, Namespace};
+
+/// A whole response the service caches.
+#[derive(Debug, Clone, Copy)]
+pub enum Entry<'a> {
+    /// One page of the public property list, by its normalized query.
+    PropertyList { query: &'a str },
+    /// Every featured property.
+    Featured,
+    /// One property (or `null` for an unknown id), with its stored view count.
+    PropertyDetail(i64),
+    /// One user's dashboard.
+    Dashboard(i64),
+}
+
+impl Entry<'_> {
+    /// The family name in metrics and hit counters.
+    pub fn family(self) -> &'static str {
+        match self {
+            Entry::PropertyList { .. } => "property_list",
+            Entry::Featured => "featured",
+            Entry::PropertyDetail(_) => "property_detail",
+            Entry::Dashboard(_) => "dashboard",
+        }
+    }
+
+    /// How long an entry lives if nothing makes it stale sooner (API.md:
+    /// lists 10 minutes, featured and dashboards an hour).
+    pub fn ttl(self) -> Duration {
+        match self {
+            Entry::PropertyList { .. } | Entry::PropertyDetail(_) => Duration::from_secs(600),
+            Entry::Featured | Entry::Dashboard(_) => Duration::from_secs(3600),
+        }
+    }
+
+    /// Its key, before the generations it depends on are read.
+    fn template(self, keys: &Keys) -> KeyTemplate {
+        match self {
+            Entry::PropertyList { query } => keys.property_list_template(query),
+            Entry::Featured => keys.featured_template(),
+            Entry::PropertyDetail(id) => keys.property_detail_template(id),
+            Entry::Dashboard(user_id) => keys.dashboard_template(user_id),
+        }
+    }
+}
+
+/// Something that happened which cached entries may show the old state of.
+#[derive(Debug, Clone, Copy)]
+pub enum Event {
+    /// A property was created, changed or deleted: lists, featured,
+    /// details, dashboards' recommendations.
+    PropertyChanged,
+    /// A booking of this guest was made or changed: their dashboard.
+    BookingChanged { guest_id: i64 },
+    /// The counted views of a property reached the database: its detail.
+    ViewsFlushed { property_id: i64 },
+}
+
+impl Event {
+    fn namespace(self) -> Namespace {
+        match self {
+            Event::PropertyChanged => Namespace::Properties,
+            Event::BookingChanged { guest_id } => Namespace::User(guest_id),
+            Event::ViewsFlushed { property_id } => Namespace::Views(property_id),
+        }
+    }
+}
+
+impl Cache {
+    /// The stored `entry`, or `compute()`'s body stored as it (see
+    /// [`Cache::response_in`]).
+    pub async fn response<F, Fut>(
+        &self,
+        entry: Entry<'_>,
+        compute: F,
+    ) -> anyhow::Result<CachedResponse>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = anyhow::Result<Bytes>>,
+    {
+        let template = entry.template(self.keys());
+        self.response_in(entry.family(), &template, entry.ttl(), compute)
+            .await
+    }
+
+    /// Makes every entry that may show the state before `event` stale, on
+    /// every instance, before returning (retried in the background if the
+    /// store is down; see [`Cache::invalidate`]).
+    pub async fn happened(&self, event: Event) {
+        self.invalidate(event.namespace()).await;
+    }
+}
