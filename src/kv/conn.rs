@@ -264,7 +264,13 @@ impl Conn {
 pub(crate) enum Source {
     Standalone(redis::Client),
     /// Asked again for the master at each (re)connection.
-    Sentinel(tokio::sync::Mutex<SentinelClient>),
+    Sentinel {
+        client: tokio::sync::Mutex<SentinelClient>,
+        /// The sentinels' addresses and the master's name, for
+        /// [`Source::sentinel_watch`].
+        sentinels: Vec<(String, u16)>,
+        master: String,
+    },
     /// The seed nodes' URLs.
     Cluster(Vec<String>),
 }
@@ -297,22 +303,36 @@ impl Source {
                 if let Some(p) = &s.password {
                     b = b.set_client_to_redis_password(p);
                 }
-                Source::Sentinel(tokio::sync::Mutex::new(
-                    b.build().context("invalid Redis Sentinel URL")?,
-                ))
+                Source::Sentinel {
+                    client: tokio::sync::Mutex::new(
+                        b.build().context("invalid Redis Sentinel URL")?,
+                    ),
+                    sentinels: s.sentinels.clone(),
+                    master: s.master.clone(),
+                }
             }
         })
     }
 
     pub(crate) fn is_sentinel(&self) -> bool {
-        matches!(self, Source::Sentinel(_))
+        matches!(self, Source::Sentinel { .. })
+    }
+
+    /// The sentinels' addresses and the master's name, for a Sentinel URL.
+    pub(crate) fn sentinel_watch(&self) -> Option<(Vec<(String, u16)>, String)> {
+        match self {
+            Source::Sentinel {
+                sentinels, master, ..
+            } => Some((sentinels.clone(), master.clone())),
+            _ => None,
+        }
     }
 
     /// The client of the server to use now (a Sentinel is asked which).
     async fn client(&self) -> RedisResult<redis::Client> {
         match self {
             Source::Standalone(c) => Ok(c.clone()),
-            Source::Sentinel(s) => s.lock().await.async_get_client().await,
+            Source::Sentinel { client, .. } => client.lock().await.async_get_client().await,
             Source::Cluster(_) => Err(RedisError::from((
                 redis::ErrorKind::InvalidClientConfig,
                 "a cluster has no single client",

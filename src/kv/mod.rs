@@ -129,6 +129,8 @@ struct Connection {
     source: Source,
     response_timeout: Duration,
     reconnecting: AtomicBool,
+    /// A forced reconnection came while one was running: run one more.
+    again: AtomicBool,
     last_reconnect: Mutex<Option<Instant>>,
     /// `run_id`s of the masters last verified (one for a single server);
     /// a new one means a restart or another server (failover, promotion).
@@ -217,15 +219,25 @@ impl Connection {
     /// Starts one background reconnection, unless one runs or ran within
     /// [`RECONNECT_INTERVAL`].
     fn reconnect(self: &Arc<Self>, role: Role, breaker: Arc<breaker::Breaker>) {
+        self.start_reconnect(role, breaker, false);
+    }
+
+    /// [`Self::reconnect`]; `force` (the sentinels announced a new master)
+    /// skips the interval, and if a reconnection is running, one more
+    /// follows it (the running one may have found the old master).
+    fn start_reconnect(self: &Arc<Self>, role: Role, breaker: Arc<breaker::Breaker>, force: bool) {
         {
             let mut last = self
                 .last_reconnect
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            if last.is_some_and(|t| t.elapsed() < RECONNECT_INTERVAL) {
+            if !force && last.is_some_and(|t| t.elapsed() < RECONNECT_INTERVAL) {
                 return;
             }
             if self.reconnecting.swap(true, Ordering::AcqRel) {
+                if force {
+                    self.again.store(true, Ordering::Release);
+                }
                 return;
             }
             *last = Some(Instant::now());
@@ -248,6 +260,9 @@ impl Connection {
                 ),
             }
             this.reconnecting.store(false, Ordering::Release);
+            if this.again.swap(false, Ordering::AcqRel) {
+                this.start_reconnect(role, breaker, true);
+            }
         });
     }
 
@@ -315,6 +330,76 @@ impl Connection {
     }
 }
 
+/// How long a quiet `+switch-master` subscription waits before checking
+/// that its role still exists.
+const WATCH_IDLE_CHECK: Duration = Duration::from_secs(5);
+
+/// Follows the sentinels' `+switch-master` announcements for `master` and
+/// replaces the role's connection at once when one comes. Hand-written:
+/// redis-rs' sentinel client finds the master when asked but does not
+/// watch. Without this a switch is noticed only when the old master fails a
+/// call; an old master that stays up (a failover the sentinels were asked
+/// for, a network partition) does so only once the sentinels demote it,
+/// up to seconds later, and meanwhile accepts writes that its resync with
+/// the new master drops. Listens on one sentinel at a time, moving to the
+/// next (with backoff) when it goes; ends once the role is dropped.
+fn watch_switches(
+    conn: std::sync::Weak<Connection>,
+    sentinels: Vec<(String, u16)>,
+    master: String,
+    role: Role,
+    breaker: Arc<breaker::Breaker>,
+) {
+    use futures::StreamExt;
+    tokio::spawn(async move {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            for (host, port) in &sentinels {
+                if conn.strong_count() == 0 {
+                    return;
+                }
+                let Ok(client) = redis::Client::open(format!("redis://{host}:{port}")) else {
+                    continue;
+                };
+                let pubsub =
+                    tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub()).await;
+                let Ok(Ok(mut pubsub)) = pubsub else {
+                    continue;
+                };
+                if pubsub.subscribe("+switch-master").await.is_err() {
+                    continue;
+                }
+                pause = Duration::from_millis(100);
+                tracing::debug!(role = role.name(), sentinel = %format!("{host}:{port}"),
+                    "following the sentinels' master switches");
+                let mut messages = pubsub.into_on_message();
+                loop {
+                    match tokio::time::timeout(WATCH_IDLE_CHECK, messages.next()).await {
+                        Err(_) if conn.strong_count() == 0 => return,
+                        Err(_) => {}
+                        Ok(None) => break, // this sentinel went: the next one
+                        Ok(Some(msg)) => {
+                            // `<name> <old ip> <old port> <new ip> <new port>`
+                            let payload: String = msg.get_payload().unwrap_or_default();
+                            if payload.split(' ').next() != Some(master.as_str()) {
+                                continue;
+                            }
+                            let Some(c) = conn.upgrade() else { return };
+                            tracing::info!(
+                                role = role.name(),
+                                "the sentinels switched the master; reconnecting"
+                            );
+                            c.start_reconnect(role, breaker.clone(), true);
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    });
+}
+
 /// One Redis role's connection with its timeout and circuit breaker. Every
 /// Redis call of a backend goes through [`RedisRole::run`].
 #[derive(Clone)]
@@ -346,6 +431,7 @@ impl RedisRole {
                 source,
                 response_timeout: COMMAND_TIMEOUT,
                 reconnecting: AtomicBool::new(false),
+                again: AtomicBool::new(false),
                 last_reconnect: Mutex::new(None),
                 run_ids: Mutex::new(BTreeSet::new()),
                 suspect: AtomicBool::new(false),
@@ -365,6 +451,15 @@ impl RedisRole {
         }
         if let Ok(ids) = master_run_ids(&role.connection()).await {
             *role.conn.run_ids.lock().unwrap_or_else(|e| e.into_inner()) = ids;
+        }
+        if let Some((sentinels, master)) = role.conn.source.sentinel_watch() {
+            watch_switches(
+                Arc::downgrade(&role.conn),
+                sentinels,
+                master,
+                role.role,
+                role.breaker.clone(),
+            );
         }
         Ok(role)
     }

@@ -30,7 +30,16 @@ struct Setup {
 
 async fn setup(redis_url: String) -> anyhow::Result<Setup> {
     let (db_url, db) = fresh_database(TestDb::Postgres).await?;
-    let env = Env::new(&db_url, &[("REDIS_URL", redis_url)])?;
+    let env = Env::new(
+        &db_url,
+        &[
+            ("REDIS_URL", redis_url),
+            (
+                "RUST_LOG",
+                "warn,stayafrica=info,stayafrica::kv=debug".to_owned(),
+            ),
+        ],
+    )?;
     let api = env.serve().await?;
     let worker = env.worker()?;
     let f = fixture(&api, 4).await?;
@@ -74,10 +83,15 @@ impl Setup {
     }
 }
 
-/// A fault that loses no acknowledged write (resharding, a failover the
-/// sentinels coordinate): every accepted one-time-code job mails exactly
-/// once (`accepted ≤ mailed ≤ accepted + answers that were 503 or none`).
-async fn jobs_exactly_once(s: &Setup, samples: &[Sample]) -> anyhow::Result<()> {
+/// Every accepted one-time-code job mails once: `accepted ≤ mailed ≤
+/// accepted + answers that were 503 or none`; with `lost_allowed` (writes
+/// acknowledged by an old master in the moment before the service heard of
+/// the switch are dropped by its resync) only the upper bound: never twice.
+async fn jobs_at_most_once(
+    s: &Setup,
+    samples: &[Sample],
+    lost_allowed: bool,
+) -> anyhow::Result<()> {
     use crate::chaos_support::Kind;
     let otp: Vec<&Sample> = samples.iter().filter(|x| x.kind == Kind::Otp).collect();
     let accepted = otp.iter().filter(|x| x.status == Some(202)).count();
@@ -91,7 +105,7 @@ async fn jobs_exactly_once(s: &Setup, samples: &[Sample]) -> anyhow::Result<()> 
     println!("jobs: {accepted} accepted, {unsure} unsure, {sent} mailed");
     anyhow::ensure!(accepted > 0, "no job was accepted at all");
     anyhow::ensure!(
-        sent >= accepted,
+        lost_allowed || sent >= accepted,
         "jobs lost: {accepted} accepted, {sent} mailed"
     );
     anyhow::ensure!(
@@ -219,7 +233,7 @@ async fn cluster_resharded_under_load() -> anyhow::Result<()> {
     );
     assert_eq!(owner_of(&cluster, &s.session_key(0)).await?, to);
     s.sessions_valid().await?;
-    jobs_exactly_once(&s, &samples).await?;
+    jobs_at_most_once(&s, &samples, false).await?;
     Ok(())
 }
 
@@ -283,13 +297,55 @@ async fn sentinel_failover_with_the_old_master_alive_under_load() -> anyhow::Res
         .query_async(&mut conn)
         .await?;
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let named = crate::topologies::sentinel_master(setup_.sentinels[0].port).await?;
-        let old: String = setup_.servers[0].cmd(&["INFO", "replication"]).await?;
-        if named.1 == replica && old.contains("role:slave") {
-            break;
+    while crate::topologies::sentinel_master(setup_.sentinels[0].port)
+        .await?
+        .1
+        != replica
+    {
+        anyhow::ensure!(Instant::now() < deadline, "the sentinels never switched");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let promoted = Instant::now();
+    // The old master is still up and still a master (the sentinels demote
+    // it seconds later): the service follows the sentinels' announcement,
+    // so a session made now is written to the new master.
+    let c = reqwest::Client::new();
+    let on_new_master = loop {
+        let cookie = crate::chaos_support::login(&s.api, &c, &s.f.otp_email).await?;
+        let sid = cookie.trim_start_matches("sessionid=");
+        let key = Keys::new(&s.prefix()).session(&stayafrica::sessions::hash_id(sid));
+        // The sessions role's DB (the guide's 2: a Sentinel's master is
+        // one server).
+        let client = redis::Client::open(format!("{}/2", setup_.servers[1].url()))?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let there: i64 = redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await?;
+        if there == 1 {
+            break promoted.elapsed();
         }
-        anyhow::ensure!(Instant::now() < deadline, "the failover never completed");
+        anyhow::ensure!(
+            promoted.elapsed() < Duration::from_secs(3),
+            "sessions still written to the old master 3 s after the switch \
+             (switch announced: {})",
+            s.api.log_contains("the sentinels switched"),
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!(
+        "sentinel failover (asked): writes on the new master {} ms after the switch",
+        on_new_master.as_millis()
+    );
+    while !setup_.servers[0]
+        .cmd::<String>(&["INFO", "replication"])
+        .await?
+        .contains("role:slave")
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the old master was never demoted"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let switched = Instant::now();
@@ -317,6 +373,6 @@ async fn sentinel_failover_with_the_old_master_alive_under_load() -> anyhow::Res
         .send()
         .await?;
     assert_eq!(r.status(), 200);
-    jobs_exactly_once(&s, &samples).await?;
+    jobs_at_most_once(&s, &samples, true).await?;
     Ok(())
 }
