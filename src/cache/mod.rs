@@ -10,12 +10,17 @@
 //! The cache is an optimisation: when the store fails, reads are misses,
 //! writes are skipped and callers compute from the database.
 //!
-//! Parts: [`store::CacheStore`] (the backend trait), [`memory`] (in-process
-//! store of the embedded default), [`redis`] (the Redis store, one round
-//! trip per cached read), [`codec`] (the byte format both stores hold:
-//! header byte, LZ4 above a threshold), [`response`] (whole responses as
-//! sent: ETag and compressed variants made at fill time), and [`Cache`], the
-//! facade: metrics, encoding, single flight in a process and across processes.
+//! Parts: [`policy`] (what is cached, for how long, and what each domain
+//! event makes stale: the API handlers use), [`store::CacheStore`] (values
+//! and generations) with [`memory`] (in-process, the embedded default) and
+//! [`redis`]; [`otp`] (one-time codes) and [`views`] (view counters), each
+//! a trait with both implementations; [`near`] (the coherent in-process
+//! copy of hot stored responses in front of Redis); [`codec`] (the byte
+//! format the stores hold: header byte, LZ4 above a threshold);
+//! [`response`] (whole responses as sent: ETag and compressed variants made
+//! at fill time); [`api`] (the guide's helper functions); and [`Cache`],
+//! the facade: metrics, encoding, single flight in a process and across
+//! processes.
 
 pub mod api;
 pub mod codec;

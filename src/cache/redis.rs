@@ -7,22 +7,25 @@
 //! documented in each file's header), so it is atomic and costs one round
 //! trip:
 //!
-//! - generations: read (and initialise when missing) together with the entry
-//!   they name (`gen_lookup`), so an anonymous cached GET is ONE round trip;
-//!   bumped with `gen_bump`. A lost counter restarts at the server time in
-//!   microseconds, above any value it can have had, never at 0; so counters
-//!   may also expire ([`GENERATION_TTL`]) instead of piling up.
+//! - generations: read (and initialised when missing) by `gen_lookup`, one
+//!   call shared by every request waiting together (`kv::coalesce`; the
+//!   near-cache's validation, `cache::near`); an entry not held near is
+//!   then read with a plain `GET`: entries carry no hash tag, so on a
+//!   cluster they spread over every master. Bumped with `gen_bump`. A lost
+//!   counter restarts at the server time in microseconds, above any value
+//!   it can have had, never at 0 (so a rendered key never names two
+//!   contents, which the near-cache relies on); so counters may also expire
+//!   ([`GENERATION_TTL`]) instead of piling up.
 //! - one-time codes and view counters: in [`super::otp`] and [`super::views`].
 //! - compute locks: `SET NX PX`, released by `unlock` only by their holder.
 //!
-//! Why the generation is read inside the value's script rather than kept in
-//! an in-process near-cache invalidated by pub/sub: the design promises that
-//! a write is visible on every instance as soon as the request that made it
-//! has answered. Pub/sub delivers the bump to other instances some time
-//! later, and not at all across a dropped connection, so a near-cache would
-//! serve stale pages in that window. The script gives the same one round
-//! trip with no window. Its cost on Redis Cluster: generation-keyed entries
-//! share the hash tag `{g}` with the counters, so they live in one slot.
+//! Why the near-cache is validated by reading the generations on every
+//! request rather than invalidated by pub/sub or client tracking: the
+//! design promises that a write is visible on every instance as soon as the
+//! request that made it has answered; a push arrives some time later, and
+//! not at all across a dropped connection (see `cache::near`). On Redis
+//! Cluster the counters share one slot (`{g}`): the validation of a batch
+//! is one script there; the entries, the payload, are spread.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -30,12 +33,12 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
-use redis::{Script, Value};
+use redis::Script;
 
 use super::store::CacheStore;
 use crate::kv::RedisRole;
 use crate::kv::coalesce::Coalescer;
-use crate::kv::keys::{KeyTemplate, Keys};
+use crate::kv::keys::Keys;
 
 /// Lifetime of a generation counter after it is created or bumped. Safe at
 /// any length, because a counter that comes back starts above every value it
@@ -72,63 +75,42 @@ impl RedisStore {
         }
     }
 
-    /// Runs `gen_lookup` on `generation_keys`, with the entry template
-    /// `parts` when given.
-    async fn run_lookup(
-        &self,
-        generation_keys: &[String],
-        parts: &[String],
-    ) -> anyhow::Result<(Vec<u64>, Option<Bytes>)> {
-        lookup_call(&self.role, &self.gen_lookup, generation_keys, parts).await
+    /// Runs `gen_lookup` on `generation_keys`.
+    async fn run_lookup(&self, generation_keys: &[String]) -> anyhow::Result<Vec<u64>> {
+        lookup_call(&self.role, &self.gen_lookup, generation_keys).await
     }
 }
 
-/// One `gen_lookup` call: the generations of `generation_keys` and, given
-/// the template `parts`, the entry they name.
+/// One `gen_lookup` call: the generations of `generation_keys`.
 async fn lookup_call(
     role: &RedisRole,
     script: &Script,
     generation_keys: &[String],
-    parts: &[String],
-) -> anyhow::Result<(Vec<u64>, Option<Bytes>)> {
-    let reply: Vec<Value> = role
+) -> anyhow::Result<Vec<u64>> {
+    let reply: Vec<String> = role
         .run(|mut conn| async move {
             let mut call = script.prepare_invoke();
             for k in generation_keys {
                 call.key(k);
             }
             call.arg(ttl_ms(GENERATION_TTL));
-            for p in parts {
-                call.arg(p);
-            }
             call.invoke_async(&mut conn).await
         })
         .await
         .context("cannot read cache generations")?;
-    let n = generation_keys.len();
     anyhow::ensure!(
-        reply.len() == n || reply.len() == n + 1,
-        "generation lookup returned {} values for {n} counters",
-        reply.len()
+        reply.len() == generation_keys.len(),
+        "generation lookup returned {} values for {} counters",
+        reply.len(),
+        generation_keys.len()
     );
-    let mut generations = Vec::with_capacity(n);
-    let mut entry = None;
-    for (i, v) in reply.into_iter().enumerate() {
-        let raw = match v {
-            Value::BulkString(b) => b,
-            other => anyhow::bail!("unexpected generation lookup reply {other:?}"),
-        };
-        if i < n {
-            let text = std::str::from_utf8(&raw).context("generation is not text")?;
-            generations.push(
-                text.parse::<u64>()
-                    .with_context(|| format!("generation {text:?} is not a number"))?,
-            );
-        } else {
-            entry = Some(Bytes::from(raw));
-        }
-    }
-    Ok((generations, entry))
+    reply
+        .iter()
+        .map(|text| {
+            text.parse::<u64>()
+                .with_context(|| format!("generation {text:?} is not a number"))
+        })
+        .collect()
 }
 
 /// Reads the generations every waiting request asks for in one `gen_lookup`
@@ -146,7 +128,7 @@ fn generations_coalescer(role: RedisRole, script: Script) -> Coalescer<Vec<Strin
                     distinct.push(key.clone());
                 }
             }
-            let (generations, _) = lookup_call(&role, &script, &distinct, &[]).await?;
+            let generations = lookup_call(&role, &script, &distinct).await?;
             requests
                 .iter()
                 .map(|keys| {
@@ -300,7 +282,7 @@ impl CacheStore for RedisStore {
     }
 
     async fn generation(&self, key: &str) -> anyhow::Result<u64> {
-        let (generations, _) = self.run_lookup(&[key.to_owned()], &[]).await?;
+        let generations = self.run_lookup(&[key.to_owned()]).await?;
         generations
             .first()
             .copied()
@@ -322,11 +304,6 @@ impl CacheStore for RedisStore {
 
     async fn generations(&self, keys: &[String]) -> anyhow::Result<Vec<u64>> {
         self.generations.call(keys.to_vec()).await
-    }
-
-    async fn lookup(&self, template: &KeyTemplate) -> anyhow::Result<(Vec<u64>, Option<Bytes>)> {
-        self.run_lookup(template.generation_keys(), template.parts())
-            .await
     }
 
     async fn try_lock(&self, key: &str, token: &str, ttl: Duration) -> anyhow::Result<bool> {

@@ -50,14 +50,11 @@ pub trait CacheStore: Send + Sync + 'static {
     }
 
     /// The generations `template` embeds and the entry stored under the key
-    /// they render to. A store that can should do this in one round trip
-    /// (Redis: one script); the default takes one call per generation plus
-    /// one for the entry.
+    /// they render to: two steps (the generations, then a plain read of the
+    /// entry, which on a cluster may live on another master than the
+    /// counters).
     async fn lookup(&self, template: &KeyTemplate) -> anyhow::Result<(Vec<u64>, Option<Bytes>)> {
-        let mut generations = Vec::with_capacity(template.generation_keys().len());
-        for key in template.generation_keys() {
-            generations.push(self.generation(key).await?);
-        }
+        let generations = self.generations(template.generation_keys()).await?;
         let value = self.get(&template.render(&generations)).await?;
         Ok((generations, value))
     }

@@ -41,8 +41,9 @@ impl Namespace {
     }
 }
 
-/// Cache role: hash tag of the generation counters and of every entry keyed
-/// by them.
+/// Cache role: hash tag of the generation counters (the near-cache's
+/// validation reads several in one script, so they share a slot; the
+/// entries keyed by them carry no tag and spread over every master).
 const GEN_TAG: &str = "{g}";
 
 /// Cache role: hash tag of the view counters (pending hash, in-flight set, batches).
@@ -50,8 +51,8 @@ const VIEWS_TAG: &str = "{v}";
 
 /// Cache role: a key embedding the generations of one or more namespaces, before
 /// they are read: the counters' keys and the text around each generation.
-/// The store renders it once it has the generations (on Redis, inside the
-/// script that also reads the entry, so a cached read is one round trip).
+/// The cache renders it once it has read the generations (on Redis, one
+/// call shared by the requests waiting together; see `cache::near`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyTemplate {
     generation_keys: Vec<String>,
@@ -71,11 +72,6 @@ impl KeyTemplate {
     /// Keys of the generation counters the key embeds, in order.
     pub fn generation_keys(&self) -> &[String] {
         &self.generation_keys
-    }
-
-    /// The text around the generations: `parts[0] g0 parts[1] g1 …`.
-    pub fn parts(&self) -> &[String] {
-        &self.parts
     }
 
     /// The key for these generations (one per generation key).
@@ -124,13 +120,15 @@ impl Keys {
 
     // ---- Cache role (owner: the cache engineer) ----------------------------
     //
-    // Layout: `{prefix}cache:{guide-style name}`. Entries keyed by namespace
-    // generations, and the generation counters themselves, carry the hash
-    // tag `{g}`: one Lua script reads the generations and the entry they
-    // name in a single round trip, and on Redis Cluster the keys one script
-    // touches must share a slot. The tag comes after the guide-style name so
-    // that the guide's patterns (`property:*`) still match. The view
-    // counters share the tag `{v}` for the same reason.
+    // Layout: `{prefix}cache:{guide-style name}`. The generation counters
+    // carry the hash tag `{g}`: the near-cache's validation reads the
+    // counters of many requests in one Lua script, and on Redis Cluster the
+    // keys one script touches must share a slot. The entries keyed by them
+    // carry no tag (they are read with a plain GET once the generations are
+    // known), so on a cluster they spread over every master. The view
+    // counters share the tag `{v}` (their scripts take the pending counts
+    // and the batches together). Tags come after the guide-style name so
+    // that the guide's patterns (`property:*`) still match.
 
     /// `{prefix}cache:` — everything of the cache role starts with this.
     pub fn cache_ns(&self) -> String {
@@ -168,7 +166,7 @@ impl Keys {
         KeyTemplate::new(
             vec![self.generation(Namespace::Properties)],
             vec![
-                self.cache(&format!("property:list:{GEN_TAG}:g")),
+                self.cache("property:list:g"),
                 format!(":{normalized_query}"),
             ],
         )
@@ -184,10 +182,7 @@ impl Keys {
     pub fn featured_template(&self) -> KeyTemplate {
         KeyTemplate::new(
             vec![self.generation(Namespace::Properties)],
-            vec![
-                self.cache(&format!("property:list:featured:{GEN_TAG}:g")),
-                String::new(),
-            ],
+            vec![self.cache("property:list:featured:g"), String::new()],
         )
     }
 
@@ -204,7 +199,7 @@ impl Keys {
                 self.generation(Namespace::Views(id)),
             ],
             vec![
-                self.cache(&format!("property:detail:{GEN_TAG}:g")),
+                self.cache("property:detail:g"),
                 ":v".to_owned(),
                 format!(":{id}"),
             ],
@@ -220,7 +215,7 @@ impl Keys {
                 self.generation(Namespace::User(user_id)),
             ],
             vec![
-                self.cache(&format!("user:dashboard:{user_id}:{GEN_TAG}:g")),
+                self.cache(&format!("user:dashboard:{user_id}:g")),
                 ":u".to_owned(),
                 String::new(),
             ],
@@ -250,10 +245,7 @@ impl Keys {
     pub fn query_template(&self, name: &str) -> KeyTemplate {
         KeyTemplate::new(
             vec![self.generation(Namespace::Properties)],
-            vec![
-                self.cache(&format!("query:{GEN_TAG}:g")),
-                format!(":{name}"),
-            ],
+            vec![self.cache("query:g"), format!(":{name}")],
         )
     }
 
@@ -263,7 +255,7 @@ impl Keys {
         KeyTemplate::new(
             vec![self.generation(Namespace::User(user_id))],
             vec![
-                self.cache(&format!("user:data:{user_id}:{GEN_TAG}:u")),
+                self.cache(&format!("user:data:{user_id}:u")),
                 format!(":{name}"),
             ],
         )

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::{Value, json};
-use stayafrica::cache::{Cache, Namespace, OtpOutcome};
+use stayafrica::cache::{Cache, Entry, Event, Namespace, OtpOutcome};
 use stayafrica::domain::Email;
 use stayafrica::kv::keys::Keys;
 use stayafrica::kv::{RedisRole, Role};
@@ -679,27 +679,24 @@ async fn scan(base: &str, db: u8, pattern: &str) -> anyhow::Result<Vec<String>> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cached_read_is_one_round_trip() -> anyhow::Result<()> {
+async fn a_response_held_near_costs_one_command_and_no_payload() -> anyhow::Result<()> {
     let server = RedisServer::start().await?;
-    let cache = redis_cache_on(&server.url(), unique_keys()).await?;
-    let template = cache.keys().property_list_template("[1,20]");
-    let ttl = Duration::from_secs(60);
-    cache
-        .get_or_compute_bytes_in("test", &template, ttl, || async {
-            Ok(Bytes::from_static(b"page"))
-        })
+    let cache = redis_cache_on(&server.url(), unique_keys())
+        .await?
+        .with_near_cache(1 << 20);
+    let entry = Entry::PropertyList { query: "[1,20]" };
+    let filled = cache
+        .response(entry, || async { Ok(Bytes::from_static(b"page")) })
         .await?;
     let monitor = Monitor::start(server.port).await?;
     let seen = monitor.lines().len();
-    let v = cache
-        .get_or_compute_bytes_in("test", &template, ttl, || async {
-            anyhow::bail!("must be a hit")
-        })
+    let hit = cache
+        .response(entry, || async { anyhow::bail!("must be a hit") })
         .await?;
     monitor.sync().await?;
-    assert_eq!(&v[..], b"page");
-    // Generation and entry in one script call: one command from the client
-    // (the script's own GETs show as `[1 lua]`), so one round trip.
+    assert_eq!(hit, filled);
+    // Only the generations' validation (one script call; its own GETs show
+    // as `[1 lua]`), and no GET of the entry: the payload stays here.
     let sent: Vec<String> = monitor.lines()[seen..]
         .iter()
         .filter(|l| l.contains(" [1 127.0.0.1:") && !l.contains("\"ECHO\""))
@@ -707,6 +704,12 @@ async fn cached_read_is_one_round_trip() -> anyhow::Result<()> {
         .collect();
     assert_eq!(sent.len(), 1, "{sent:#?}");
     assert!(sent[0].contains("\"EVALSHA\""), "{sent:#?}");
+    // After a bump the old copy is not served: the next read computes.
+    cache.happened(Event::PropertyChanged).await;
+    let fresh = cache
+        .response(entry, || async { Ok(Bytes::from_static(b"page 2")) })
+        .await?;
+    assert_eq!(&fresh.identity[..], b"page 2");
     Ok(())
 }
 
