@@ -140,3 +140,58 @@ mod two_instances_and_a_worker_on_postgres {
         super::two_instances_and_a_worker_on(&super::sentinel_url().await?).await
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filled_cache_spreads_over_every_master() -> anyhow::Result<()> {
+    let cluster = crate::topologies::shared_cluster().await?;
+    let (first, second) = two_instances(&cluster.url()).await?;
+    let prefix = first.state.settings.key_prefix.clone();
+    let host = first.new_client();
+    first
+        .signup_with(&host, "filler@example.com", "host")
+        .await?;
+    let cities = ["Accra", "Lagos", "Nairobi", "Kigali", "Dakar", "Lusaka"];
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let p = first
+            .create_property_with(
+                &host,
+                property_body(
+                    cities[i % cities.len()],
+                    &format!("{}.00", 50 + i),
+                    i % 3 == 0,
+                ),
+            )
+            .await?;
+        ids.push(p["id"].as_i64().unwrap_or_default());
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let app = if i % 2 == 0 { &first } else { &second };
+        json_of(app.get(&format!("/api/v1/properties/{id}")).await?).await?;
+    }
+    for city in cities {
+        for page in 1..=3 {
+            json_of(
+                second
+                    .get(&format!(
+                        "/api/v1/properties?city={city}&page={page}&page_size=2"
+                    ))
+                    .await?,
+            )
+            .await?;
+        }
+    }
+    // The cached responses (the generation counters share one slot by
+    // design, `{g}`, and are not entries).
+    let counts =
+        crate::topology_ops::per_master(cluster, &format!("{prefix}cache:property:*")).await?;
+    let total: usize = counts.values().sum();
+    println!("cached responses per master: {counts:?}");
+    assert!(total >= 40, "{counts:?}");
+    for (port, n) in &counts {
+        assert!(*n > 0, "master {port} holds no cache entry: {counts:?}");
+        assert!(*n * 2 <= total, "master {port} holds over half: {counts:?}");
+    }
+    second.stop().await?;
+    first.stop().await
+}
