@@ -315,9 +315,10 @@ async fn cluster_url_without_a_live_seed_fails_to_start_naming_the_role() -> any
     Ok(())
 }
 
-/// How many clients of the servers on `ports` are blocked in `BLPOP`.
-async fn blocked_in_blpop(ports: &[u16]) -> anyhow::Result<usize> {
-    let mut found = 0;
+/// The clients of the servers on `ports` blocked in `BLPOP`, as
+/// `port/client id`.
+async fn blocked_in_blpop(ports: &[u16]) -> anyhow::Result<std::collections::BTreeSet<String>> {
+    let mut found = std::collections::BTreeSet::new();
     for port in ports {
         let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
         let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
@@ -327,10 +328,12 @@ async fn blocked_in_blpop(ports: &[u16]) -> anyhow::Result<usize> {
             .arg("LIST")
             .query_async(&mut conn)
             .await?;
-        found += list
-            .lines()
-            .filter(|l| l.contains(" cmd=blpop ") && l.contains(" flags=b "))
-            .count();
+        found.extend(
+            list.lines()
+                .filter(|l| l.contains(" cmd=blpop ") && l.contains(" flags=b "))
+                .filter_map(|l| l.strip_prefix("id=")?.split(' ').next())
+                .map(|id| format!("{port}/{id}")),
+        );
     }
     Ok(found)
 }
@@ -339,7 +342,8 @@ async fn blocked_in_blpop(ports: &[u16]) -> anyhow::Result<usize> {
 /// `base` is blocked in its wake-up wait on one of `ports`, and a job
 /// queued then runs: only the wake-up can start it.
 async fn idle_worker_is_woken_on(base: &str, ports: &[u16]) -> anyhow::Result<()> {
-    // Other tests' workers may wait on the same setup: ours is one more.
+    // Other tests' workers may wait on the same setup (and come and go):
+    // ours is a blocked client that was not there before it started.
     let others = blocked_in_blpop(ports).await?;
     let dir = tempfile::tempdir()?;
     let prefix = unique_prefix();
@@ -374,8 +378,9 @@ async fn idle_worker_is_woken_on(base: &str, ports: &[u16]) -> anyhow::Result<()
         let role = RedisRole::connect(Role::Broker, &role_url(base, Role::Broker)).await?;
         let q = stayafrica::jobs::redis::RedisQueue::new(role, &Keys::new(&prefix));
         for round in 0..2 {
-            let deadline = std::time::Instant::now() + Duration::from_secs(20);
-            while blocked_in_blpop(ports).await? <= others {
+            // Generous: a worker process starting on a loaded machine.
+            let deadline = std::time::Instant::now() + Duration::from_secs(45);
+            while blocked_in_blpop(ports).await?.is_subset(&others) {
                 anyhow::ensure!(
                     std::time::Instant::now() < deadline,
                     "round {round}: the worker never waits in BLPOP"
