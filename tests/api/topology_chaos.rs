@@ -4,7 +4,8 @@
 //! PostgreSQL, every role on the cluster (or the Sentinel's master), while
 //! concurrent clients run. Each case: no 5xx but 503, public reads 200,
 //! `/me` never 401 (the sessions survive on the promoted replica), and
-//! recovery within the setup's failure detection time plus a few seconds.
+//! recovery within a few seconds of the promotion (Redis's own failure
+//! detection and election come first).
 
 use std::time::{Duration, Instant};
 
@@ -157,10 +158,17 @@ async fn cluster_master_killed_under_load() -> anyhow::Result<()> {
         (promoted - killed_at).as_millis()
     );
     invariants(&s.api, &samples)?;
+    // The promotion itself is Redis's (node timeout + election); what the
+    // service adds after it is bounded.
     anyhow::ensure!(
-        recovery <= Duration::from_millis(NODE_TIMEOUT_MS) + A_FEW_SECONDS,
-        "recovered {} ms after the kill",
-        recovery.as_millis()
+        recovery <= (promoted - killed_at) + A_FEW_SECONDS,
+        "recovered {} ms after the kill, {} ms after the promotion",
+        recovery.as_millis(),
+        recovery.saturating_sub(promoted - killed_at).as_millis()
+    );
+    anyhow::ensure!(
+        promoted - killed_at >= Duration::from_millis(NODE_TIMEOUT_MS),
+        "promoted before the cluster could tell"
     );
     s.sessions_valid().await?;
     anyhow::ensure!(
