@@ -24,6 +24,7 @@
 //! | `STAYAFRICA_OTP_TTL_SECS` | `300` |
 //! | `STAYAFRICA_REQUEST_TIMEOUT_MS` | `30000` |
 //! | `STAYAFRICA_MEMORY_CACHE_MB` | `256` (in-process cache bound) |
+//! | `STAYAFRICA_JOB_PARTITIONS` | unset: 1 on a standalone Redis (partitions of the Redis job queue, 1 to 1024) |
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -76,6 +77,8 @@ struct RawSettings {
     request_timeout_ms: Duration,
     #[serde(deserialize_with = "positive_mib")]
     memory_cache_mb: u64,
+    #[serde(deserialize_with = "opt_partitions")]
+    job_partitions: Option<u16>,
     near_cache_mb: u64,
 }
 
@@ -104,6 +107,7 @@ const KEYS: &[&str] = &[
     "otp_ttl_secs",
     "request_timeout_ms",
     "memory_cache_mb",
+    "job_partitions",
     "near_cache_mb",
 ];
 
@@ -131,6 +135,7 @@ impl Default for RawSettings {
             otp_ttl_secs: Duration::from_secs(300),
             request_timeout_ms: Duration::from_millis(30_000),
             memory_cache_mb: 256,
+            job_partitions: None,
             near_cache_mb: 64,
         }
     }
@@ -194,6 +199,15 @@ fn positive_millis<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error
 
 fn positive_mib<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     positive(d, "MiB")
+}
+
+/// Partitions of the Redis job queue: 1 to 1024.
+fn opt_partitions<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
+    let n = u16::deserialize(d)?;
+    if !(1..=1024).contains(&n) {
+        return Err(de::Error::custom("expected 1 to 1024 partitions"));
+    }
+    Ok(Some(n))
 }
 
 /// IP addresses as a TOML array or, as an environment variable holds
@@ -353,6 +367,10 @@ pub struct Settings {
     /// Size bound of the in-process cache (the embedded default's cache),
     /// in bytes.
     pub memory_cache_bytes: u64,
+    /// Partitions of the Redis job queue; `None`: chosen from the server
+    /// (1 on a standalone Redis; on a Cluster, twice its masters, once the
+    /// Cluster connection says how many).
+    pub job_partitions: Option<u16>,
     /// Size bound of the near-cache of stored responses in front of a Redis
     /// cache, in bytes (0: no near-cache).
     pub near_cache_bytes: u64,
@@ -504,6 +522,7 @@ impl Settings {
             otp_ttl: raw.otp_ttl_secs,
             request_timeout: raw.request_timeout_ms,
             memory_cache_bytes: raw.memory_cache_mb.saturating_mul(1024 * 1024),
+            job_partitions: raw.job_partitions,
             near_cache_bytes: raw.near_cache_mb.saturating_mul(1024 * 1024),
         })
     }

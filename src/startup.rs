@@ -77,6 +77,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<Jo
                     broker.clone().context("the broker role is connected")?,
                     &keys,
                 )
+                .with_partitions(settings.job_partitions.unwrap_or(1))
                 .with_wakeups(r.broker.expose_secret())?,
             ),
         },

@@ -67,7 +67,7 @@ impl Cache {
         ttl: Duration,
     ) -> anyhow::Result<()> {
         let template = self.keys().user_data_template(user_id, name);
-        let (generations, _) = self.store().lookup(&template).await?;
+        let generations = self.store().generations(template.generation_keys()).await?;
         let bytes = Bytes::from(serde_json::to_vec(value)?);
         self.store()
             .set(&template.render(&generations), codec::encode(&bytes), ttl)
@@ -82,9 +82,10 @@ impl Cache {
         name: &str,
     ) -> anyhow::Result<Option<T>> {
         let template = self.keys().user_data_template(user_id, name);
-        match self.store().lookup(&template).await? {
-            (_, Some(stored)) => Ok(Some(serde_json::from_slice(&codec::decode(stored)?)?)),
-            (_, None) => Ok(None),
+        let generations = self.store().generations(template.generation_keys()).await?;
+        match self.store().get(&template.render(&generations)).await? {
+            Some(stored) => Ok(Some(serde_json::from_slice(&codec::decode(stored)?)?)),
+            None => Ok(None),
         }
     }
 

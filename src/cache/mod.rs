@@ -442,8 +442,8 @@ impl Cache {
     }
 
     /// [`Self::get_or_compute`] for a key embedding namespace generations:
-    /// the generations and the entry are read together, in one round trip on
-    /// Redis (the hot path of every cached GET).
+    /// the generations are read first (on Redis one call shared by the
+    /// requests waiting together), then the entry they name.
     pub async fn get_or_compute_in<T, F, Fut>(
         &self,
         family: &'static str,
@@ -479,27 +479,14 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = anyhow::Result<Bytes>>,
     {
-        let bypass = {
-            let unbumped = lock(&self.unbumped);
-            template
-                .generation_keys()
-                .iter()
-                .any(|k| unbumped.contains(k))
-        };
-        if bypass {
-            return compute().await;
-        }
-        let started = Instant::now();
-        let (generations, res) = match self.store.lookup(template).await {
-            Ok((g, Some(stored))) => (Some(g), codec::decode(stored).map(Some)),
-            Ok((g, None)) => (Some(g), Ok(None)),
-            Err(e) => (None, Err(e)),
-        };
-        if let Some(v) = self.observe(family, started, res) {
-            return Ok(v);
-        }
-        match generations {
-            Some(g) => self.fill(family, &template.render(&g), ttl, compute).await,
+        // Generations read after this call began (shared round trip), then
+        // the entry they name; without generations (a bump of ours pending,
+        // or the store down) the cache is not used for this request.
+        match self.fresh_generations(template).await {
+            Some(g) => {
+                self.get_or_compute_bytes(family, &template.render(&g), ttl, compute)
+                    .await
+            }
             None => compute().await,
         }
     }

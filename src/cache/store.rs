@@ -8,8 +8,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::kv::keys::KeyTemplate;
-
 /// Byte-level cache operations. Every method may fail (a remote store can
 /// be down); callers decide whether that is a miss or an error.
 #[async_trait]
@@ -47,16 +45,6 @@ pub trait CacheStore: Send + Sync + 'static {
             out.push(self.generation(key).await?);
         }
         Ok(out)
-    }
-
-    /// The generations `template` embeds and the entry stored under the key
-    /// they render to: two steps (the generations, then a plain read of the
-    /// entry, which on a cluster may live on another master than the
-    /// counters).
-    async fn lookup(&self, template: &KeyTemplate) -> anyhow::Result<(Vec<u64>, Option<Bytes>)> {
-        let generations = self.generations(template.generation_keys()).await?;
-        let value = self.get(&template.render(&generations)).await?;
-        Ok((generations, value))
     }
 
     /// Takes the cross-process compute lock `key` for `ttl` if nobody holds

@@ -96,7 +96,10 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
         }
         JobsCommand::Status { id } => match queue.info(&id).await? {
             Some(j) => println!("{}", serde_json::to_string_pretty(&j)?),
-            None => anyhow::bail!("no job with id {id} (finished jobs are kept for a day)"),
+            None => anyhow::bail!(
+                "no job with id {id} (finished jobs with a result are kept for a day, \
+                 those without one are not kept)"
+            ),
         },
         JobsCommand::Counts => {
             let c = queue.counts().await?;

@@ -119,13 +119,20 @@ impl Db {
             == 1)
     }
 
-    /// Marks a job done with its result, if this worker still holds it.
+    /// Marks a job done with its result, if this worker still holds it; a
+    /// job done without a result is deleted (nothing to keep, as on Redis).
     pub async fn job_complete(
         &self,
         id: &str,
         worker_id: &str,
         result: Option<&str>,
     ) -> anyhow::Result<bool> {
+        if result.is_none() {
+            return Ok(with_pool!(self, p => sqlx::query(
+                "DELETE FROM jobs WHERE id = $1 AND worker_id = $2 AND status = 'running'")
+                .bind(id).bind(worker_id).execute(p).await.map(|r| r.rows_affected()))?
+                == 1);
+        }
         Ok(with_pool!(self, p => sqlx::query(
             "UPDATE jobs SET status = 'done', result = $3, finished_at = $4, lease_until = NULL
              WHERE id = $1 AND worker_id = $2 AND status = 'running'")

@@ -132,7 +132,7 @@ pub async fn run(queue: &JobQueue, opts: BenchOptions) -> anyhow::Result<BenchRe
 const ENQUEUE_CHUNK: usize = 500;
 
 async fn enqueue_all(queue: &JobQueue, n: usize, tally: &str) -> anyhow::Result<()> {
-    let chunk = vec![Job::noop_probe(Some(tally.to_owned())); ENQUEUE_CHUNK];
+    let chunk = vec![Job::Probe(Probe::bare(Some(tally.to_owned()))); ENQUEUE_CHUNK];
     let sizes: Vec<usize> = (0..n)
         .step_by(ENQUEUE_CHUNK)
         .map(|from| ENQUEUE_CHUNK.min(n - from))

@@ -42,6 +42,10 @@ pub struct Probe {
     /// latency in the tally (the same host's clock; benchmarks only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queued_at_us: Option<i64>,
+    /// Succeed without a result (a true no-op, as the benchmark's jobs:
+    /// nothing is kept of it once done).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_result: bool,
 }
 
 impl Probe {
@@ -49,6 +53,15 @@ impl Probe {
     pub fn noop(tally: Option<String>) -> Probe {
         Probe {
             tally,
+            ..Probe::default()
+        }
+    }
+
+    /// A probe that succeeds at once without a result (the benchmark's job).
+    pub fn bare(tally: Option<String>) -> Probe {
+        Probe {
+            tally,
+            no_result: true,
             ..Probe::default()
         }
     }
@@ -70,7 +83,10 @@ impl Probe {
     /// then it sleeps, counts the run, and fails if asked to.
     pub async fn run(&self, id: &str, tallies: Option<&Tallies>) -> anyhow::Result<Option<String>> {
         let pickup_us = self.queued_at_us.map(|q| now_us() - q);
-        tokio::time::sleep(Duration::from_millis(self.sleep_ms)).await;
+        if self.sleep_ms > 0 {
+            // (A zero sleep would still wait for the next timer tick.)
+            tokio::time::sleep(Duration::from_millis(self.sleep_ms)).await;
+        }
         if let Some(tally) = &self.tally {
             tallies
                 .context("this queue has no tallies")?
@@ -80,6 +96,9 @@ impl Probe {
         }
         if self.fail {
             anyhow::bail!("probe job asked to fail");
+        }
+        if self.no_result {
+            return Ok(None);
         }
         Ok(Some("{\"probe\":\"ok\"}".into()))
     }
@@ -96,7 +115,9 @@ const TALLY_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Most runs written in one round trip.
 const BATCH: usize = 1024;
 
-/// Run counts of probe jobs by tally name and job id.
+/// Run counts of probe jobs by tally name and job id (on Redis, a list of
+/// the ids of the runs, one entry per run, counted when read: runs are
+/// written by the thousand, read once).
 #[derive(Clone)]
 pub struct Tallies {
     store: Arc<Store>,
@@ -185,13 +206,22 @@ impl Tallies {
         match &*self.store {
             Store::Redis { role, keys, .. } => {
                 let key = keys.jobs_tally(tally);
-                let h: HashMap<String, i64> = role
+                let members: Vec<String> = role
                     .run(|mut c| async move {
-                        redis::cmd("HGETALL").arg(&key).query_async(&mut c).await
+                        redis::cmd("LRANGE")
+                            .arg(&key)
+                            .arg(0)
+                            .arg(-1)
+                            .query_async(&mut c)
+                            .await
                     })
                     .await
                     .context("reading a tally")?;
-                Ok(h.into_iter().collect())
+                let mut runs = BTreeMap::new();
+                for m in members {
+                    *runs.entry(m).or_insert(0) += 1;
+                }
+                Ok(runs)
             }
             Store::Sql(db) => {
                 let rows = with_pool!(db, p => sqlx::query_as::<_, (String, i64)>(
@@ -240,25 +270,33 @@ async fn batcher(role: RedisRole, keys: Keys, mut rx: mpsc::UnboundedReceiver<Ru
                 Err(_) => break,
             }
         }
-        let mut pipe = redis::pipe();
-        let mut expire = std::collections::BTreeSet::new();
+        // Per tally, one RPUSH of every run's job id and one HSET of every
+        // pick-up time: a few commands per batch, not one per run.
+        type Runs<'a> = (Vec<&'a str>, Vec<(&'a str, i64)>);
+        let mut by_tally: BTreeMap<&str, Runs<'_>> = BTreeMap::new();
         for run in &batch {
-            let key = keys.jobs_tally(&run.tally);
-            pipe.cmd("HINCRBY")
-                .arg(&key)
-                .arg(&run.member)
-                .arg(1)
-                .ignore();
+            let (runs, pickups) = by_tally.entry(run.tally.as_str()).or_default();
+            runs.push(run.member.as_str());
             if let Some(us) = run.pickup_us {
-                let pkey = keys.jobs_tally_pickups(&run.tally);
-                pipe.cmd("HSET")
-                    .arg(&pkey)
-                    .arg(&run.member)
-                    .arg(us)
-                    .ignore();
-                expire.insert(pkey);
+                pickups.push((run.member.as_str(), us));
             }
-            expire.insert(key);
+        }
+        let mut pipe = redis::pipe();
+        let mut expire = Vec::new();
+        for (tally, (runs, pickups)) in &by_tally {
+            let key = keys.jobs_tally(tally);
+            pipe.cmd("RPUSH").arg(&key).arg(runs).ignore();
+            expire.push(key);
+            if !pickups.is_empty() {
+                let pkey = keys.jobs_tally_pickups(tally);
+                let mut cmd = redis::cmd("HSET");
+                cmd.arg(&pkey);
+                for (member, us) in pickups {
+                    cmd.arg(member).arg(us);
+                }
+                pipe.add_command(cmd).ignore();
+                expire.push(pkey);
+            }
         }
         let ttl = u64::try_from(TALLY_TTL.as_millis()).unwrap_or(u64::MAX);
         for key in &expire {

@@ -12,6 +12,7 @@
 
 pub mod bench;
 pub mod diagnostics;
+pub mod record;
 pub mod redis;
 pub mod sql;
 pub mod worker;
@@ -134,7 +135,8 @@ pub struct QueueCounts {
 /// How a delivery ended, as the worker reports it to the queue.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Settle {
-    /// Success, with the result to keep for the result TTL.
+    /// Success, with the result to keep for the result TTL (a job done
+    /// without a result is not kept at all).
     Done(Option<String>),
     /// Failed; queued again at `at_ms` (Unix ms).
     Retry { error: String, at_ms: i64 },
@@ -201,8 +203,9 @@ pub trait QueueBackend: Send + Sync + 'static {
     async fn wait_for_work(&self, timeout: Duration) -> anyhow::Result<()>;
     /// Extends a lease; false when the worker no longer holds the job.
     async fn extend(&self, id: &str, worker_id: &str, timeout: Duration) -> anyhow::Result<bool>;
-    /// Status of one job; `None` if unknown (or finished longer ago than the
-    /// result TTL).
+    /// Status of one job; `None` if unknown, finished without a result
+    /// (nothing is kept of those), or finished longer ago than the result
+    /// TTL.
     async fn info(&self, id: &str) -> anyhow::Result<Option<JobInfo>>;
     /// Dead jobs, most recently dead first.
     async fn dead(&self, limit: usize) -> anyhow::Result<Vec<JobInfo>>;
@@ -321,8 +324,16 @@ impl JobQueue {
             .map(|j| (uuid::Uuid::new_v4().to_string(), j.clone(), 0))
             .collect();
         self.backend.enqueue_many(&batch).await?;
+        // One increment per job name, not one registration per job.
+        let mut names: Vec<(&'static str, u64)> = Vec::new();
         for j in jobs {
-            metrics::counter!("jobs_enqueued_total", "job" => j.name()).increment(1);
+            match names.iter_mut().find(|(n, _)| *n == j.name()) {
+                Some((_, k)) => *k += 1,
+                None => names.push((j.name(), 1)),
+            }
+        }
+        for (name, k) in names {
+            metrics::counter!("jobs_enqueued_total", "job" => name).increment(k);
         }
         Ok(batch.into_iter().map(|(id, _, _)| id).collect())
     }

@@ -3,19 +3,27 @@
 //!
 //! Idle workers of the same process wait on a [`Notify`] that every enqueue
 //! (and replay) signals, so a new job starts at once without polling the
-//! database. Worker processes other than the one that queues (`stayafrica
-//! worker` beside `serve` on the SQL queue) are not woken: they see new jobs
-//! within their poll interval.
+//! database. On PostgreSQL, enqueues also `NOTIFY` the channel
+//! [`CHANNEL`], and a process whose worker waits `LISTEN`s to it (one
+//! [`PgListener`] connection, opened by the first wait): a `stayafrica
+//! worker` beside `serve` starts a new job at once as well. SQLite has no
+//! such channel: there, a worker process other than the one that queued
+//! sees new jobs within its poll interval (500 ms by default).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use sqlx::postgres::{PgListener, PgPool};
 use tokio::sync::Notify;
 
 use super::{Exchanged, Job, JobInfo, Leased, Outcome, QueueBackend, QueueCounts, Settle};
 use crate::db::jobs::JobRow;
 use crate::db::{Db, now_ms};
+
+/// The PostgreSQL notification channel of new jobs (per database).
+pub const CHANNEL: &str = "stayafrica_jobs";
 
 /// [`QueueBackend`] on the service's own database.
 pub struct SqlQueue {
@@ -23,6 +31,9 @@ pub struct SqlQueue {
     /// Wakes this process's idle worker: a stored permit means a job may
     /// have been queued since it last looked (no wake-up is lost).
     wake: Arc<Notify>,
+    /// The `LISTEN` task (PostgreSQL), started by the first wait.
+    listening: AtomicBool,
+    listener: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl SqlQueue {
@@ -31,7 +42,74 @@ impl SqlQueue {
         SqlQueue {
             db,
             wake: Arc::new(Notify::new()),
+            listening: AtomicBool::new(false),
+            listener: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Wakes this process's worker, and on PostgreSQL the other
+    /// processes' (best effort: they also poll).
+    async fn wake_all(&self) {
+        self.wake.notify_one();
+        if let Db::Postgres(pool) = &self.db
+            && let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
+                .bind(CHANNEL)
+                .execute(pool)
+                .await
+        {
+            tracing::warn!(error = %e, "notifying workers of new jobs failed");
+        }
+    }
+}
+
+impl Drop for SqlQueue {
+    fn drop(&mut self) {
+        let handle = self
+            .listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(h) = handle {
+            h.abort();
+        }
+    }
+}
+
+/// Turns notifications on [`CHANNEL`] into wake-ups of this process's
+/// worker. It runs in a task of its own so that a receive is never
+/// cancelled half way, and the [`Notify`] permit folds a burst of
+/// notifications into one wake-up. A lost connection also wakes the worker
+/// (a notification may have been missed) and is opened again after a pause.
+async fn listen(pool: PgPool, wake: Arc<Notify>) {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let listener = async {
+            let mut l = PgListener::connect_with(&pool).await?;
+            l.listen(CHANNEL).await?;
+            Ok::<_, sqlx::Error>(l)
+        }
+        .await;
+        match listener {
+            Ok(mut l) => {
+                pause = Duration::from_millis(100);
+                loop {
+                    match l.try_recv().await {
+                        Ok(Some(_)) => wake.notify_one(),
+                        Ok(None) => wake.notify_one(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "listening for new jobs failed; reconnecting");
+                            wake.notify_one();
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "listening for new jobs failed; retrying");
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -68,7 +146,7 @@ impl QueueBackend for SqlQueue {
                 )
                 .await?;
         }
-        self.wake.notify_one();
+        self.wake_all().await;
         Ok(())
     }
 
@@ -91,8 +169,8 @@ impl QueueBackend for SqlQueue {
                 Settle::Dead(error) => db.job_fail(&o.id, worker_id, error, None).await?,
                 Settle::Release => {
                     let h = db.job_release(&o.id, worker_id).await?;
-                    // Another worker of this process may take it at once.
-                    self.wake.notify_one();
+                    // Another worker may take it at once.
+                    self.wake_all().await;
                     h
                 }
             };
@@ -126,6 +204,12 @@ impl QueueBackend for SqlQueue {
     }
 
     async fn wait_for_work(&self, timeout: Duration) -> anyhow::Result<()> {
+        if let Db::Postgres(pool) = &self.db
+            && !self.listening.swap(true, Ordering::AcqRel)
+        {
+            let task = tokio::spawn(listen(pool.clone(), self.wake.clone()));
+            *self.listener.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
+        }
         let _ = tokio::time::timeout(timeout, self.wake.notified()).await;
         Ok(())
     }
@@ -154,7 +238,7 @@ impl QueueBackend for SqlQueue {
     async fn replay(&self, id: &str) -> anyhow::Result<bool> {
         let replayed = self.db.job_replay(id).await?;
         if replayed {
-            self.wake.notify_one();
+            self.wake_all().await;
         }
         Ok(replayed)
     }

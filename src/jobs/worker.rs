@@ -88,6 +88,59 @@ struct Finished {
     ack: oneshot::Sender<()>,
 }
 
+/// Outcomes waiting for the next exchange, and who waits for each to be
+/// recorded (kept apart so that the exchange borrows the outcomes as they
+/// are, without copying them).
+#[derive(Default)]
+struct Pending {
+    outcomes: Vec<Outcome>,
+    acks: Vec<oneshot::Sender<()>>,
+}
+
+impl Pending {
+    fn push(&mut self, f: Finished) {
+        self.outcomes.push(f.outcome);
+        self.acks.push(f.ack);
+    }
+    fn len(&self) -> usize {
+        self.outcomes.len()
+    }
+    fn is_empty(&self) -> bool {
+        self.outcomes.is_empty()
+    }
+    fn drain(&mut self) -> impl Iterator<Item = (Outcome, oneshot::Sender<()>)> + '_ {
+        self.outcomes.drain(..).zip(self.acks.drain(..))
+    }
+}
+
+/// The worker's metric handles for one job name, registered once: a
+/// registration per job would cost a key and a registry lookup each time.
+struct JobMetrics {
+    duration: metrics::Histogram,
+    completed: metrics::Counter,
+    retried: metrics::Counter,
+    dead: metrics::Counter,
+}
+
+impl JobMetrics {
+    fn of(name: &'static str) -> &'static JobMetrics {
+        static ALL: std::sync::Mutex<Vec<(&str, &JobMetrics)>> = std::sync::Mutex::new(Vec::new());
+        let mut all = ALL.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, m)) = all.iter().find(|(n, _)| *n == name) {
+            return m;
+        }
+        // One per job name (a handful), for the life of the process.
+        let m: &'static JobMetrics = Box::leak(Box::new(JobMetrics {
+            duration: metrics::histogram!("job_duration_seconds", "job" => name),
+            completed: metrics::counter!("jobs_completed_total", "job" => name),
+            retried: metrics::counter!("jobs_retried_total", "job" => name),
+            dead: metrics::counter!("jobs_dead_total", "job" => name),
+        }));
+        all.push((name, m));
+        m
+    }
+}
+
 impl Worker {
     /// A worker on `queue` with a fresh id.
     pub fn new(queue: JobQueue, ctx: Arc<JobContext>) -> Self {
@@ -221,15 +274,15 @@ impl Worker {
                     }
                 } => None,
             };
-            metrics::histogram!("job_duration_seconds", "job" => name)
-                .record(started.elapsed().as_secs_f64());
+            let m = JobMetrics::of(name);
+            m.duration.record(started.elapsed().as_secs_f64());
             match outcome {
                 None => {
                     tracing::warn!("worker stopping: job given back to the queue unfinished");
                     Settle::Release
                 }
                 Some(Ok(result)) => {
-                    metrics::counter!("jobs_completed_total", "job" => name).increment(1);
+                    m.completed.increment(1);
                     tracing::info!(
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "job done"
@@ -239,12 +292,12 @@ impl Worker {
                 Some(Err(e)) => {
                     let error = format!("{e:#}");
                     if lease.attempt >= lease.max_attempts {
-                        metrics::counter!("jobs_dead_total", "job" => name).increment(1);
+                        m.dead.increment(1);
                         tracing::error!(error, "job failed for the last time; dead");
                         Settle::Dead(error)
                     } else {
                         let at_ms = now_ms() + backoff_ms(lease.attempt, job.backoff_base());
-                        metrics::counter!("jobs_retried_total", "job" => name).increment(1);
+                        m.retried.increment(1);
                         tracing::warn!(error, "job failed; will retry");
                         Settle::Retry { error, at_ms }
                     }
@@ -414,7 +467,7 @@ impl Worker {
         let capacity = slots * 2;
         let slot_permits = Arc::new(tokio::sync::Semaphore::new(slots));
         let mut held = 0usize;
-        let mut pending: Vec<Finished> = Vec::new();
+        let mut pending = Pending::default();
         let mut fetch = true;
         let mut waiting = false;
         let mut due: Option<tokio::time::Instant> = None;
@@ -443,16 +496,15 @@ impl Worker {
             };
             let want = free.min(self.batch);
             if !pending.is_empty() || (fetch && want > 0) {
-                let outcomes: Vec<Outcome> = pending.iter().map(|f| f.outcome.clone()).collect();
-                match backend.exchange(&self.id, &outcomes, want).await {
+                match backend.exchange(&self.id, &pending.outcomes, want).await {
                     Ok(ex) => {
                         failures = 0;
-                        for (i, f) in pending.drain(..).enumerate() {
+                        for (i, (o, ack)) in pending.drain().enumerate() {
                             if !ex.held.get(i).copied().unwrap_or(false) {
-                                tracing::warn!(job_id = %f.outcome.id,
+                                tracing::warn!(job_id = %o.id,
                                     "lease lost before the outcome was recorded; the job's other delivery decides");
                             }
-                            let _ = f.ack.send(());
+                            let _ = ack.send(());
                             held = held.saturating_sub(1);
                         }
                         let got = ex.leased.len();
@@ -480,7 +532,7 @@ impl Worker {
                                 "outcomes not recorded; the queue will deliver these jobs again"
                             );
                             held = held.saturating_sub(pending.len());
-                            pending.clear();
+                            pending.drain().for_each(drop);
                             continue;
                         }
                         let pause = Duration::from_millis(50)

@@ -63,6 +63,20 @@ impl BlockingConn {
     /// pause, never later than `timeout`), so a caller looping on it does
     /// not spin while Redis is down.
     pub async fn blpop(&self, key: &str, timeout: Duration) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .blpop_any(&[key], timeout)
+            .await?
+            .map(|(_, value)| value))
+    }
+
+    /// `BLPOP key1 key2 …` (one server: on a Cluster, keys of different
+    /// slots are refused): like [`BlockingConn::blpop`], and says which key
+    /// the value came from.
+    pub async fn blpop_any(
+        &self,
+        keys: &[&str],
+        timeout: Duration,
+    ) -> anyhow::Result<Option<(String, String)>> {
         let started = Instant::now();
         // BLPOP takes seconds with millisecond resolution; 0 would block for ever.
         let secs = (timeout.as_millis().max(1) as f64) / 1000.0;
@@ -82,7 +96,7 @@ impl BlockingConn {
         let popped = tokio::time::timeout(
             timeout + GRACE,
             redis::cmd("BLPOP")
-                .arg(key)
+                .arg(keys)
                 .arg(secs)
                 .query_async::<Option<(String, String)>>(&mut conn),
         )
@@ -93,7 +107,7 @@ impl BlockingConn {
                 s.conn = Some(conn);
                 s.failures = 0;
                 s.retry_at = None;
-                Ok(v.map(|(_, value)| value))
+                Ok(v)
             }
             Ok(Err(e)) => Err(self.failed(started, timeout, e.into()).await),
             Err(_) => {

@@ -386,68 +386,84 @@ impl Keys {
     }
 
     // ---- Jobs (broker role, src/jobs/redis.rs) ----
-    // Every key of the queue carries the hash tag `{q}` so that all of them
-    // live in one Redis Cluster slot: the Lua scripts touch several of them
-    // (and job hashes they compute from ids) atomically.
+    // The queue is split into partitions; every key of one partition carries
+    // that partition's hash tag so that all of them live in one Redis
+    // Cluster slot: the Lua scripts touch several of them (and job records
+    // they compute from ids) atomically. Partition 0's tag is `{q}`, the
+    // tag of the queue before it was partitioned, so that jobs queued by
+    // that version are partition 0's; the others are `{q1}`, `{q2}`, …
 
-    /// `{prefix}jobs:{q}:`: the hash-tagged base of every queue key.
-    fn jobs_base(&self) -> String {
-        format!("{}jobs:{{q}}:", self.prefix)
+    /// `{prefix}jobs:{q}:` (partition 0) or `{prefix}jobs:{qN}:`: the
+    /// hash-tagged base of every key of partition `partition`.
+    fn jobs_base(&self, partition: u16) -> String {
+        if partition == 0 {
+            format!("{}jobs:{{q}}:", self.prefix)
+        } else {
+            format!("{}jobs:{{q{partition}}}:", self.prefix)
+        }
     }
 
     /// List of ids due now (pushed left, popped right).
-    pub fn jobs_ready(&self) -> String {
-        format!("{}ready", self.jobs_base())
+    pub fn jobs_ready(&self, partition: u16) -> String {
+        format!("{}ready", self.jobs_base(partition))
     }
 
     /// Sorted set of ids waiting for their time (score: run-at, Unix ms).
-    pub fn jobs_delayed(&self) -> String {
-        format!("{}delayed", self.jobs_base())
+    pub fn jobs_delayed(&self, partition: u16) -> String {
+        format!("{}delayed", self.jobs_base(partition))
     }
 
     /// Sorted set of leased ids (score: lease deadline, Unix ms).
-    pub fn jobs_leases(&self) -> String {
-        format!("{}leases", self.jobs_base())
+    pub fn jobs_leases(&self, partition: u16) -> String {
+        format!("{}leases", self.jobs_base(partition))
+    }
+
+    /// Hash of leased ids to the worker holding each (a job is running
+    /// exactly while its id is a field here).
+    pub fn jobs_running(&self, partition: u16) -> String {
+        format!("{}running", self.jobs_base(partition))
     }
 
     /// Sorted set of dead ids (score: when they died, Unix ms).
-    pub fn jobs_dead(&self) -> String {
-        format!("{}dead", self.jobs_base())
+    pub fn jobs_dead(&self, partition: u16) -> String {
+        format!("{}dead", self.jobs_base(partition))
     }
 
-    /// Prefix of the job hashes: the hash of job `id` is this plus `id`
+    /// Prefix of the job records: the record of job `id` is this plus `id`
     /// (the Lua scripts append ids they pop).
-    pub fn jobs_job_prefix(&self) -> String {
-        format!("{}job:", self.jobs_base())
+    pub fn jobs_job_prefix(&self, partition: u16) -> String {
+        format!("{}job:", self.jobs_base(partition))
     }
 
-    /// Hash of one job (name, payload, status, attempts, lease owner,
-    /// last error, result).
-    pub fn jobs_job(&self, id: &str) -> String {
-        format!("{}{id}", self.jobs_job_prefix())
+    /// Record of one job (one string: status, attempts, payload, last
+    /// error, result; see `src/jobs/record.rs`).
+    pub fn jobs_job(&self, partition: u16, id: &str) -> String {
+        format!("{}{id}", self.jobs_job_prefix(partition))
     }
 
-    /// Claim marker of one period of a periodic job (SET NX).
+    /// Wake-up list of a partition: enqueues push a token, idle worker
+    /// processes wait on it with a blocking pop (no polling). Under the
+    /// partition's hash tag, so the scripts that push or clear it stay in
+    /// the partition's slot.
+    pub fn jobs_wake(&self, partition: u16) -> String {
+        format!("{}wake", self.jobs_base(partition))
+    }
+
+    /// Claim marker of one period of a periodic job (SET NX; one key, in
+    /// partition 0's slot whatever the partition count).
     pub fn jobs_periodic(&self, name: &str, slot: i64) -> String {
-        format!("{}periodic:{name}:{slot}", self.jobs_base())
+        format!("{}periodic:{name}:{slot}", self.jobs_base(0))
     }
 
-    /// Hash of run counts by job id, for diagnostics (probe jobs).
+    /// List of the job ids whose runs a diagnostic tally counted, one entry
+    /// per run (probe jobs).
     pub fn jobs_tally(&self, tally: &str) -> String {
-        format!("{}tally:{tally}", self.jobs_base())
+        format!("{}tally-runs:{tally}", self.jobs_base(0))
     }
 
     /// Hash of probe jobs' pick-up latencies (µs) by job id (diagnostics).
     pub fn jobs_tally_pickups(&self, tally: &str) -> String {
-        format!("{}tally-pickup:{tally}", self.jobs_base())
-    }
-
-    /// Wake-up list of the queue: enqueues push a token, idle worker
-    /// processes wait on it with one blocking pop each (no polling). Under
-    /// the queue's hash tag, so the scripts that push or clear it stay in
-    /// the queue's slot.
-    pub fn jobs_wake(&self) -> String {
-        format!("{}wake", self.jobs_base())
+        format!("{}tally-pickup:{tally}", self.jobs_base(0))
     }
     // ---- end of Jobs ----
 }

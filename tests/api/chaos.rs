@@ -119,6 +119,39 @@ async fn run_for(d: Duration) {
     tokio::time::sleep(d).await;
 }
 
+/// A signed-in host (its own client) with one property in Kigali, whose
+/// list page is cached: the client, the property id and the list URL.
+async fn host_with_listed_property(
+    api: &Service,
+) -> anyhow::Result<(reqwest::Client, i64, String)> {
+    let host = reqwest::Client::builder().cookie_store(true).build()?;
+    let r = host
+        .post(api.url("/api/v1/auth/register"))
+        .json(&json!({"email": "owner@example.com", "password": "password123", "full_name": "O", "role": "host"}))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status() == 201, "register: {}", r.status());
+    login(api, &host, "owner@example.com").await?;
+    let created: serde_json::Value = host
+        .post(api.url("/api/v1/properties"))
+        .json(&crate::helpers::property_body("Kigali", "50.00", false))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let pid = created["id"].as_i64().unwrap_or(0);
+    let list = api.url("/api/v1/properties?city=Kigali");
+    anyhow::ensure!(
+        reqwest::get(&list)
+            .await?
+            .text()
+            .await?
+            .contains("Lovely home"),
+        "the new property is not listed"
+    );
+    Ok((host, pid, list))
+}
+
 /// 1. SIGKILL, then restart on an AOF big enough that Redis spends seconds
 /// answering `LOADING`. A property changed just before the crash: after
 /// recovery no cached list shows the old title. Queued jobs survive (AOF).
@@ -138,30 +171,7 @@ async fn redis_killed_and_restarted_through_loading() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let s = setup(&[("REDIS_URL", redis.url())]).await?;
-    let host = reqwest::Client::builder().cookie_store(true).build()?;
-    let r = host
-        .post(s.api.url("/api/v1/auth/register"))
-        .json(&json!({"email": "owner@example.com", "password": "password123", "full_name": "O", "role": "host"}))
-        .send()
-        .await?;
-    anyhow::ensure!(r.status() == 201, "register: {}", r.status());
-    login(&s.api, &host, "owner@example.com").await?;
-    let created: serde_json::Value = host
-        .post(s.api.url("/api/v1/properties"))
-        .json(&crate::helpers::property_body("Kigali", "50.00", false))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let pid = created["id"].as_i64().unwrap_or(0);
-    let list = s.api.url("/api/v1/properties?city=Kigali");
-    assert!(
-        reqwest::get(&list)
-            .await?
-            .text()
-            .await?
-            .contains("Lovely home")
-    );
+    let (host, pid, list) = host_with_listed_property(&s.api).await?;
 
     let load = Load::start(&s.api, &s.f, true)?;
     run_for(Duration::from_secs(1)).await;
@@ -305,30 +315,7 @@ async fn redis_restarted_empty() -> anyhow::Result<()> {
 async fn redis_restarted_on_older_data() -> anyhow::Result<()> {
     let mut redis = Redis::start(&[]).await?;
     let s = setup(&[("REDIS_URL", redis.url())]).await?;
-    let host = reqwest::Client::builder().cookie_store(true).build()?;
-    let r = host
-        .post(s.api.url("/api/v1/auth/register"))
-        .json(&json!({"email": "owner@example.com", "password": "password123", "full_name": "O", "role": "host"}))
-        .send()
-        .await?;
-    anyhow::ensure!(r.status() == 201, "register: {}", r.status());
-    login(&s.api, &host, "owner@example.com").await?;
-    let created: serde_json::Value = host
-        .post(s.api.url("/api/v1/properties"))
-        .json(&crate::helpers::property_body("Kigali", "50.00", false))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let pid = created["id"].as_i64().unwrap_or(0);
-    let list = s.api.url("/api/v1/properties?city=Kigali");
-    assert!(
-        reqwest::get(&list)
-            .await?
-            .text()
-            .await?
-            .contains("Lovely home")
-    );
+    let (host, pid, list) = host_with_listed_property(&s.api).await?;
     let before = redis.copy_data()?;
     let r = host
         .patch(s.api.url(&format!("/api/v1/properties/{pid}")))

@@ -46,11 +46,11 @@ async fn sql_queue(kind: TestDb) -> anyhow::Result<QueueUnderTest> {
     })
 }
 
-async fn redis_queue() -> anyhow::Result<QueueUnderTest> {
+async fn redis_queue(partitions: u16) -> anyhow::Result<QueueUnderTest> {
     let prefix = format!("satest:{}:", uuid::Uuid::new_v4().simple());
     let role = RedisRole::connect(Role::Broker, &format!("{SHARED_REDIS}/0")).await?;
     Ok(QueueUnderTest {
-        queue: Arc::new(RedisQueue::new(role, &Keys::new(&prefix))),
+        queue: Arc::new(RedisQueue::new(role, &Keys::new(&prefix)).with_partitions(partitions)),
         _guard: Box::new(RedisCleanup(prefix)),
     })
 }
@@ -70,7 +70,7 @@ async fn redis_queue_on(base: &str) -> anyhow::Result<QueueUnderTest> {
 
 /// Deletes every key of a test prefix from the shared Redis (SCAN + UNLINK,
 /// never KEYS) when dropped.
-struct RedisCleanup(String);
+pub(crate) struct RedisCleanup(pub(crate) String);
 
 impl Drop for RedisCleanup {
     fn drop(&mut self) {
@@ -100,7 +100,7 @@ impl Drop for RedisCleanup {
 }
 
 /// Generates, for each suite function `async fn name(q: Arc<dyn QueueBackend>)`,
-/// one test per queue implementation.
+/// one test per queue implementation (Redis with one partition and with 4).
 macro_rules! on_every_queue {
     ($($name:ident),* $(,)?) => {
         $(
@@ -117,7 +117,12 @@ macro_rules! on_every_queue {
                 }
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn redis() -> anyhow::Result<()> {
-                    let q = super::redis_queue().await?;
+                    let q = super::redis_queue(1).await?;
+                    super::$name(q.queue.clone()).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn redis_4_partitions() -> anyhow::Result<()> {
+                    let q = super::redis_queue(4).await?;
                     super::$name(q.queue.clone()).await
                 }
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,6 +221,15 @@ async fn enqueue_reserve_complete(q: Arc<dyn QueueBackend>) -> anyhow::Result<()
     let c = q.counts().await?;
     assert_eq!((c.queued, c.running, c.dead), (0, 0, 0));
 
+    // Nothing is kept of a job done without a result.
+    let bare = new_id();
+    q.enqueue(&bare, &job, 0).await?;
+    let lease = q.reserve("w1").await?.context("due")?;
+    assert_eq!(lease.id, bare);
+    assert!(q.complete(&bare, "w1", None).await?);
+    assert!(q.info(&bare).await?.is_none(), "not kept");
+    assert!(!q.complete(&bare, "w1", None).await?, "done only once");
+
     // A job for later is counted but not given out before its time.
     let later = new_id();
     q.enqueue(&later, &job, now_ms() + 60_000).await?;
@@ -241,8 +255,9 @@ async fn expired_lease_is_delivered_again(q: Arc<dyn QueueBackend>) -> anyhow::R
         !q.complete(&id, "w1", None).await?,
         "the lost lease cannot complete"
     );
-    assert!(q.complete(&id, "w2", None).await?);
-    assert_eq!(q.info(&id).await?.context("done")?.status, "done");
+    assert!(q.complete(&id, "w2", Some("{}")).await?);
+    let info = q.info(&id).await?.context("done")?;
+    assert_eq!((info.status.as_str(), info.attempts), ("done", 2));
 
     // A job whose lease runs out on its last attempt is dead, not looping.
     let id = new_id();

@@ -2,23 +2,26 @@
 //! idle `stayafrica worker` with 16 slots on a Redis of its own sends at
 //! most 5 commands in 5 s (MONITOR); with the poll interval set to an hour, a job
 //! queued to an idle worker still runs (it is woken, on Redis by its
-//! blocking wait, on the embedded queue in-process), and so does a delayed
-//! job when it is due; the blocking wait reconnects by itself after a Redis
-//! restart and after `CLIENT KILL`.
+//! blocking wait, on the embedded queue in-process, on PostgreSQL by
+//! `LISTEN`/`NOTIFY` across processes), and so does a delayed job when it
+//! is due; the blocking wait reconnects by itself after a Redis restart and
+//! after `CLIENT KILL`.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use stayafrica::db::Db;
 use stayafrica::db::now_ms;
 use stayafrica::jobs::redis::RedisQueue;
+use stayafrica::jobs::sql::SqlQueue;
 use stayafrica::jobs::{Job, QueueBackend};
 use stayafrica::kv::keys::Keys;
 use stayafrica::kv::{RedisRole, Role};
 use tokio::sync::watch;
 
-use crate::helpers::{self, RedisServer, TestDb, TestOptions};
+use crate::helpers::{self, RedisServer, TestDb, TestOptions, fresh_database};
 
 /// An hour: no poll happens within a test.
 const NEVER_MS: &str = "3600000";
@@ -33,6 +36,43 @@ struct WorkerProcess {
 
 impl WorkerProcess {
     fn start(redis: &str, prefix: &str, args: &[&str]) -> anyhow::Result<WorkerProcess> {
+        Self::start_on(None, Some(redis), prefix, args)
+    }
+
+    /// [`WorkerProcess::start`] on a queue of `partitions` partitions.
+    fn start_partitioned(
+        redis: &str,
+        prefix: &str,
+        partitions: u16,
+        args: &[&str],
+    ) -> anyhow::Result<WorkerProcess> {
+        Self::start_with(
+            None,
+            Some(redis),
+            prefix,
+            args,
+            &[("STAYAFRICA_JOB_PARTITIONS", &partitions.to_string())],
+        )
+    }
+
+    /// A worker on `database` (a SQLite file of its own if `None`) and, if
+    /// given, the Redis at `redis`.
+    fn start_on(
+        database: Option<&str>,
+        redis: Option<&str>,
+        prefix: &str,
+        args: &[&str],
+    ) -> anyhow::Result<WorkerProcess> {
+        Self::start_with(database, redis, prefix, args, &[])
+    }
+
+    fn start_with(
+        database: Option<&str>,
+        redis: Option<&str>,
+        prefix: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<WorkerProcess> {
         let dir = tempfile::tempdir()?;
         let log = dir.path().join("worker.log");
         let out = std::fs::File::create(&log)?;
@@ -46,14 +86,16 @@ impl WorkerProcess {
         ] {
             cmd.env_remove(var);
         }
+        let sqlite = format!("sqlite://{}", dir.path().join("w.db").display());
+        cmd.env("DATABASE_URL", database.unwrap_or(&sqlite));
+        match redis {
+            Some(url) => cmd.env("REDIS_URL", url),
+            None => cmd.env_remove("REDIS_URL"),
+        };
+        cmd.envs(env.iter().copied());
         let child = cmd
             .arg("worker")
             .args(args)
-            .env(
-                "DATABASE_URL",
-                format!("sqlite://{}", dir.path().join("w.db").display()),
-            )
-            .env("REDIS_URL", redis)
             .env("STAYAFRICA_KEY_PREFIX", prefix)
             // The view flush is periodic work of its own: far away here.
             .env("STAYAFRICA_VIEW_FLUSH_SECS", "100000000")
@@ -165,10 +207,21 @@ async fn runs_to_done(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_worker_with_16_slots_sends_at_most_5_commands_in_5_s() -> anyhow::Result<()> {
+    idle_cost(1).await
+}
+
+/// The same with 4 partitions: still one wait for all of them, and one
+/// partition looked at per poll interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_of_4_partitions_sends_at_most_5_commands_in_5_s() -> anyhow::Result<()> {
+    idle_cost(4).await
+}
+
+async fn idle_cost(partitions: u16) -> anyhow::Result<()> {
     let redis = RedisServer::start().await?;
     let url = redis.url();
     let prefix = format!("satest:{}:", uuid::Uuid::new_v4().simple());
-    let w = WorkerProcess::start(&url, &prefix, &["--concurrency", "16"])?;
+    let w = WorkerProcess::start_partitioned(&url, &prefix, partitions, &["--concurrency", "16"])?;
     let mut con = sync_conn(&url)?;
     // Started: connected, migrated, and waiting on its wake-up list.
     wait_until(Duration::from_secs(30), "the worker waits", || {
@@ -222,7 +275,9 @@ async fn an_idle_worker_with_16_slots_sends_at_most_5_commands_in_5_s() -> anyho
     );
 
     // It was idle, not dead: a new job still runs.
-    let q = queue_on(&url, &prefix).await?;
+    let role = RedisRole::connect(Role::Broker, &format!("{url}/0")).await?;
+    let q: Arc<dyn QueueBackend> =
+        Arc::new(RedisQueue::new(role, &Keys::new(&prefix)).with_partitions(partitions));
     runs_to_done(&q, &Job::noop_probe(None), 0, &w).await?;
     Ok(())
 }
@@ -343,4 +398,35 @@ async fn an_idle_embedded_worker_is_woken_in_process_for_new_and_delayed_jobs() 
     let _ = stop.send(true);
     tokio::time::timeout(Duration::from_secs(10), running).await??;
     app.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_process_on_postgresql_is_woken_by_notify_for_new_and_delayed_jobs()
+-> anyhow::Result<()> {
+    let (url, _guard) = fresh_database(TestDb::Postgres).await?;
+    let db = Db::connect(&url).await?;
+    db.migrate().await?;
+    // Another process's queue: only NOTIFY can reach the worker, which
+    // never polls within the test.
+    let q: Arc<dyn QueueBackend> = Arc::new(SqlQueue::new(db.clone()));
+    let w = WorkerProcess::start_on(
+        Some(&url),
+        None,
+        "satest:",
+        &["--concurrency", "4", "--poll-interval-ms", NEVER_MS],
+    )?;
+    // Started and listening: its first job shows it (queued before it
+    // listened, it is found by the worker's first look).
+    runs_to_done(&q, &Job::noop_probe(None), 0, &w).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    runs_to_done(&q, &Job::noop_probe(None), 0, &w).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    runs_to_done(&q, &Job::noop_probe(None), 0, &w).await?;
+    // A delayed job: woken by its NOTIFY, the worker then sleeps until it
+    // is due.
+    let id = runs_to_done(&q, &Job::noop_probe(None), now_ms() + 700, &w).await?;
+    assert_eq!(q.info(&id).await?.context("kept")?.status, "done");
+    drop(w);
+    db.close().await;
+    Ok(())
 }

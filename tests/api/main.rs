@@ -14,6 +14,7 @@ mod cli_cache;
 mod contract;
 mod errors;
 mod http_caching;
+mod jobs_partitions;
 mod jobs_suite;
 mod jobs_wakeup;
 mod limiter_suite;

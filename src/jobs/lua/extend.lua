@@ -1,10 +1,9 @@
 -- Extends the lease of a job the worker still holds.
 --
--- KEYS[1] leases zset   KEYS[2] the job's hash
+-- KEYS[1] leases zset   KEYS[2] running hash (id -> worker)
 -- ARGV[1] job id        ARGV[2] worker id       ARGV[3] lease timeout ms
 -- Returns 1, or 0 when the worker no longer holds the job.
-local f = redis.call('HMGET', KEYS[2], 'status', 'worker')
-if f[1] ~= 'running' or f[2] ~= ARGV[2] then
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then
   return 0
 end
 local t = redis.call('TIME')
