@@ -11,8 +11,8 @@
 //! | variable | default |
 //! |---|---|
 //! | `DATABASE_URL` | `sqlite://stayafrica.db` |
-//! | `REDIS_URL` | unset: in-process backends |
-//! | `REDIS_CACHE_URL`, `REDIS_SESSIONS_URL`, `REDIS_RATELIMIT_URL`, `REDIS_BROKER_URL` | `REDIS_URL` with the guide's DB (1, 2, 3, 0) |
+//! | `REDIS_URL` | unset: in-process backends (`redis://`, `rediss://`, `redis+cluster://`, `rediss+cluster://`, `redis+sentinel://`: see `kv::target`) |
+//! | `REDIS_CACHE_URL`, `REDIS_SESSIONS_URL`, `REDIS_RATELIMIT_URL`, `REDIS_BROKER_URL` | `REDIS_URL` with the guide's DB (1, 2, 3, 0) where it has DBs (not on a cluster) |
 //! | `STAYAFRICA_KEY_PREFIX` | `stayafrica:` |
 //! | `STAYAFRICA_THROTTLE_ANON` / `_USER` / `_BOOKING` | `100/hour`, `1000/hour`, `5/hour` |
 //! | `STAYAFRICA_THROTTLE_OTP` / `_LOGIN` | `5/hour`, `5/15min` |
@@ -163,9 +163,10 @@ fn opt_redis_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>
     if url.is_empty() {
         return Ok(None);
     }
-    match redis::parse_redis_url(url) {
-        Some(u) if matches!(u.scheme(), "redis" | "rediss") => Ok(Some(SecretString::from(url))),
-        _ => Err(de::Error::custom("expected a redis:// or rediss:// URL")),
+    // The message never repeats the URL: it may hold a password.
+    match crate::kv::target::parse(url) {
+        Ok(_) => Ok(Some(SecretString::from(url))),
+        Err(m) => Err(de::Error::custom(m)),
     }
 }
 
@@ -533,16 +534,11 @@ impl Settings {
 }
 
 /// `redis://host:port` (or with a DB already) -> the same URL on DB `db`,
-/// unless the URL names a DB itself, which then wins for every role.
+/// unless the URL names a DB itself, which then wins for every role; a
+/// cluster URL is used as it is (DB 0 only: the roles are kept apart by
+/// their key namespaces), a Sentinel URL gets the DB after the master name.
 fn with_db(base: &str, db: u8) -> Result<String, String> {
-    let mut url = url::Url::parse(base).map_err(|_| "expected a redis:// URL".to_owned())?;
-    if !matches!(url.scheme(), "redis" | "rediss") {
-        return Err("expected a redis:// URL".to_owned());
-    }
-    if url.path().trim_matches('/').is_empty() {
-        url.set_path(&format!("/{db}"));
-    }
-    Ok(url.to_string())
+    crate::kv::target::with_db(base, db)
 }
 
 #[cfg(test)]
@@ -692,6 +688,46 @@ mod tests {
             jail.set_env("REDIS_CACHE_URL", "redis://cache.internal:6380/0");
             let err = load_err(None);
             assert!(err.contains("REDIS_CACHE_URL"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn cluster_and_sentinel_urls_for_every_role() {
+        jailed(|jail| {
+            jail.set_env(
+                "REDIS_URL",
+                "redis+cluster://:pw@10.0.0.1:7000,10.0.0.2:7001",
+            );
+            jail.set_env("REDIS_SESSIONS_URL", "redis+sentinel://s1:26379,s2/main");
+            let r = Settings::load(None)
+                .map_err(|e| e.to_string())?
+                .redis
+                .ok_or("no redis")?;
+            // A cluster has only DB 0: every role on the URL as it is.
+            for url in [&r.cache, &r.ratelimit, &r.broker] {
+                assert_eq!(
+                    url.expose_secret(),
+                    "redis+cluster://:pw@10.0.0.1:7000,10.0.0.2:7001"
+                );
+            }
+            assert_eq!(
+                r.sessions.expose_secret(),
+                "redis+sentinel://s1:26379,s2/main"
+            );
+            // A bad one names its variable, never the password it holds.
+            for (var, bad) in [
+                ("REDIS_URL", "redis+cluster://:s3cret@h:notaport"),
+                ("REDIS_URL", "redis+cluster://:s3cret@h:7000/4"),
+                ("REDIS_BROKER_URL", "redis+sentinel://:s3cret@h:26379"),
+                ("REDIS_CACHE_URL", "memcached://:s3cret@h"),
+            ] {
+                jail.clear_env();
+                jail.set_env("REDIS_URL", "redis://127.0.0.1:6379");
+                jail.set_env(var, bad);
+                let err = load_err(None);
+                assert!(err.contains(var) && !err.contains("s3cret"), "{err}");
+            }
             Ok(())
         });
     }

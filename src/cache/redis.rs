@@ -154,31 +154,22 @@ fn generations_coalescer(role: RedisRole, script: Script) -> Coalescer<Vec<Strin
 /// any value it had: every entry cached before is unreachable (a cold cache
 /// once per restart, never a stale one).
 fn forget_generations(pattern: String) -> crate::kv::RestartHook {
-    std::sync::Arc::new(move |mut conn| {
+    std::sync::Arc::new(move |conn| {
         let pattern = pattern.clone();
         Box::pin(async move {
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(SCAN_BATCH)
-                    .query_async(&mut conn)
-                    .await?;
-                if !found.is_empty() {
-                    redis::cmd("UNLINK")
-                        .arg(&found)
-                        .query_async::<i64>(&mut conn)
-                        .await?;
-                }
-                if next == 0 {
-                    tracing::info!("cache generations reset after a Redis restart");
-                    return Ok(());
-                }
-                cursor = next;
-            }
+            // Every master of the role (on a cluster the counters may live
+            // on any of them).
+            conn.unlink_matching(&pattern, SCAN_BATCH)
+                .await
+                .map_err(|e| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "cannot reset the cache generations",
+                        format!("{e:#}"),
+                    ))
+                })?;
+            tracing::info!("cache generations reset after a Redis restart");
+            Ok(())
         })
     })
 }
@@ -265,29 +256,29 @@ impl CacheStore for RedisStore {
     /// everyone else while a large namespace is removed (never KEYS, whose
     /// one O(all keys) call blocks the server).
     async fn delete_pattern(&self, pattern: &str) -> anyhow::Result<u64> {
-        let mut cursor: u64 = 0;
+        // On every master of the role (a cluster has several).
+        let masters = self
+            .role
+            .run(|conn| async move { conn.masters().await })
+            .await
+            .context("cache masters")?;
         let mut removed = 0;
-        loop {
-            let (next, found): (u64, Vec<String>) = self
-                .role
-                .run(|mut conn| async move {
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(pattern)
-                        .arg("COUNT")
-                        .arg(SCAN_BATCH)
-                        .query_async(&mut conn)
-                        .await
-                })
-                .await
-                .context("cache SCAN")?;
-            removed += self.delete(&found).await?;
-            if next == 0 {
-                return Ok(removed);
+        for master in &masters {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, found): (u64, Vec<String>) = self
+                    .role
+                    .run(|_| master.scan_step(cursor, pattern, SCAN_BATCH))
+                    .await
+                    .context("cache SCAN")?;
+                removed += self.delete(&found).await?;
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            cursor = next;
         }
+        Ok(removed)
     }
 
     async fn generation(&self, key: &str) -> anyhow::Result<u64> {

@@ -8,10 +8,10 @@ use secrecy::ExposeSecret;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
+use crate::kv::Conn;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
-use redis::aio::MultiplexedConnection;
 use serde_json::{Value, json};
 
 use crate::config::Settings;
@@ -123,23 +123,23 @@ fn target(settings: &Settings, role: &str) -> anyhow::Result<Target> {
         .ok_or_else(|| anyhow::anyhow!("role not configured"))
 }
 
-async fn connect(t: &Target) -> anyhow::Result<MultiplexedConnection> {
-    let client = redis::Client::open(t.url.as_str()).context("invalid Redis URL")?;
-    let conn = tokio::time::timeout(
+/// A connection of the command's own to a target's Redis (one server, a
+/// cluster, a Sentinel's master), as the service connects it (`kv`).
+async fn connect(t: &Target) -> anyhow::Result<Conn> {
+    tokio::time::timeout(
         Duration::from_secs(3),
-        client.get_multiplexed_async_connection(),
+        crate::kv::connect_plain(&t.url, Duration::from_secs(10)),
     )
     .await
     .map_err(|_| anyhow::anyhow!("timed out"))
-    .and_then(|r| r.map_err(anyhow::Error::from))
+    .and_then(|r| r)
     .with_context(|| {
         format!(
             "cannot reach Redis for the {} role at {}",
             t.role.name(),
             redact(&t.url)
         )
-    })?;
-    Ok(conn)
+    })
 }
 
 /// Glob special characters in our prefix must not act as wildcards.
@@ -155,40 +155,8 @@ fn escape_glob(s: &str) -> String {
         .collect()
 }
 
-/// Scans `match_pattern` and hands each batch of keys to `f`; stops after
-/// `limit` keys. Returns how many were seen.
-async fn scan_batches<F, Fut>(
-    conn: &mut MultiplexedConnection,
-    match_pattern: &str,
-    limit: usize,
-    mut f: F,
-) -> anyhow::Result<usize>
-where
-    F: FnMut(Vec<String>) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
-{
-    let mut cursor: u64 = 0;
-    let mut seen = 0;
-    loop {
-        let (next, mut keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(match_pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(conn)
-            .await?;
-        keys.truncate(limit - seen);
-        seen += keys.len();
-        if !keys.is_empty() {
-            f(keys).await?;
-        }
-        cursor = next;
-        if cursor == 0 || seen >= limit {
-            return Ok(seen);
-        }
-    }
-}
+/// Keys asked per SCAN step (and removed per UNLINK).
+const SCAN_COUNT: usize = 1000;
 
 fn progress(label: &str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
@@ -202,26 +170,25 @@ fn progress(label: &str) -> ProgressBar {
     pb
 }
 
-/// Deletes every key matching `pattern` under a target's namespace.
+/// Deletes every key matching `pattern` under a target's namespace, on
+/// every master of its Redis.
 async fn delete_matching(t: &Target, pattern: &str, label: &str) -> anyhow::Result<usize> {
-    let mut conn = connect(t).await?;
-    let mut deleter = conn.clone();
+    let conn = connect(t).await?;
     let pb = progress(label);
     let full = format!("{}{}", escape_glob(&t.ns), pattern);
-    let pb2 = pb.clone();
-    let n = scan_batches(&mut conn, &full, usize::MAX, |keys| {
-        let mut c = deleter.clone();
-        let pb = pb2.clone();
-        async move {
-            let n = keys.len() as u64;
-            let _: i64 = redis::cmd("UNLINK").arg(&keys).query_async(&mut c).await?;
-            pb.inc(n);
-            Ok(())
-        }
-    })
-    .await?;
+    let n = conn
+        .scan_each_master(&full, SCAN_COUNT, usize::MAX, |keys| {
+            let mut c = conn.clone();
+            let pb = pb.clone();
+            async move {
+                let n = keys.len() as u64;
+                let _: i64 = redis::cmd("UNLINK").arg(&keys).query_async(&mut c).await?;
+                pb.inc(n);
+                Ok(())
+            }
+        })
+        .await?;
     pb.finish_and_clear();
-    let _ = &mut deleter;
     Ok(n)
 }
 
@@ -298,30 +265,36 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
             limit,
         } => {
             let t = target(&settings, &role)?;
-            let mut conn = connect(&t).await?;
-            let reader = conn.clone();
+            let conn = connect(&t).await?;
             let full = format!("{}{}", escape_glob(&t.ns), pattern);
             let ns_len = t.ns.len();
-            let n = scan_batches(&mut conn, &full, limit, |keys| {
-                let mut c = reader.clone();
-                async move {
-                    let mut pipe = redis::pipe();
-                    for k in &keys {
-                        pipe.cmd("PTTL").arg(k).cmd("MEMORY").arg("USAGE").arg(k);
+            let n = conn
+                .scan_each_master(&full, SCAN_COUNT, limit, |keys| {
+                    let conn = conn.clone();
+                    async move {
+                        // One key at a time, concurrently: on a cluster the
+                        // keys of one batch live in many slots.
+                        let info = futures::future::try_join_all(keys.iter().map(|k| {
+                            let mut c = conn.clone();
+                            async move {
+                                let mut pipe = redis::pipe();
+                                pipe.cmd("PTTL").arg(k).cmd("MEMORY").arg("USAGE").arg(k);
+                                pipe.query_async::<(Option<i64>, Option<i64>)>(&mut c).await
+                            }
+                        }))
+                        .await?;
+                        for (k, (ttl, size)) in keys.iter().zip(info) {
+                            let ttl = match ttl {
+                                Some(ms) if ms >= 0 => format!("{:.1}s", ms as f64 / 1000.0),
+                                _ => "none".to_owned(),
+                            };
+                            let size = size.unwrap_or(0);
+                            println!("{}\tttl={ttl}\tbytes={size}", &k[ns_len.min(k.len())..]);
+                        }
+                        Ok(())
                     }
-                    let info: Vec<Option<i64>> = pipe.query_async(&mut c).await?;
-                    for (k, pair) in keys.iter().zip(info.chunks(2)) {
-                        let ttl = match pair.first().copied().flatten() {
-                            Some(ms) if ms >= 0 => format!("{:.1}s", ms as f64 / 1000.0),
-                            _ => "none".to_owned(),
-                        };
-                        let size = pair.get(1).copied().flatten().unwrap_or(0);
-                        println!("{}\tttl={ttl}\tbytes={size}", &k[ns_len.min(k.len())..]);
-                    }
-                    Ok(())
-                }
-            })
-            .await?;
+                })
+                .await?;
             eprintln!("{n} key(s)");
         }
         CacheCommand::Get { key, role } => {
@@ -476,41 +449,63 @@ fn info_field(info: &str, name: &str) -> Option<String> {
         .map(|v| v.trim().to_owned())
 }
 
+/// Memory, key counts, hit ratio, evictions and eviction policy of a
+/// role, summed over every master of its Redis (the policy and used memory
+/// per master when there are several).
 async fn role_info(t: &Target) -> anyhow::Result<Value> {
-    let mut c = connect(t).await?;
-    let memory: String = redis::cmd("INFO").arg("memory").query_async(&mut c).await?;
-    let stats: String = redis::cmd("INFO").arg("stats").query_async(&mut c).await?;
-    let policy: Vec<String> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("maxmemory-policy")
-        .query_async(&mut c)
-        .await
-        .unwrap_or_default();
-    let policy = policy.get(1).cloned().unwrap_or_else(|| "unknown".into());
-    let mut scanner = c.clone();
-    let ours = scan_batches(
-        &mut scanner,
-        &format!("{}*", escape_glob(&t.ns)),
-        usize::MAX,
-        |_| async { Ok(()) },
-    )
-    .await?;
+    let c = connect(t).await?;
     let num = |s: &str, f: &str| {
         info_field(s, f)
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    let (hits, misses) = (num(&stats, "keyspace_hits"), num(&stats, "keyspace_misses"));
+    let masters = c.masters().await?;
+    let (mut hits, mut misses, mut evicted, mut memory_bytes) = (0.0, 0.0, 0.0, 0.0);
+    let mut per_master = serde_json::Map::new();
+    let mut policies = std::collections::BTreeSet::new();
+    for m in &masters {
+        let memory: String = m.query(redis::cmd("INFO").arg("memory")).await?;
+        let stats: String = m.query(redis::cmd("INFO").arg("stats")).await?;
+        let policy: Vec<String> = m
+            .query(redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy"))
+            .await
+            .unwrap_or_default();
+        let policy = policy.get(1).cloned().unwrap_or_else(|| "unknown".into());
+        hits += num(&stats, "keyspace_hits");
+        misses += num(&stats, "keyspace_misses");
+        evicted += num(&stats, "evicted_keys");
+        memory_bytes += num(&memory, "used_memory");
+        per_master.insert(
+            m.addr.clone(),
+            json!({
+                "used_memory": info_field(&memory, "used_memory_human"),
+                "maxmemory_policy": policy,
+            }),
+        );
+        policies.insert(policy);
+    }
+    let ours = c
+        .scan_each_master(
+            &format!("{}*", escape_glob(&t.ns)),
+            SCAN_COUNT,
+            usize::MAX,
+            |_| async { Ok(()) },
+        )
+        .await?;
+    let policy = policies.into_iter().collect::<Vec<_>>().join(",");
     let mut v = json!({
         "role": t.role.name(),
-        "used_memory": info_field(&memory, "used_memory_human"),
+        "used_memory": format!("{:.2}M", memory_bytes / (1024.0 * 1024.0)),
         "keys_under_prefix": ours,
         "redis_keyspace_hit_ratio": if hits + misses > 0.0 { Some(hits / (hits + misses)) } else { None },
-        "evicted_keys": num(&stats, "evicted_keys"),
+        "evicted_keys": evicted,
         "maxmemory_policy": policy,
     });
+    if masters.len() > 1 {
+        v["masters"] = Value::Object(per_master);
+    }
     if t.role == Role::Cache {
-        v["our_hit_ratio_by_family"] = our_hit_ratios(t, &mut c).await?;
+        v["our_hit_ratio_by_family"] = our_hit_ratios(t, &c).await?;
     }
     if t.role != Role::Cache && policy != "noeviction" {
         v["warning"] = json!("this role's keys can be evicted: use maxmemory-policy noeviction");
@@ -522,13 +517,12 @@ async fn role_info(t: &Target) -> anyhow::Result<Value> {
 /// (`cache::stats`): `{family: {hits, near_hits, redis_hits, misses,
 /// errors, hit_ratio}}`; `hits` counts both kinds (from an API process's
 /// near-cache, from Redis).
-async fn our_hit_ratios(t: &Target, c: &mut MultiplexedConnection) -> anyhow::Result<Value> {
+async fn our_hit_ratios(t: &Target, c: &Conn) -> anyhow::Result<Value> {
     let stats_ns = format!("{}stats:", t.ns);
     let mut names = Vec::new();
-    let mut scanner = c.clone();
-    scan_batches(
-        &mut scanner,
+    c.scan_each_master(
         &format!("{}*", escape_glob(&stats_ns)),
+        SCAN_COUNT,
         10_000,
         |keys| {
             names.extend(keys);
@@ -538,7 +532,11 @@ async fn our_hit_ratios(t: &Target, c: &mut MultiplexedConnection) -> anyhow::Re
     .await?;
     let mut families: std::collections::BTreeMap<String, [f64; 4]> = Default::default();
     if !names.is_empty() {
-        let values: Vec<Option<f64>> = redis::cmd("MGET").arg(&names).query_async(c).await?;
+        // The cluster connection splits a multi-key MGET by slot.
+        let values: Vec<Option<f64>> = redis::cmd("MGET")
+            .arg(&names)
+            .query_async(&mut c.clone())
+            .await?;
         for (name, value) in names.iter().zip(values) {
             let Some((family, outcome)) = name[stats_ns.len()..].rsplit_once(':') else {
                 continue;

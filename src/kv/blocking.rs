@@ -14,9 +14,8 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use redis::AsyncConnectionConfig;
-use redis::aio::MultiplexedConnection;
+use super::Conn;
+use super::conn::Source;
 
 /// First pause after a failed connection; it doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -30,23 +29,26 @@ const GRACE: Duration = Duration::from_secs(2);
 /// documentation. Meant for one caller at a time (concurrent calls each
 /// open their own connection rather than queue behind a block).
 pub struct BlockingConn {
-    client: redis::Client,
+    source: Source,
     state: Mutex<State>,
 }
 
 #[derive(Default)]
 struct State {
-    conn: Option<MultiplexedConnection>,
+    conn: Option<Conn>,
     /// Failed attempts in a row (backoff), and when the next may start.
     failures: u32,
     retry_at: Option<Instant>,
 }
 
 impl BlockingConn {
-    /// A connection to `url`, opened on first use.
+    /// A connection to whatever `url` names (one server, a cluster: a
+    /// cluster connection of its own, which sends the BLPOP to the master
+    /// owning the key's slot; a Sentinel's master, asked again at every
+    /// reconnection), opened on first use.
     pub fn new(url: &str) -> anyhow::Result<BlockingConn> {
         Ok(BlockingConn {
-            client: redis::Client::open(url).context("invalid Redis URL")?,
+            source: Source::new(url)?,
             state: Mutex::new(State::default()),
         })
     }
@@ -81,25 +83,14 @@ impl BlockingConn {
         let conn = self.take_or_wait(timeout).await;
         let mut conn = match conn {
             Ok(Some(c)) => c,
-            Ok(None) => {
-                match tokio::time::timeout(
-                    GRACE,
-                    self.client.get_multiplexed_async_connection_with_config(
-                        &AsyncConnectionConfig::new()
-                            .set_connection_timeout(Some(GRACE))
-                            .set_response_timeout(None),
-                    ),
-                )
-                .await
-                {
-                    Ok(Ok(c)) => c,
-                    Ok(Err(e)) => return Err(self.failed(started, timeout, e.into()).await),
-                    Err(_) => {
-                        let e = anyhow::anyhow!("connecting timed out");
-                        return Err(self.failed(started, timeout, e).await);
-                    }
+            Ok(None) => match tokio::time::timeout(GRACE, self.source.open_plain(None)).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return Err(self.failed(started, timeout, e.into()).await),
+                Err(_) => {
+                    let e = anyhow::anyhow!("connecting timed out");
+                    return Err(self.failed(started, timeout, e).await);
                 }
-            }
+            },
             Err(e) => return Err(e),
         };
         let popped = tokio::time::timeout(
@@ -129,10 +120,7 @@ impl BlockingConn {
     /// The open connection (taken out: a dropped call drops it), `None` if
     /// one must be opened; waits out a running backoff first (at most until
     /// `timeout`), failing if the backoff outlasts it.
-    async fn take_or_wait(
-        &self,
-        timeout: Duration,
-    ) -> anyhow::Result<Option<MultiplexedConnection>> {
+    async fn take_or_wait(&self, timeout: Duration) -> anyhow::Result<Option<Conn>> {
         let (conn, retry_at) = {
             let mut s = self.state();
             (s.conn.take(), s.retry_at)

@@ -12,6 +12,12 @@ pub struct Keys {
     prefix: String,
 }
 
+/// Sessions role: how many shards (hash tags) the sessions are spread over
+/// (see the sessions section of [`Keys`]). 64: on three masters with the
+/// even slot ranges of `redis-cli --cluster create` their tags fall 23, 20
+/// and 21 (32 tags fall 15, 9, 8: one master would hold about half).
+pub const SESSION_SHARDS: u8 = 64;
+
 /// Cache role: a namespace of cached data, whose generation counter makes
 /// every entry keyed by it stale at once when bumped. Typed, so that no key
 /// is built from a free string and a namespace cannot be misspelt.
@@ -302,20 +308,69 @@ impl Keys {
 
     // ---- end of the cache role ---------------------------------------------
 
+    // ---- Sessions role (src/sessions/redis.rs) ----
+    //
+    // Layout: `{prefix}session:{sNN}:{id hash}` for a session and
+    // `{prefix}session:{sNN}:user:{user id}` for the index of a user's
+    // sessions in shard NN. The scripts touch a session and its user's
+    // index together, so on Redis Cluster the two must share a slot; but a
+    // session is loaded by its hash alone (the cookie says nothing about its
+    // user), so the shared hash tag can only come from the hash: the shard
+    // `{sNN}`, NN = [`SESSION_SHARDS`] values taken from the hash. A user's
+    // index is kept per shard, and ending all of a user's sessions runs the
+    // script once per shard. The shards spread the role over
+    // [`SESSION_SHARDS`] slots, so over every master of a cluster; no tag
+    // holds more than its share of the sessions.
+
     /// `{prefix}session:` — everything of the sessions role starts with this.
     pub fn session_ns(&self) -> String {
         format!("{}session:", self.prefix)
     }
 
-    /// One session, keyed by the SHA-256 of its id, never the id itself.
-    pub fn session(&self, id_hash: &str) -> String {
-        format!("{}session:{id_hash}", self.prefix)
+    /// The shard of a session (its hash tag), from its id hash.
+    pub fn session_shard(id_hash: &str) -> u8 {
+        let digest = Sha256::digest(id_hash.as_bytes());
+        digest[0] % SESSION_SHARDS
     }
 
-    /// Index of a user's session hashes, so that all of them can end at once.
-    pub fn user_sessions(&self, user_id: i64) -> String {
-        format!("{}session:user:{user_id}", self.prefix)
+    /// `{prefix}session:{sNN}:` — the session keys of one shard are this
+    /// followed by their id hash (the scripts build them so).
+    pub fn session_shard_ns(&self, shard: u8) -> String {
+        format!("{}session:{{s{shard:02}}}:", self.prefix)
     }
+
+    /// One session, keyed by the SHA-256 of its id, never the id itself.
+    pub fn session(&self, id_hash: &str) -> String {
+        format!(
+            "{}{id_hash}",
+            self.session_shard_ns(Self::session_shard(id_hash))
+        )
+    }
+
+    /// Index of a user's session hashes in one shard (same slot as the
+    /// sessions it lists), so that all of them can end at once.
+    pub fn user_sessions(&self, user_id: i64, shard: u8) -> String {
+        format!("{}user:{user_id}", self.session_shard_ns(shard))
+    }
+
+    /// A session in the layout before the shards
+    /// (`{prefix}session:{id hash}`): only read and deleted, never written,
+    /// so that sessions made before the upgrade stay valid until they end.
+    pub fn legacy_session(&self, id_hash: &str) -> String {
+        format!("{}{id_hash}", self.session_ns())
+    }
+
+    /// A user's index in the layout before the shards
+    /// (`{prefix}session:user:{id}`, members named by
+    /// [`Self::legacy_session`]): only ended, never written.
+    pub fn legacy_user_sessions(&self, user_id: i64) -> String {
+        format!("{}user:{user_id}", self.session_ns())
+    }
+
+    // ---- Rate-limit role (src/ratelimit/redis.rs) ----
+    //
+    // One key per (scope, subject), and every script touches one key: no
+    // hash tag, so the keys spread over every slot of a cluster.
 
     /// `{prefix}rl:` — everything of the rate-limit role starts with this.
     pub fn ratelimit_ns(&self) -> String {

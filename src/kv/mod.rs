@@ -1,20 +1,30 @@
-//! Redis connections, one per role (the guide's four DBs or one URL each),
-//! and [`keys`], the only place Redis and cache keys are built.
+//! Redis connections, one per role (the guide's four DBs or one URL each;
+//! a URL may name one server, a Redis Cluster or a Sentinel-managed master:
+//! [`target`], [`conn`]), with the role's timeout, breaker, reconnection and
+//! restart check ([`RedisRole`]), and [`keys`], the only place Redis and
+//! cache keys are built.
 
 pub mod blocking;
 pub mod breaker;
 pub mod coalesce;
+pub mod conn;
 pub mod keys;
+pub mod target;
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::RedisResult;
 
 pub use breaker::Outcome;
+pub use conn::{Conn, Master, connect, connect_plain};
+pub use target::{Target, redact};
+
+use conn::Source;
 
 /// The four Redis roles of the guide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -59,22 +69,6 @@ pub const PROBE_DEADLINE: Duration = Duration::from_secs(1);
 /// `READONLY`/`MASTERDOWN`), so a misconfigured endpoint is not hammered.
 const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
 
-fn manager_config(response_timeout: Duration) -> ConnectionManagerConfig {
-    ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(response_timeout))
-        .set_number_of_retries(1)
-}
-
-/// Opens a multiplexed, self-reconnecting connection. Each command has a
-/// short response timeout so that a dead Redis becomes an error quickly.
-pub async fn connect(url: &str, response_timeout: Duration) -> anyhow::Result<ConnectionManager> {
-    let client = redis::Client::open(url).context("invalid Redis URL")?;
-    ConnectionManager::new_with_config(client, manager_config(response_timeout))
-        .await
-        .context("cannot connect to Redis")
-}
-
 /// What one Redis error says about the server (see [`verdict`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {
@@ -92,12 +86,12 @@ pub struct Verdict {
 ///
 /// | error | unhealthy | reconnect | why |
 /// |---|---|---|---|
-/// | I/O, refused, dropped, client timeout | yes | (the manager does) | no answer |
+/// | I/O, refused, dropped, client timeout | yes | the manager does; on Sentinel the sentinels are asked again (the master may have been replaced) | no answer |
 /// | `LOADING` | yes | no | restarted, reading its data: seconds |
 /// | `BUSY` | yes | no | a script blocks every client |
 /// | `MASTERDOWN` | yes | yes | a replica without master: the endpoint may have moved |
-/// | `READONLY` | yes | yes | failover: this connection reaches the old master, now a replica; a new one follows the endpoint (DNS, VIP, proxy) to the new master |
-/// | `TRYAGAIN`, `CLUSTERDOWN` | yes | no | the cluster cannot serve the slot now |
+/// | `READONLY` | yes | yes | failover: this connection reaches the old master, now a replica; a new one follows the endpoint (DNS, VIP, proxy; on Sentinel: the sentinels) to the new master |
+/// | `TRYAGAIN`, `CLUSTERDOWN` | yes | no | the cluster cannot serve the slot now (the cluster connection itself follows `MOVED`/`ASK` and refreshes its slot map) |
 /// | `MISCONF` | yes | no | it refuses writes until it can persist again |
 /// | `NOAUTH`, `WRONGPASS`, auth failed | yes | no | we cannot use it |
 /// | `OOM` | no | no | full (noeviction): reads still answered, only writes refused; callers skip the write |
@@ -131,14 +125,16 @@ pub fn verdict(e: &redis::RedisError) -> Verdict {
 /// reconnects by itself only when the socket breaks, not when a live socket
 /// reaches a server that has become a replica.)
 struct Connection {
-    current: RwLock<ConnectionManager>,
-    client: redis::Client,
-    config: ConnectionManagerConfig,
+    current: RwLock<Conn>,
+    source: Source,
+    response_timeout: Duration,
     reconnecting: AtomicBool,
+    /// A forced reconnection came while one was running: run one more.
+    again: AtomicBool,
     last_reconnect: Mutex<Option<Instant>>,
-    /// `run_id` of the server last verified; a new one means a restart or
-    /// another server (failover).
-    run_id: Mutex<Option<String>>,
+    /// `run_id`s of the masters last verified (one for a single server);
+    /// a new one means a restart or another server (failover, promotion).
+    run_ids: Mutex<BTreeSet<String>>,
     /// The connection broke (or the server said LOADING): until the server
     /// is verified, calls are refused (see [`RedisRole::run`]).
     suspect: AtomicBool,
@@ -150,11 +146,8 @@ struct Connection {
 /// been replaced: its data may be older than what it acknowledged (AOF
 /// `everysec` loses up to a second or two of writes even on a process
 /// crash; a promoted replica lacks what had not replicated yet).
-pub type RestartHook = Arc<
-    dyn Fn(ConnectionManager) -> futures::future::BoxFuture<'static, redis::RedisResult<()>>
-        + Send
-        + Sync,
->;
+pub type RestartHook =
+    Arc<dyn Fn(Conn) -> futures::future::BoxFuture<'static, redis::RedisResult<()>> + Send + Sync>;
 
 /// How long the restart check (INFO and the hooks) may take.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -166,8 +159,57 @@ fn run_id(info: &str) -> Option<String> {
         .map(|v| v.trim().to_owned())
 }
 
+/// The `run_id` of every master of `conn`.
+async fn master_run_ids(conn: &Conn) -> RedisResult<BTreeSet<String>> {
+    let mut ids = BTreeSet::new();
+    for master in conn.masters().await? {
+        let info: String = master.query(redis::cmd("INFO").arg("server")).await?;
+        ids.extend(run_id(&info));
+    }
+    Ok(ids)
+}
+
+/// What is risky in one master's configuration for `role` (see
+/// [`RedisRole::configuration_warnings`]).
+async fn master_warnings(role: Role, master: &Master) -> Vec<String> {
+    let get = |name: &'static str| async move {
+        master
+            .query::<Vec<String>>(redis::cmd("CONFIG").arg("GET").arg(name))
+            .await
+            .ok()
+            .and_then(|v| v.into_iter().nth(1))
+    };
+    let mut warnings = Vec::new();
+    let policy = get("maxmemory-policy").await;
+    match (role, policy.as_deref()) {
+        (_, None) => {}
+        (Role::Cache, Some("noeviction")) => warnings.push(
+            "the cache's Redis refuses writes when full (maxmemory-policy noeviction); \
+             allkeys-lru is recommended"
+                .to_owned(),
+        ),
+        (Role::Cache, Some(_)) => {}
+        (_, Some("noeviction")) => {}
+        (_, Some(p)) => warnings.push(format!(
+            "maxmemory-policy {p} may evict this role's keys (sessions, rate limits or \
+             jobs would be lost): give it a Redis with noeviction"
+        )),
+    }
+    if matches!(role, Role::Sessions | Role::Broker) {
+        let (save, aof) = (get("save").await, get("appendonly").await);
+        if save.as_deref().is_some_and(|v| v.trim().is_empty()) && aof.as_deref() == Some("no") {
+            warnings.push(
+                "this Redis persists nothing (no snapshots, no AOF): a restart logs every \
+                 user out or loses queued jobs; enable appendonly"
+                    .to_owned(),
+            );
+        }
+    }
+    warnings
+}
+
 impl Connection {
-    fn get(&self) -> ConnectionManager {
+    fn get(&self) -> Conn {
         self.current
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -177,23 +219,32 @@ impl Connection {
     /// Starts one background reconnection, unless one runs or ran within
     /// [`RECONNECT_INTERVAL`].
     fn reconnect(self: &Arc<Self>, role: Role, breaker: Arc<breaker::Breaker>) {
+        self.start_reconnect(role, breaker, false);
+    }
+
+    /// [`Self::reconnect`]; `force` (the sentinels announced a new master)
+    /// skips the interval, and if a reconnection is running, one more
+    /// follows it (the running one may have found the old master).
+    fn start_reconnect(self: &Arc<Self>, role: Role, breaker: Arc<breaker::Breaker>, force: bool) {
         {
             let mut last = self
                 .last_reconnect
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            if last.is_some_and(|t| t.elapsed() < RECONNECT_INTERVAL) {
+            if !force && last.is_some_and(|t| t.elapsed() < RECONNECT_INTERVAL) {
                 return;
             }
             if self.reconnecting.swap(true, Ordering::AcqRel) {
+                if force {
+                    self.again.store(true, Ordering::Release);
+                }
                 return;
             }
             *last = Some(Instant::now());
         }
         let this = self.clone();
         tokio::spawn(async move {
-            match ConnectionManager::new_with_config(this.client.clone(), this.config.clone()).await
-            {
+            match this.source.open_managed(this.response_timeout).await {
                 Ok(fresh) => {
                     *this.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
                     // Possibly another server now: check it before use. The
@@ -209,6 +260,9 @@ impl Connection {
                 ),
             }
             this.reconnecting.store(false, Ordering::Release);
+            if this.again.swap(false, Ordering::AcqRel) {
+                this.start_reconnect(role, breaker, true);
+            }
         });
     }
 
@@ -216,7 +270,7 @@ impl Connection {
     /// server's `run_id`; if it changed, runs the restart hooks; then lets
     /// calls through again. The check is a task of its own, so no caller's
     /// cancellation can cut it short.
-    fn verify(self: &Arc<Self>, role: Role) {
+    fn verify(self: &Arc<Self>, role: Role, breaker: Arc<breaker::Breaker>) {
         if self.verifying.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -230,25 +284,38 @@ impl Connection {
                     tracing::debug!(role = role.name(), error = %e, "cannot read the run id");
                     this.suspect.store(false, Ordering::Release);
                 }
-                Ok(Err(_)) | Err(_) => {} // still down or loading: next call retries
+                // Still down or loading: the next call retries. A Sentinel's
+                // master that does not answer may have been replaced: ask
+                // the sentinels again (nothing else would, as no call
+                // reaches the server meanwhile).
+                Ok(Err(e)) => {
+                    let lost = e.is_io_error()
+                        || e.is_timeout()
+                        || e.is_connection_dropped()
+                        || e.is_connection_refusal();
+                    if this.source.is_sentinel() && (lost || verdict(&e).reconnect) {
+                        this.reconnect(role, breaker);
+                    }
+                }
+                Err(_) => {
+                    if this.source.is_sentinel() {
+                        this.reconnect(role, breaker);
+                    }
+                }
             }
             this.verifying.store(false, Ordering::Release);
         });
     }
 
     async fn check_server(&self, role: Role) -> redis::RedisResult<()> {
-        let mut conn = self.get();
-        let info: String = redis::cmd("INFO")
-            .arg("server")
-            .query_async(&mut conn)
-            .await?;
-        let now = run_id(&info);
+        let conn = self.get();
+        let now = master_run_ids(&conn).await?;
         let before = self
-            .run_id
+            .run_ids
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        if before.is_some() && now.is_some() && before != now {
+        if !before.is_empty() && !now.is_empty() && before != now {
             tracing::warn!(
                 role = role.name(),
                 "Redis restarted or was replaced; its data may be older than it acknowledged"
@@ -258,9 +325,79 @@ impl Connection {
                 hook(conn.clone()).await?;
             }
         }
-        *self.run_id.lock().unwrap_or_else(|e| e.into_inner()) = now;
+        *self.run_ids.lock().unwrap_or_else(|e| e.into_inner()) = now;
         Ok(())
     }
+}
+
+/// How long a quiet `+switch-master` subscription waits before checking
+/// that its role still exists.
+const WATCH_IDLE_CHECK: Duration = Duration::from_secs(5);
+
+/// Follows the sentinels' `+switch-master` announcements for `master` and
+/// replaces the role's connection at once when one comes. Hand-written:
+/// redis-rs' sentinel client finds the master when asked but does not
+/// watch. Without this a switch is noticed only when the old master fails a
+/// call; an old master that stays up (a failover the sentinels were asked
+/// for, a network partition) does so only once the sentinels demote it,
+/// up to seconds later, and meanwhile accepts writes that its resync with
+/// the new master drops. Listens on one sentinel at a time, moving to the
+/// next (with backoff) when it goes; ends once the role is dropped.
+fn watch_switches(
+    conn: std::sync::Weak<Connection>,
+    sentinels: Vec<(String, u16)>,
+    master: String,
+    role: Role,
+    breaker: Arc<breaker::Breaker>,
+) {
+    use futures::StreamExt;
+    tokio::spawn(async move {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            for (host, port) in &sentinels {
+                if conn.strong_count() == 0 {
+                    return;
+                }
+                let Ok(client) = redis::Client::open(format!("redis://{host}:{port}")) else {
+                    continue;
+                };
+                let pubsub =
+                    tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub()).await;
+                let Ok(Ok(mut pubsub)) = pubsub else {
+                    continue;
+                };
+                if pubsub.subscribe("+switch-master").await.is_err() {
+                    continue;
+                }
+                pause = Duration::from_millis(100);
+                tracing::debug!(role = role.name(), sentinel = %format!("{host}:{port}"),
+                    "following the sentinels' master switches");
+                let mut messages = pubsub.into_on_message();
+                loop {
+                    match tokio::time::timeout(WATCH_IDLE_CHECK, messages.next()).await {
+                        Err(_) if conn.strong_count() == 0 => return,
+                        Err(_) => {}
+                        Ok(None) => break, // this sentinel went: the next one
+                        Ok(Some(msg)) => {
+                            // `<name> <old ip> <old port> <new ip> <new port>`
+                            let payload: String = msg.get_payload().unwrap_or_default();
+                            if payload.split(' ').next() != Some(master.as_str()) {
+                                continue;
+                            }
+                            let Some(c) = conn.upgrade() else { return };
+                            tracing::info!(
+                                role = role.name(),
+                                "the sentinels switched the master; reconnecting"
+                            );
+                            c.start_reconnect(role, breaker.clone(), true);
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    });
 }
 
 /// One Redis role's connection with its timeout and circuit breaker. Every
@@ -277,14 +414,13 @@ pub struct RedisRole {
 pub const COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
 
 impl RedisRole {
-    /// Connects `url` for `role` (fails if Redis cannot be reached now).
+    /// Connects `url` for `role` (fails if Redis cannot be reached now):
+    /// one server, a cluster or a Sentinel's master (see [`target`]).
     pub async fn connect(role: Role, url: &str) -> anyhow::Result<RedisRole> {
         let context = || format!("Redis for the {} role ({})", role.name(), redact(url));
-        let client = redis::Client::open(url)
-            .context("invalid Redis URL")
-            .with_context(context)?;
-        let config = manager_config(COMMAND_TIMEOUT);
-        let manager = ConnectionManager::new_with_config(client.clone(), config.clone())
+        let source = Source::new(url).with_context(context)?;
+        let manager = source
+            .open_managed(COMMAND_TIMEOUT)
             .await
             .context("cannot connect to Redis")
             .with_context(context)?;
@@ -292,11 +428,12 @@ impl RedisRole {
             role,
             conn: Arc::new(Connection {
                 current: RwLock::new(manager),
-                client,
-                config,
+                source,
+                response_timeout: COMMAND_TIMEOUT,
                 reconnecting: AtomicBool::new(false),
+                again: AtomicBool::new(false),
                 last_reconnect: Mutex::new(None),
-                run_id: Mutex::new(None),
+                run_ids: Mutex::new(BTreeSet::new()),
                 suspect: AtomicBool::new(false),
                 verifying: AtomicBool::new(false),
                 hooks: Mutex::new(Vec::new()),
@@ -312,13 +449,17 @@ impl RedisRole {
         for warning in role.configuration_warnings().await {
             tracing::warn!(role = role.role.name(), "{warning}");
         }
-        let mut conn = role.connection();
-        if let Ok(info) = redis::cmd("INFO")
-            .arg("server")
-            .query_async::<String>(&mut conn)
-            .await
-        {
-            *role.conn.run_id.lock().unwrap_or_else(|e| e.into_inner()) = run_id(&info);
+        if let Ok(ids) = master_run_ids(&role.connection()).await {
+            *role.conn.run_ids.lock().unwrap_or_else(|e| e.into_inner()) = ids;
+        }
+        if let Some((sentinels, master)) = role.conn.source.sentinel_watch() {
+            watch_switches(
+                Arc::downgrade(&role.conn),
+                sentinels,
+                master,
+                role.role,
+                role.breaker.clone(),
+            );
         }
         Ok(role)
     }
@@ -337,44 +478,30 @@ impl RedisRole {
     /// may be evicted; sessions, rate limits and jobs must never be, and
     /// sessions and jobs should survive a Redis restart). Managed Redis often
     /// forbids CONFIG: then nothing can be said.
+    ///
+    /// Every master of the role is asked (a cluster's masters may differ);
+    /// a warning names the master it is about when there are several.
     pub async fn configuration_warnings(&self) -> Vec<String> {
-        let get = |name: &'static str| {
-            let mut conn = self.connection();
-            async move {
-                redis::cmd("CONFIG")
-                    .arg("GET")
-                    .arg(name)
-                    .query_async::<Vec<String>>(&mut conn)
-                    .await
-                    .ok()
-                    .and_then(|v| v.into_iter().nth(1))
+        let masters = match self.connection().masters().await {
+            Ok(m) => m,
+            Err(e) => {
+                return vec![format!(
+                    "cannot list this role's Redis masters to check their configuration: {e}"
+                )];
             }
         };
+        let several = masters.len() > 1;
         let mut warnings = Vec::new();
-        let policy = get("maxmemory-policy").await;
-        match (self.role, policy.as_deref()) {
-            (_, None) => {}
-            (Role::Cache, Some("noeviction")) => warnings.push(
-                "the cache's Redis refuses writes when full (maxmemory-policy noeviction); \
-                 allkeys-lru is recommended"
-                    .to_owned(),
-            ),
-            (Role::Cache, Some(_)) => {}
-            (_, Some("noeviction")) => {}
-            (_, Some(p)) => warnings.push(format!(
-                "maxmemory-policy {p} may evict this role's keys (sessions, rate limits or \
-                 jobs would be lost): give it a Redis with noeviction"
-            )),
-        }
-        if matches!(self.role, Role::Sessions | Role::Broker) {
-            let (save, aof) = (get("save").await, get("appendonly").await);
-            if save.as_deref().is_some_and(|v| v.trim().is_empty()) && aof.as_deref() == Some("no")
-            {
-                warnings.push(
-                    "this Redis persists nothing (no snapshots, no AOF): a restart logs every \
-                     user out or loses queued jobs; enable appendonly"
-                        .to_owned(),
-                );
+        for master in masters {
+            let at = |w: String| {
+                if several {
+                    format!("{}: {w}", master.addr)
+                } else {
+                    w
+                }
+            };
+            for w in master_warnings(self.role, &master).await {
+                warnings.push(at(w));
             }
         }
         warnings
@@ -382,7 +509,7 @@ impl RedisRole {
 
     /// A clone of the multiplexed connection, for calls that must not go
     /// through the breaker (operator commands, blocking reads).
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> Conn {
         self.conn.get()
     }
 
@@ -392,13 +519,13 @@ impl RedisRole {
     /// permit reports itself when this future is dropped mid-call).
     pub async fn run<T, F, Fut>(&self, f: F) -> anyhow::Result<T>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         if self.conn.suspect.load(Ordering::Acquire) {
             // The connection broke: the server may have restarted with older
             // data. Nothing reads it until that is checked (milliseconds).
-            self.conn.verify(self.role);
+            self.conn.verify(self.role, self.breaker.clone());
             anyhow::bail!(
                 "Redis {} role unavailable (checking the server after a reconnection)",
                 self.role.name()
@@ -425,7 +552,14 @@ impl RedisRole {
                 metrics::counter!("redis_errors_total", "role" => self.role.name(),
                     "code" => kind.to_owned())
                 .increment(1);
-                if v.reconnect {
+                // A Sentinel's master that stopped answering may have been
+                // replaced: its manager would only ever reconnect to the
+                // same address, so the sentinels are asked again.
+                let lost = e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal();
+                if v.reconnect || (lost && self.conn.source.is_sentinel()) {
                     self.conn.reconnect(self.role, self.breaker.clone());
                 }
                 if e.is_connection_dropped()
@@ -438,6 +572,9 @@ impl RedisRole {
             }
             Err(_) => {
                 permit.report(Outcome::Unhealthy);
+                if self.conn.source.is_sentinel() {
+                    self.conn.reconnect(self.role, self.breaker.clone());
+                }
                 anyhow::bail!(
                     "Redis {} role timed out after {:?}",
                     self.role.name(),
@@ -450,19 +587,6 @@ impl RedisRole {
     /// Whether the role's breaker refuses calls now (for `/health` and tests).
     pub fn is_refusing(&self) -> bool {
         self.breaker.is_open()
-    }
-}
-
-/// A Redis URL with any password removed, for messages and logs.
-pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            u.to_string()
-        }
-        Err(_) => "<invalid URL>".to_owned(),
     }
 }
 

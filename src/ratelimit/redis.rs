@@ -42,17 +42,35 @@ fn checks_coalescer(role: RedisRole) -> Coalescer<(String, u32, i64), Reply> {
         move |requests: Vec<(String, u32, i64)>| {
             let (role, script) = (role.clone(), script.clone());
             async move {
-                let flat: Vec<i64> = role
-                    .run(|mut conn| {
-                        let mut call = script.prepare_invoke();
-                        for (key, limit, period_us) in &requests {
-                            call.key(key).arg(*limit).arg(*period_us);
-                        }
-                        async move { call.invoke_async(&mut conn).await }
+                let (requests, script) = (&requests, &script);
+                // On a cluster one call per hash slot (a script touches one
+                // slot's keys), all sent at once; elsewhere one call.
+                let parts: Vec<(Vec<usize>, Vec<i64>)> = role
+                    .run(|conn| {
+                        let keys: Vec<&str> = requests.iter().map(|(k, _, _)| k.as_str()).collect();
+                        let groups = conn.script_groups(&keys);
+                        futures::future::try_join_all(groups.into_iter().map(move |group| {
+                            let mut conn = conn.clone();
+                            async move {
+                                let mut call = script.prepare_invoke();
+                                for &i in &group {
+                                    let (key, limit, period_us) = &requests[i];
+                                    call.key(key).arg(*limit).arg(*period_us);
+                                }
+                                let flat: Vec<i64> = call.invoke_async(&mut conn).await?;
+                                Ok::<_, redis::RedisError>((group, flat))
+                            }
+                        }))
                     })
                     .await?;
-                anyhow::ensure!(flat.len() == requests.len() * 4, "short rate limit reply");
-                Ok(flat.chunks(4).map(|c| (c[0], c[1], c[2], c[3])).collect())
+                let mut replies = vec![(0, 0, 0, 0); requests.len()];
+                for (group, flat) in parts {
+                    anyhow::ensure!(flat.len() == group.len() * 4, "short rate limit reply");
+                    for (i, c) in group.into_iter().zip(flat.chunks(4)) {
+                        replies[i] = (c[0], c[1], c[2], c[3]);
+                    }
+                }
+                Ok(replies)
             }
         },
     )

@@ -11,9 +11,16 @@
 //! error, never an empty session: the HTTP layer answers 503, nobody is
 //! silently logged out.
 //!
-//! Redis Cluster: the session key and the user's index hash to different
-//! slots, so the two scripts need a standalone (or single-shard) sessions
-//! Redis, which is what the guide and our deployment use for this role.
+//! Redis Cluster: a session and the user's index it is listed in share a
+//! hash tag, the session's shard (see the sessions section of
+//! `kv::keys`), so every script's keys are in one slot; the shards spread
+//! the sessions over every master. A user has one index per shard holding
+//! their sessions; [`SessionStore::delete_user`] ends them shard by shard,
+//! each shard atomically.
+//!
+//! Sessions of the layout before the shards (`{prefix}session:{hash}`,
+//! `{prefix}session:user:{id}`, standalone deployments only) are still
+//! loaded, deleted and ended, never written: an upgrade logs nobody out.
 
 use std::time::Duration;
 
@@ -23,7 +30,7 @@ use async_trait::async_trait;
 use super::SessionStore;
 use crate::kv::RedisRole;
 use crate::kv::coalesce::Coalescer;
-use crate::kv::keys::Keys;
+use crate::kv::keys::{Keys, SESSION_SHARDS};
 
 /// [`SessionStore`] on the sessions role's Redis.
 pub struct RedisSessionStore {
@@ -51,35 +58,51 @@ impl RedisSessionStore {
 /// Loads every waiting request's session in one `load_many` call (a
 /// request asks for `(key, ttl_ms)`; requests waiting together share a TTL
 /// in practice, the setting's, and one with another TTL goes in a call of
-/// its own). Each call is sent after its requests began, so a logout that
-/// answered before a request started is seen by it (`kv::coalesce`).
+/// its own; on a cluster, one call per hash slot, all sent at once). Each
+/// call is sent after its requests began, so a logout that answered before
+/// a request started is seen by it (`kv::coalesce`).
 fn loads_coalescer(role: RedisRole) -> Coalescer<(String, u64), Option<i64>> {
     let script = redis::Script::new(include_str!("lua/load_many.lua"));
     Coalescer::spawn("session_loads", move |requests: Vec<(String, u64)>| {
         let (role, script) = (role.clone(), script.clone());
         async move {
-            let mut answers = Vec::with_capacity(requests.len());
-            for group in requests.chunk_by(|a, b| a.1 == b.1) {
-                let values: Vec<Option<String>> = role
-                    .run(|mut conn| {
-                        let mut call = script.prepare_invoke();
-                        for (key, _) in group {
-                            call.key(key);
+            let (requests, script) = (&requests, &script);
+            let parts: Vec<(Vec<usize>, Vec<Option<String>>)> = role
+                .run(|conn| {
+                    let mut groups = Vec::new();
+                    let mut start = 0;
+                    for by_ttl in requests.chunk_by(|a, b| a.1 == b.1) {
+                        let keys: Vec<&str> = by_ttl.iter().map(|(k, _)| k.as_str()).collect();
+                        for group in conn.script_groups(&keys) {
+                            groups.push(group.into_iter().map(|i| start + i).collect::<Vec<_>>());
                         }
-                        call.arg(group[0].1);
-                        async move { call.invoke_async(&mut conn).await }
-                    })
-                    .await
-                    .context("cannot load the sessions")?;
+                        start += by_ttl.len();
+                    }
+                    futures::future::try_join_all(groups.into_iter().map(move |group| {
+                        let mut conn = conn.clone();
+                        async move {
+                            let mut call = script.prepare_invoke();
+                            for &i in &group {
+                                call.key(&requests[i].0);
+                            }
+                            call.arg(requests[group[0]].1);
+                            let values: Vec<Option<String>> = call.invoke_async(&mut conn).await?;
+                            Ok::<_, redis::RedisError>((group, values))
+                        }
+                    }))
+                })
+                .await
+                .context("cannot load the sessions")?;
+            let mut answers: Vec<Option<i64>> = vec![None; requests.len()];
+            for (group, values) in parts {
                 anyhow::ensure!(values.len() == group.len(), "short session reply");
-                for v in values {
-                    answers.push(
-                        v.map(|v| {
+                for (i, v) in group.into_iter().zip(values) {
+                    answers[i] = v
+                        .map(|v| {
                             v.parse::<i64>()
                                 .context("a session key holds something other than a user id")
                         })
-                        .transpose()?,
-                    );
+                        .transpose()?;
                 }
             }
             Ok(answers)
@@ -95,9 +118,10 @@ fn ttl_ms(ttl: Duration) -> u64 {
 #[async_trait]
 impl SessionStore for RedisSessionStore {
     async fn create(&self, id_hash: &str, user_id: i64, ttl: Duration) -> anyhow::Result<()> {
+        let shard = Keys::session_shard(id_hash);
         let session = self.keys.session(id_hash);
-        let index = self.keys.user_sessions(user_id);
-        let ns = self.keys.session_ns();
+        let index = self.keys.user_sessions(user_id, shard);
+        let ns = self.keys.session_shard_ns(shard);
         self.role
             .run(|mut conn| async move {
                 self.create
@@ -116,19 +140,48 @@ impl SessionStore for RedisSessionStore {
     }
 
     async fn load(&self, id_hash: &str, ttl: Duration) -> anyhow::Result<Option<i64>> {
-        self.loads
+        let found = self
+            .loads
             .call((self.keys.session(id_hash), ttl_ms(ttl)))
+            .await?;
+        if found.is_some() {
+            return Ok(found);
+        }
+        // A session made before the shards (see `legacy_session`): read on
+        // its own, only for the ids the current layout does not know.
+        let legacy = self.keys.legacy_session(id_hash);
+        let value: Option<String> = self
+            .role
+            .run(|mut conn| async move {
+                redis::cmd("GETEX")
+                    .arg(&legacy)
+                    .arg("PX")
+                    .arg(ttl_ms(ttl))
+                    .query_async(&mut conn)
+                    .await
+            })
             .await
+            .context("cannot load the session")?;
+        value
+            .map(|v| {
+                v.parse::<i64>()
+                    .context("a session key holds something other than a user id")
+            })
+            .transpose()
     }
 
     async fn delete(&self, id_hash: &str) -> anyhow::Result<()> {
         // The user's index may keep the hash: `create` prunes ended sessions
         // from it and `delete_user` ignores them.
-        let session = self.keys.session(id_hash);
+        let keys = [
+            self.keys.session(id_hash),
+            self.keys.legacy_session(id_hash),
+        ];
         self.role
             .run(|mut conn| async move {
+                // Two slots on a cluster: the cluster connection splits it.
                 redis::cmd("DEL")
-                    .arg(&session)
+                    .arg(&keys[..])
                     .query_async::<i64>(&mut conn)
                     .await
             })
@@ -138,20 +191,43 @@ impl SessionStore for RedisSessionStore {
     }
 
     async fn delete_user(&self, user_id: i64) -> anyhow::Result<u64> {
-        let index = self.keys.user_sessions(user_id);
-        let ns = self.keys.session_ns();
-        let ended: i64 = self
+        // Every shard's index, concurrently, in one call of the role: each
+        // shard's sessions end atomically, and once this returns no session
+        // of the user created before it can be loaded.
+        let shards: Vec<(String, String)> = (0..SESSION_SHARDS)
+            .map(|shard| {
+                (
+                    self.keys.user_sessions(user_id, shard),
+                    self.keys.session_shard_ns(shard),
+                )
+            })
+            // And the index of the layout before the shards (its members
+            // are `session_ns` + hash, see `legacy_session`).
+            .chain(std::iter::once((
+                self.keys.legacy_user_sessions(user_id),
+                self.keys.session_ns(),
+            )))
+            .collect();
+        let ended: Vec<i64> = self
             .role
-            .run(|mut conn| async move {
-                self.delete_user
-                    .key(&index)
-                    .arg(&ns)
-                    .invoke_async(&mut conn)
-                    .await
+            .run(|conn| {
+                futures::future::try_join_all(shards.iter().map(|(index, ns)| {
+                    let mut conn = conn.clone();
+                    async move {
+                        self.delete_user
+                            .key(index)
+                            .arg(ns)
+                            .invoke_async::<i64>(&mut conn)
+                            .await
+                    }
+                }))
             })
             .await
             .context("cannot end the user's sessions")?;
-        Ok(u64::try_from(ended).unwrap_or(0))
+        Ok(ended
+            .into_iter()
+            .map(|n| u64::try_from(n).unwrap_or(0))
+            .sum())
     }
 
     async fn ping(&self) -> anyhow::Result<()> {

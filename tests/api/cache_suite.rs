@@ -35,7 +35,8 @@ fn memory_cache() -> Cache {
 /// A cache on the Redis at `base` (DB 1, the guide's cache DB), under a
 /// prefix of its own.
 async fn redis_cache_on(base: &str, keys: Keys) -> anyhow::Result<Cache> {
-    let role = RedisRole::connect(Role::Cache, &format!("{base}/1")).await?;
+    let url = crate::topologies::role_url(base, Role::Cache);
+    let role = RedisRole::connect(Role::Cache, &url).await?;
     Ok(Cache::redis(role, keys))
 }
 
@@ -59,6 +60,22 @@ macro_rules! on_every_store {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn redis() -> anyhow::Result<()> {
                     let cache = super::redis_cache().await?;
+                    let result = super::$name(cache.clone()).await;
+                    super::cleanup(&cache).await;
+                    result
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn cluster() -> anyhow::Result<()> {
+                    let url = crate::topologies::cluster_url().await?;
+                    let cache = super::redis_cache_on(&url, super::unique_keys()).await?;
+                    let result = super::$name(cache.clone()).await;
+                    super::cleanup(&cache).await;
+                    result
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sentinel() -> anyhow::Result<()> {
+                    let url = crate::topologies::sentinel_url().await?;
+                    let cache = super::redis_cache_on(&url, super::unique_keys()).await?;
                     let result = super::$name(cache.clone()).await;
                     super::cleanup(&cache).await;
                     result
@@ -1207,9 +1224,15 @@ fn code_in(email: &str) -> Option<String> {
 }
 
 async fn otp_app(otp_ttl: Duration) -> anyhow::Result<TestApp> {
+    otp_app_on(SHARED_REDIS, otp_ttl).await
+}
+
+/// An app with every role on the Redis at `base` (one server, a cluster, a
+/// Sentinel's master).
+async fn otp_app_on(base: &str, otp_ttl: Duration) -> anyhow::Result<TestApp> {
     spawn_app_with(TestOptions {
         db: TestDb::Sqlite,
-        redis: Some(SHARED_REDIS.into()),
+        redis: Some(base.into()),
         tweak: Box::new(move |s| {
             s.otp_ttl = otp_ttl;
             s.throttles.otp = stayafrica::config::Rate::new(1000, Duration::from_secs(3600));
@@ -1242,20 +1265,37 @@ async fn verify(app: &TestApp, email: &str, code: &str) -> anyhow::Result<u16> {
     Ok(r.status().as_u16())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn otp_end_to_end_on_redis() -> anyhow::Result<()> {
-    let app = otp_app(Duration::from_secs(300)).await?;
+/// One-time-code login end to end, on one server, a cluster and a
+/// Sentinel's master.
+mod otp_end_to_end {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis() -> anyhow::Result<()> {
+        super::otp_end_to_end_on(crate::helpers::SHARED_REDIS).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cluster() -> anyhow::Result<()> {
+        super::otp_end_to_end_on(&crate::topologies::cluster_url().await?).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sentinel() -> anyhow::Result<()> {
+        super::otp_end_to_end_on(&crate::topologies::sentinel_url().await?).await
+    }
+}
+
+async fn otp_end_to_end_on(base: &str) -> anyhow::Result<()> {
+    let app = otp_app_on(base, Duration::from_secs(300)).await?;
     let result = async {
         let email = "nia@example.com";
         app.signup_with(&app.new_client(), email, "guest").await?;
         let code = fresh_code(&app, email).await?;
 
-        // Stored in the cache DB under the prefix, hashed: never the code.
+        // Stored in the cache role under the prefix, hashed: never the code.
         let prefix = &app.state.settings.key_prefix;
-        let stored = scan(SHARED_REDIS, 1, &format!("{prefix}cache:otp:*")).await?;
+        let cache_url = crate::topologies::role_url(base, Role::Cache);
+        let stored =
+            crate::topologies::scan_all(&cache_url, &format!("{prefix}cache:otp:*")).await?;
         assert_eq!(stored.len(), 1);
-        let client = redis::Client::open(format!("{SHARED_REDIS}/1"))?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
+        let mut conn = stayafrica::kv::connect(&cache_url, Duration::from_secs(5)).await?;
         let fields: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(&stored[0])
             .query_async(&mut conn)

@@ -63,6 +63,11 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Its data directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     pub fn pid(&self) -> anyhow::Result<u32> {
         self.child
             .as_ref()

@@ -122,13 +122,16 @@ impl Default for TestOptions {
 /// The shared Redis every session has (tests isolate by key prefix).
 pub const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
 
-/// Settings for every role on the Redis at `base`, on the guide's DBs.
+/// Settings for every role on the Redis at `base`, on the guide's DBs
+/// where it has DBs (a cluster URL is used as it is for every role).
 pub fn redis_settings(base: &str) -> stayafrica::config::RedisSettings {
+    use stayafrica::kv::Role;
+    let url = |role| crate::topologies::role_url(base, role).into();
     stayafrica::config::RedisSettings {
-        broker: format!("{base}/0").into(),
-        cache: format!("{base}/1").into(),
-        sessions: format!("{base}/2").into(),
-        ratelimit: format!("{base}/3").into(),
+        broker: url(Role::Broker),
+        cache: url(Role::Cache),
+        sessions: url(Role::Sessions),
+        ratelimit: url(Role::RateLimit),
     }
 }
 

@@ -55,6 +55,19 @@ async fn redis_queue(partitions: u16) -> anyhow::Result<QueueUnderTest> {
     })
 }
 
+/// The Redis queue on the broker role of a cluster or Sentinel setup of
+/// the tests' own (`topologies`: it dies with the test run, so what the
+/// test leaves under its prefix goes with it).
+async fn redis_queue_on(base: &str) -> anyhow::Result<QueueUnderTest> {
+    let prefix = format!("satest:{}:", uuid::Uuid::new_v4().simple());
+    let url = crate::topologies::role_url(base, Role::Broker);
+    let role = RedisRole::connect(Role::Broker, &url).await?;
+    Ok(QueueUnderTest {
+        queue: Arc::new(RedisQueue::new(role, &Keys::new(&prefix))),
+        _guard: Box::new(()),
+    })
+}
+
 /// Deletes every key of a test prefix from the shared Redis (SCAN + UNLINK,
 /// never KEYS) when dropped.
 pub(crate) struct RedisCleanup(pub(crate) String);
@@ -110,6 +123,18 @@ macro_rules! on_every_queue {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn redis_4_partitions() -> anyhow::Result<()> {
                     let q = super::redis_queue(4).await?;
+                    super::$name(q.queue.clone()).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn cluster() -> anyhow::Result<()> {
+                    let url = crate::topologies::cluster_url().await?;
+                    let q = super::redis_queue_on(&url).await?;
+                    super::$name(q.queue.clone()).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sentinel() -> anyhow::Result<()> {
+                    let url = crate::topologies::sentinel_url().await?;
+                    let q = super::redis_queue_on(&url).await?;
                     super::$name(q.queue.clone()).await
                 }
             }
@@ -502,13 +527,19 @@ struct Workers {
 
 impl Workers {
     fn for_app(app: &TestApp) -> anyhow::Result<Workers> {
+        Workers::for_app_on(app, SHARED_REDIS)
+    }
+
+    /// Workers on the Redis at `base` (one server, a cluster, a Sentinel's
+    /// master), which must be the app's.
+    fn for_app_on(app: &TestApp, base: &str) -> anyhow::Result<Workers> {
         let logs = tempfile::tempdir()?;
         Ok(Workers {
             children: Vec::new(),
             env: vec![
                 ("STAYAFRICA_VIEW_FLUSH_SECS".into(), "1".into()),
                 ("DATABASE_URL".into(), app.db_url.clone()),
-                ("REDIS_URL".into(), SHARED_REDIS.into()),
+                ("REDIS_URL".into(), base.into()),
                 (
                     "STAYAFRICA_KEY_PREFIX".into(),
                     app.state.settings.key_prefix.clone(),
@@ -805,10 +836,39 @@ async fn a_failing_job_dies_after_its_retries_and_replays_from_the_cli() -> anyh
     app.stop().await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_jobs_run_exactly_once_on_four_worker_processes() -> anyhow::Result<()> {
+/// 10,000 jobs over 4 worker processes, each run exactly once, on one
+/// server, a cluster and a Sentinel's master.
+mod ten_thousand_jobs_run_exactly_once_on_four_worker_processes {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis() -> anyhow::Result<()> {
+        let (app, _cleanup) = super::redis_app().await?;
+        super::ten_thousand_jobs_on(app, crate::helpers::SHARED_REDIS).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cluster() -> anyhow::Result<()> {
+        let base = crate::topologies::cluster_url().await?;
+        super::ten_thousand_jobs_on(super::redis_app_on(&base).await?, &base).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sentinel() -> anyhow::Result<()> {
+        let base = crate::topologies::sentinel_url().await?;
+        super::ten_thousand_jobs_on(super::redis_app_on(&base).await?, &base).await
+    }
+}
+
+/// An app with every role on the Redis at `base` (a setup of the tests'
+/// own: what it leaves goes with the setup).
+async fn redis_app_on(base: &str) -> anyhow::Result<TestApp> {
+    helpers::spawn_app_with(TestOptions {
+        redis: Some(base.into()),
+        with_worker: false,
+        ..TestOptions::default()
+    })
+    .await
+}
+
+async fn ten_thousand_jobs_on(app: TestApp, base: &str) -> anyhow::Result<()> {
     const JOBS: usize = 10_000;
-    let (app, _cleanup) = redis_app().await?;
     let q = app.state.jobs.backend().clone();
     let tally = uuid::Uuid::new_v4().simple().to_string();
     let job = Job::noop_probe(Some(tally.clone()));
@@ -820,7 +880,7 @@ async fn ten_thousand_jobs_run_exactly_once_on_four_worker_processes() -> anyhow
         .await;
     let ids: Vec<String> = ids.into_iter().collect::<anyhow::Result<_>>()?;
 
-    let mut workers = Workers::for_app(&app)?;
+    let mut workers = Workers::for_app_on(&app, base)?;
     workers.set_log_level("warn");
     for _ in 0..4 {
         workers.start(&["--concurrency", "4"])?;

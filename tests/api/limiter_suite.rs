@@ -6,7 +6,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use reqwest::{Client, Response};
 use serde_json::json;
 use stayafrica::config::{Rate, Throttles};
@@ -36,7 +35,7 @@ fn unique_keys() -> Keys {
 struct Limiter {
     backend: Arc<dyn LimiterBackend>,
     /// Redis only: a connection to the limiter's DB, to look at TTLs.
-    raw: Option<ConnectionManager>,
+    raw: Option<stayafrica::kv::Conn>,
 }
 
 impl Limiter {
@@ -48,7 +47,13 @@ impl Limiter {
     }
 
     async fn redis() -> anyhow::Result<Limiter> {
-        let url = ratelimit_url(SHARED_REDIS);
+        Limiter::redis_on(SHARED_REDIS).await
+    }
+
+    /// On the rate-limit role of the Redis at `base` (one server, a
+    /// cluster, a Sentinel's master).
+    async fn redis_on(base: &str) -> anyhow::Result<Limiter> {
+        let url = crate::topologies::role_url(base, Role::RateLimit);
         let role = RedisRole::connect(Role::RateLimit, &url).await?;
         let raw = stayafrica::kv::connect(&url, Duration::from_secs(5)).await?;
         Ok(Limiter {
@@ -71,6 +76,16 @@ macro_rules! on_every_limiter {
                 async fn redis() -> anyhow::Result<()> {
                     super::$name(super::Limiter::redis().await?).await
                 }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn cluster() -> anyhow::Result<()> {
+                    let url = crate::topologies::cluster_url().await?;
+                    super::$name(super::Limiter::redis_on(&url).await?).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sentinel() -> anyhow::Result<()> {
+                    let url = crate::topologies::sentinel_url().await?;
+                    super::$name(super::Limiter::redis_on(&url).await?).await
+                }
             }
         )*
     };
@@ -81,8 +96,34 @@ on_every_limiter!(
     remaining_counts_down_then_denies_with_retry_after,
     reset_clears_the_key,
     idle_keys_expire_and_refill,
-    keys_are_independent
+    keys_are_independent,
+    concurrent_checks_of_many_keys_each_count_their_own
 );
+
+/// 300 concurrent checks over 100 keys (3 each, at a limit of 2): checks
+/// waiting together share calls, and on a cluster those keys live in many
+/// slots: each key still admits exactly its limit.
+async fn concurrent_checks_of_many_keys_each_count_their_own(l: Limiter) -> anyhow::Result<()> {
+    let keys = unique_keys();
+    let rate = Rate::new(2, HOUR);
+    let tasks: Vec<_> = (0..300)
+        .map(|i| {
+            let backend = l.backend.clone();
+            let key = keys.ratelimit("suite", &format!("subject-{}", i % 100));
+            tokio::spawn(async move {
+                Ok::<_, anyhow::Error>((i % 100, backend.check(&key, rate).await?))
+            })
+        })
+        .collect();
+    let mut allowed = std::collections::BTreeMap::<usize, u32>::new();
+    for t in tasks {
+        let (subject, d) = t.await??;
+        *allowed.entry(subject).or_default() += u32::from(d.allowed);
+    }
+    assert_eq!(allowed.len(), 100);
+    assert!(allowed.values().all(|n| *n == 2), "{allowed:?}");
+    Ok(())
+}
 
 async fn concurrent_checks_admit_exactly_the_limit(l: Limiter) -> anyhow::Result<()> {
     let key = unique_keys().ratelimit("suite", "burst");
@@ -267,8 +308,18 @@ async fn redis_app_with(
     anon: u32,
     tweak: impl FnOnce(&mut stayafrica::config::Settings) + Send + 'static,
 ) -> anyhow::Result<TestApp> {
+    redis_app_on(SHARED_REDIS, anon, tweak).await
+}
+
+/// An app with every role on the Redis at `base` (one server, a cluster, a
+/// Sentinel's master) and `anon` anonymous requests an hour.
+async fn redis_app_on(
+    base: &str,
+    anon: u32,
+    tweak: impl FnOnce(&mut stayafrica::config::Settings) + Send + 'static,
+) -> anyhow::Result<TestApp> {
     spawn_app_with(TestOptions {
-        redis: Some(SHARED_REDIS.into()),
+        redis: Some(base.into()),
         tweak: Box::new(move |s| {
             s.throttles.anon = Rate::new(anon, HOUR);
             tweak(s);
@@ -354,11 +405,27 @@ async fn anonymous_burst_admits_exactly_the_limit() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_instances_share_one_limit() -> anyhow::Result<()> {
-    let first = redis_app(50).await?;
+/// 200 racing requests at a limit of 50, spread over two API instances on
+/// one Redis: exactly 50 pass.
+mod two_instances_share_one_limit {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis() -> anyhow::Result<()> {
+        super::two_instances_share_one_limit_on(crate::helpers::SHARED_REDIS).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cluster() -> anyhow::Result<()> {
+        super::two_instances_share_one_limit_on(&crate::topologies::cluster_url().await?).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sentinel() -> anyhow::Result<()> {
+        super::two_instances_share_one_limit_on(&crate::topologies::sentinel_url().await?).await
+    }
+}
+
+async fn two_instances_share_one_limit_on(base: &str) -> anyhow::Result<()> {
+    let first = redis_app_on(base, 50, |_| {}).await?;
     let prefix = first.state.settings.key_prefix.clone();
-    let second = redis_app_with(50, move |s| s.key_prefix = prefix).await?;
+    let second = redis_app_on(base, 50, move |s| s.key_prefix = prefix).await?;
     let tasks: Vec<_> = (0..200)
         .map(|i| {
             let app = if i % 2 == 0 { &first } else { &second };

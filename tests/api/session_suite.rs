@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use reqwest::{Client, Response};
 use serde_json::{Value, json};
 use stayafrica::db::Db;
+use stayafrica::kv::Conn;
 use stayafrica::kv::keys::Keys;
 use stayafrica::kv::{RedisRole, Role};
 use stayafrica::sessions::redis::RedisSessionStore;
@@ -26,7 +26,7 @@ fn sessions_url(base: &str) -> String {
     format!("{base}/2")
 }
 
-async fn raw_sessions_conn() -> anyhow::Result<ConnectionManager> {
+async fn raw_sessions_conn() -> anyhow::Result<Conn> {
     stayafrica::kv::connect(&sessions_url(SHARED_REDIS), Duration::from_secs(5)).await
 }
 
@@ -34,7 +34,7 @@ async fn raw_sessions_conn() -> anyhow::Result<ConnectionManager> {
 struct Store {
     store: Arc<dyn SessionStore>,
     /// Redis only: a connection to the store's DB and its key builder.
-    raw: Option<(ConnectionManager, Keys)>,
+    raw: Option<(Conn, Keys)>,
     _db: Option<DbGuard>,
 }
 
@@ -51,11 +51,21 @@ impl Store {
     }
 
     async fn redis() -> anyhow::Result<Store> {
+        Store::redis_on(SHARED_REDIS).await
+    }
+
+    /// On the sessions role of the Redis at `base` (one server, a cluster,
+    /// a Sentinel's master).
+    async fn redis_on(base: &str) -> anyhow::Result<Store> {
+        let url = crate::topologies::role_url(base, Role::Sessions);
         let keys = Keys::new(&format!("satest:{}:", uuid::Uuid::new_v4().simple()));
-        let role = RedisRole::connect(Role::Sessions, &sessions_url(SHARED_REDIS)).await?;
+        let role = RedisRole::connect(Role::Sessions, &url).await?;
         Ok(Store {
             store: Arc::new(RedisSessionStore::new(role, keys.clone())),
-            raw: Some((raw_sessions_conn().await?, keys)),
+            raw: Some((
+                stayafrica::kv::connect(&url, Duration::from_secs(5)).await?,
+                keys,
+            )),
             _db: None,
         })
     }
@@ -91,6 +101,16 @@ macro_rules! on_every_store {
                 async fn redis() -> anyhow::Result<()> {
                     super::$name(super::Store::redis().await?).await
                 }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn cluster() -> anyhow::Result<()> {
+                    let url = crate::topologies::cluster_url().await?;
+                    super::$name(super::Store::redis_on(&url).await?).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sentinel() -> anyhow::Result<()> {
+                    let url = crate::topologies::sentinel_url().await?;
+                    super::$name(super::Store::redis_on(&url).await?).await
+                }
             }
         )*
     };
@@ -100,8 +120,33 @@ on_every_store!(
     create_load_delete,
     delete_user_ends_only_that_users_sessions,
     loading_slides_the_expiry,
-    unknown_ids_load_nothing
+    unknown_ids_load_nothing,
+    concurrent_loads_of_many_sessions_each_find_their_own
 );
+
+/// 100 sessions of 100 users loaded concurrently, with unknown ids among
+/// them: loads waiting together share calls, and on a cluster those
+/// sessions live in many slots: each load finds its own user.
+async fn concurrent_loads_of_many_sessions_each_find_their_own(s: Store) -> anyhow::Result<()> {
+    let mut hashes = Vec::new();
+    for user in 0..100 {
+        let h = new_hash()?;
+        s.store.create(&h, 1000 + user, HOUR).await?;
+        hashes.push((h, Some(1000 + user)));
+        hashes.push((new_hash()?, None));
+    }
+    let store = s.store.clone();
+    let loads = hashes.iter().map(|(h, _)| {
+        let store = store.clone();
+        let h = h.clone();
+        tokio::spawn(async move { store.load(&h, HOUR).await })
+    });
+    let loads: Vec<_> = loads.collect();
+    for ((_, expected), load) in hashes.iter().zip(loads) {
+        assert_eq!(load.await??, *expected);
+    }
+    Ok(())
+}
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -139,7 +184,7 @@ async fn delete_user_ends_only_that_users_sessions(s: Store) -> anyhow::Result<(
     assert_eq!(s.store.load(&a4, HOUR).await?, Some(11));
     if let Some((conn, keys)) = &s.raw {
         let n: i64 = redis::cmd("SCARD")
-            .arg(keys.user_sessions(11))
+            .arg(keys.user_sessions(11, Keys::session_shard(&a4)))
             .query_async(&mut conn.clone())
             .await?;
         assert_eq!(n, 1, "the user's index was emptied");
@@ -175,6 +220,52 @@ async fn loading_slides_the_expiry(s: Store) -> anyhow::Result<()> {
 async fn unknown_ids_load_nothing(s: Store) -> anyhow::Result<()> {
     assert_eq!(s.store.load(&new_hash()?, HOUR).await?, None);
     assert_eq!(s.store.delete_user(987_654_321).await?, 0);
+    Ok(())
+}
+
+/// Sessions written before the shards (`{prefix}session:{hash}`, indexed
+/// in `{prefix}session:user:{id}`) still load, slide, delete and end with
+/// their user: an upgrade logs nobody out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_of_the_layout_before_the_shards_still_work() -> anyhow::Result<()> {
+    let s = Store::redis().await?;
+    let Some((conn, keys)) = &s.raw else {
+        anyhow::bail!("a Redis store has a raw view");
+    };
+    let mut conn = conn.clone();
+    let (a, b) = (new_hash()?, new_hash()?);
+    for h in [&a, &b] {
+        let _: () = redis::pipe()
+            .cmd("SET")
+            .arg(keys.legacy_session(h))
+            .arg(31)
+            .arg("PX")
+            .arg(60_000)
+            .ignore()
+            .cmd("SADD")
+            .arg(keys.legacy_user_sessions(31))
+            .arg(h)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+    }
+    assert_eq!(s.store.load(&a, HOUR).await?, Some(31));
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(keys.legacy_session(&a))
+        .query_async(&mut conn)
+        .await?;
+    assert!(ttl > 60_000, "loading slid its expiry: {ttl}");
+    s.store.delete(&a).await?;
+    assert_eq!(s.store.load(&a, HOUR).await?, None);
+    let fresh = new_hash()?;
+    s.store.create(&fresh, 31, HOUR).await?;
+    assert_eq!(
+        s.store.delete_user(31).await?,
+        2,
+        "the old one and the new one"
+    );
+    assert_eq!(s.store.load(&b, HOUR).await?, None);
+    assert_eq!(s.store.load(&fresh, HOUR).await?, None);
     Ok(())
 }
 
@@ -285,7 +376,8 @@ async fn login_me_logout_on_redis() -> anyhow::Result<()> {
     let id = user["id"].as_i64().unwrap_or_default();
     let session_key = keys.session(&hash_id(&sid));
     assert_eq!(session_keys(&app).await?, {
-        let mut v = vec![session_key.clone(), keys.user_sessions(id)];
+        let shard = Keys::session_shard(&hash_id(&sid));
+        let mut v = vec![session_key.clone(), keys.user_sessions(id, shard)];
         v.sort();
         v
     });

@@ -4,12 +4,13 @@
 -- hashes of sessions that have already ended are dropped from it, so an
 -- active user's index stays small.
 --
--- KEYS[1]  the session key (`{prefix}session:{id_hash}`)
--- KEYS[2]  the user's index, a set of id hashes (`{prefix}session:user:{id}`)
+-- KEYS[1]  the session key (`{prefix}session:{sNN}:{id_hash}`)
+-- KEYS[2]  the user's index, a set of id hashes in the session's shard
+--          (`{prefix}session:{sNN}:user:{id}`, same hash tag: same slot)
 -- ARGV[1]  the user id (the session's value)
 -- ARGV[2]  the session TTL in milliseconds (> 0)
 -- ARGV[3]  the id hash (the index member)
--- ARGV[4]  the session key prefix (`{prefix}session:`), so that an index
+-- ARGV[4]  the shard's session key prefix (`{prefix}session:{sNN}:`), so that an index
 --          member `h` names the key ARGV[4] .. h (Keys::session builds the
 --          same string)
 --

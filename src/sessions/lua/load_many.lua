@@ -1,7 +1,7 @@
 -- Loads the sessions of every request waiting together (kv/coalesce.rs) in
 -- one call, sliding each one's expiry as GETEX … PX does for one.
 --
--- KEYS[1..n]  session keys (`{prefix}session:{id_hash}`), repeats allowed
+-- KEYS[1..n]  session keys (`{prefix}session:{sNN}:{id_hash}`), repeats allowed
 -- ARGV[1]     the session TTL in milliseconds (> 0)
 -- Returns one value per key: the user id, or false (nil) for no session.
 --
