@@ -17,7 +17,7 @@ use subtle::ConstantTimeEq;
 use super::Cache;
 use super::memory::lock;
 use crate::domain::Email;
-use crate::kv::RedisRole;
+use crate::kv::{RedisRole, ttl_ms};
 
 /// The outcome of one try at a one-time code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,11 +116,6 @@ impl RedisOtps {
             attempt: Script::new(include_str!("lua/otp_attempt.lua")),
         }
     }
-}
-
-/// A TTL in whole milliseconds, at least 1 (Redis refuses `PX 0`).
-fn ttl_ms(ttl: Duration) -> u64 {
-    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 #[async_trait]

@@ -36,9 +36,9 @@ use bytes::Bytes;
 use redis::Script;
 
 use super::store::CacheStore;
-use crate::kv::RedisRole;
 use crate::kv::coalesce::Coalescer;
 use crate::kv::keys::Keys;
+use crate::kv::{RedisRole, ttl_ms};
 
 /// Lifetime of a generation counter after it is created or bumped. Safe at
 /// any length, because a counter that comes back starts above every value it
@@ -172,11 +172,6 @@ fn forget_generations(pattern: String) -> crate::kv::RestartHook {
             Ok(())
         })
     })
-}
-
-/// A TTL in whole milliseconds, at least 1 (Redis refuses `PX 0`).
-fn ttl_ms(ttl: Duration) -> u64 {
-    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 #[async_trait]

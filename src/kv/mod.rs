@@ -69,6 +69,12 @@ pub const PROBE_DEADLINE: Duration = Duration::from_secs(1);
 /// `READONLY`/`MASTERDOWN`), so a misconfigured endpoint is not hammered.
 const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// A TTL in whole milliseconds for `PX`/`PEXPIRE`, at least 1 (Redis
+/// refuses `PX 0`).
+pub fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
 /// What one Redis error says about the server (see [`verdict`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {

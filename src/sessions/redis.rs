@@ -28,9 +28,9 @@ use anyhow::Context;
 use async_trait::async_trait;
 
 use super::SessionStore;
-use crate::kv::RedisRole;
 use crate::kv::coalesce::Coalescer;
 use crate::kv::keys::{Keys, SESSION_SHARDS};
+use crate::kv::{RedisRole, ttl_ms};
 
 /// [`SessionStore`] on the sessions role's Redis.
 pub struct RedisSessionStore {
@@ -108,11 +108,6 @@ fn loads_coalescer(role: RedisRole) -> Coalescer<(String, u64), Option<i64>> {
             Ok(answers)
         }
     })
-}
-
-/// A TTL in whole milliseconds, at least 1 (Redis refuses `PX 0`).
-fn ttl_ms(ttl: Duration) -> u64 {
-    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 #[async_trait]

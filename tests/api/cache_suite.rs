@@ -631,18 +631,8 @@ async fn command_stats(url: &str) -> anyhow::Result<HashMap<String, u64>> {
         .arg("commandstats")
         .query_async(&mut conn)
         .await?;
-    Ok(info
-        .lines()
-        .filter_map(|l| {
-            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest
-                .strip_prefix("calls=")?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((name.to_owned(), calls))
-        })
+    Ok(crate::helpers::parse_commandstats(&info)
+        .into_iter()
         .collect())
 }
 

@@ -24,6 +24,7 @@ use tokio::sync::watch;
 
 use crate::helpers::{
     self, DbGuard, SHARED_REDIS, TestApp, TestDb, TestOptions, fresh_database, property_body,
+    wait_until,
 };
 
 // ---------------------------------------------------------------------------
@@ -666,22 +667,6 @@ impl Drop for Workers {
             let _ = c.kill();
             let _ = c.wait();
         }
-    }
-}
-
-/// Polls `check` until it is true; fails after `limit`.
-async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<bool>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if check().await? {
-            return Ok(());
-        }
-        anyhow::ensure!(Instant::now() < deadline, "timed out waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -21,7 +21,9 @@ use stayafrica::kv::keys::Keys;
 use stayafrica::kv::{RedisRole, Role};
 use tokio::sync::watch;
 
-use crate::helpers::{self, RedisServer, TestDb, TestOptions, fresh_database};
+use crate::helpers::{
+    self, RedisServer, TestDb, TestOptions, fresh_database, parse_commandstats, wait_until,
+};
 
 /// An hour: no poll happens within a test.
 const NEVER_MS: &str = "3600000";
@@ -127,21 +129,6 @@ impl Drop for WorkerProcess {
     }
 }
 
-async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<bool>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if check().await? {
-            return Ok(());
-        }
-        anyhow::ensure!(Instant::now() < deadline, "timed out waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn sync_conn(url: &str) -> anyhow::Result<redis::Connection> {
     Ok(redis::Client::open(url)?.get_connection()?)
 }
@@ -149,19 +136,7 @@ fn sync_conn(url: &str) -> anyhow::Result<redis::Connection> {
 /// Calls per command from `INFO commandstats` (script-internal included).
 fn commandstats(con: &mut redis::Connection) -> anyhow::Result<Vec<(String, u64)>> {
     let info: String = redis::cmd("INFO").arg("commandstats").query(con)?;
-    Ok(info
-        .lines()
-        .filter_map(|l| {
-            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest
-                .strip_prefix("calls=")?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((name.to_owned(), calls))
-        })
-        .collect())
+    Ok(parse_commandstats(&info))
 }
 
 /// The ids of clients blocked in `BLPOP` (the idle workers' waits).
