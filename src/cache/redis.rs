@@ -7,9 +7,9 @@
 //! documented in each file's header), so it is atomic and costs one round
 //! trip:
 //!
-//! - generations: read (and initialised when missing) by `gen_lookup`, one
-//!   call shared by every request waiting together (`kv::coalesce`; the
-//!   near-cache's validation, `cache::near`); an entry not held near is
+//! - generations: read with one `MGET` (a missing counter is started by
+//!   `gen_lookup`), one call shared by every request waiting together
+//!   (`kv::coalesce`; the near-cache's validation, `cache::near`); an entry not held near is
 //!   then read with a plain `GET`: entries carry no hash tag, so on a
 //!   cluster they spread over every master. Bumped with `gen_bump`. A lost
 //!   counter restarts at the server time in microseconds, above any value
@@ -81,23 +81,41 @@ impl RedisStore {
     }
 }
 
-/// One `gen_lookup` call: the generations of `generation_keys`.
+/// The generations of `generation_keys`: one `MGET` when every counter
+/// exists (the usual case: no Lua, the cheapest read Redis has), else one
+/// `gen_lookup` call, which starts the missing ones. Either way one read
+/// sent after the caller's requests began.
 async fn lookup_call(
     role: &RedisRole,
     script: &Script,
     generation_keys: &[String],
 ) -> anyhow::Result<Vec<u64>> {
-    let reply: Vec<String> = role
+    if generation_keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let stored: Vec<Option<String>> = role
         .run(|mut conn| async move {
-            let mut call = script.prepare_invoke();
-            for k in generation_keys {
-                call.key(k);
-            }
-            call.arg(ttl_ms(GENERATION_TTL));
-            call.invoke_async(&mut conn).await
+            redis::cmd("MGET")
+                .arg(generation_keys)
+                .query_async(&mut conn)
+                .await
         })
         .await
         .context("cannot read cache generations")?;
+    let reply: Vec<String> = match stored.into_iter().collect::<Option<Vec<String>>>() {
+        Some(all) => all,
+        None => role
+            .run(|mut conn| async move {
+                let mut call = script.prepare_invoke();
+                for k in generation_keys {
+                    call.key(k);
+                }
+                call.arg(ttl_ms(GENERATION_TTL));
+                call.invoke_async(&mut conn).await
+            })
+            .await
+            .context("cannot read cache generations")?,
+    };
     anyhow::ensure!(
         reply.len() == generation_keys.len(),
         "generation lookup returned {} values for {} counters",

@@ -40,6 +40,15 @@ macro_rules! with_pool {
     };
 }
 
+/// Where a SQLite database lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqliteFile {
+    /// A file other processes may open too.
+    Path(std::path::PathBuf),
+    /// Memory of this process only.
+    Memory,
+}
+
 /// Which kind of database a [`Db`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DbKind {
@@ -76,6 +85,26 @@ impl Db {
                 .await
                 .context("cannot connect to the PostgreSQL database named by DATABASE_URL")?;
             Ok(Db::Postgres(pool))
+        }
+    }
+
+    /// The SQLite database's file (or that it lives in memory); `None` on
+    /// PostgreSQL.
+    pub fn sqlite_file(&self) -> Option<SqliteFile> {
+        match self {
+            Db::Sqlite(p) => {
+                let opts = p.connect_options();
+                let name = opts.get_filename();
+                let in_memory = name.as_os_str().is_empty()
+                    || name.as_os_str() == ":memory:"
+                    || name.to_string_lossy().contains("mode=memory");
+                Some(if in_memory {
+                    SqliteFile::Memory
+                } else {
+                    SqliteFile::Path(name.to_path_buf())
+                })
+            }
+            Db::Postgres(_) => None,
         }
     }
 

@@ -1,7 +1,9 @@
 //! Per-request middleware: who is calling (one session lookup), the general
 //! rate limits with their headers, and request metrics.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
@@ -159,21 +161,84 @@ pub async fn deadline(State(state): State<AppState>, req: Request, next: Next) -
     }
 }
 
+/// The request counter and latency histogram of each (route, method,
+/// status) seen, registered once: building a metric key (three owned label
+/// strings, a registry lookup) per request cost more than the recording.
+/// Created with the router, after the process's recorder is installed
+/// (`telemetry::metrics_handle`), so no handle is a no-op one.
+#[derive(Clone, Default)]
+pub struct RequestMetrics {
+    handles: Arc<RwLock<HashMap<String, Vec<RouteMetric>>>>,
+}
+
+#[derive(Clone)]
+struct RouteMetric {
+    method: Method,
+    status: u16,
+    count: metrics::Counter,
+    latency: metrics::Histogram,
+}
+
+impl RequestMetrics {
+    fn record(&self, route: &str, method: &Method, status: u16, seconds: f64) {
+        let found = read(&self.handles).get(route).and_then(|list| {
+            list.iter()
+                .find(|m| m.status == status && m.method == *method)
+                .cloned()
+        });
+        let metric = match found {
+            Some(m) => m,
+            None => {
+                let labels = [
+                    ("route", route.to_owned()),
+                    ("method", method.as_str().to_owned()),
+                    ("status", status.to_string()),
+                ];
+                let m = RouteMetric {
+                    method: method.clone(),
+                    status,
+                    count: metrics::counter!("http_requests_total", &labels),
+                    latency: metrics::histogram!("http_request_duration_seconds", &labels),
+                };
+                write(&self.handles)
+                    .entry(route.to_owned())
+                    .or_default()
+                    .push(m.clone());
+                m
+            }
+        };
+        metric.count.increment(1);
+        metric.latency.record(seconds);
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Counts requests and their latency per route and status.
-pub async fn record_metrics(req: Request, next: Next) -> Response {
+pub async fn record_metrics(
+    State(metrics): State<RequestMetrics>,
+    req: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let method = req.method().clone();
     let response = next.run(req).await;
-    let status = response.status().as_u16().to_string();
-    let labels = [("route", route), ("method", method), ("status", status)];
-    metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels)
-        .record(started.elapsed().as_secs_f64());
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    metrics.record(
+        route,
+        &method,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     response
 }
 

@@ -83,7 +83,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(ops)
         .merge(api)
-        .layer(axum::middleware::from_fn(middleware::record_metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            middleware::RequestMetrics::default(),
+            middleware::record_metrics,
+        ))
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))

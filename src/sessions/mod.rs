@@ -8,6 +8,7 @@
 //! behaviour suite (`tests/api/session_suite.rs`).
 
 pub mod identity;
+pub mod near;
 pub mod redis;
 pub mod sql;
 
@@ -47,10 +48,14 @@ pub fn new_session_id() -> anyhow::Result<String> {
 
 /// What the store keys a session by: a leaked store does not leak usable ids.
 pub fn hash_id(id: &str) -> String {
-    Sha256::digest(id.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = Sha256::digest(id.as_bytes());
+    let mut out = String::with_capacity(digest.len() * 2);
+    for b in digest {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 /// Plausible session ids only: anything else is not looked up at all.
@@ -59,4 +64,18 @@ pub fn looks_like_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stored_hash_is_the_lowercase_hex_sha256_of_the_id() {
+        // Stores hold these: a change here would log everybody out.
+        assert_eq!(
+            hash_id("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
 }

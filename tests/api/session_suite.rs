@@ -503,25 +503,44 @@ async fn redis_down_is_503_for_sessions_never_a_logout() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_revoke_ends_a_users_sessions() -> anyhow::Result<()> {
     let app = redis_app(|_| {}).await?;
-    register(&app, "revoked@example.com").await?;
-    register(&app, "kept@example.com").await?;
+    cli_revoke_on(&app, Some(SHARED_REDIS)).await
+}
+
+/// The embedded default holds sessions in process memory: a revocation by
+/// another process (the CLI, on the same SQLite file) still ends them for
+/// the very next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_revoke_ends_a_users_sessions_on_the_embedded_default() -> anyhow::Result<()> {
+    let app = crate::helpers::spawn_app(TestDb::Sqlite).await?;
+    cli_revoke_on(&app, None).await
+}
+
+async fn cli_revoke_on(app: &TestApp, redis: Option<&'static str>) -> anyhow::Result<()> {
+    register(app, "revoked@example.com").await?;
+    register(app, "kept@example.com").await?;
     let sid = session_id(&set_cookie(
-        &login(&app, &app.client, "revoked@example.com").await?,
+        &login(app, &app.client, "revoked@example.com").await?,
     ));
     let kept = session_id(&set_cookie(
-        &login(&app, &app.new_client(), "kept@example.com").await?,
+        &login(app, &app.new_client(), "kept@example.com").await?,
     ));
-    assert_eq!(me_with(&app, &sid).await?.status(), 200);
+    for _ in 0..3 {
+        assert_eq!(me_with(app, &sid).await?.status(), 200);
+        assert_eq!(me_with(app, &kept).await?.status(), 200);
+    }
 
     let db_url = app.db_url.clone();
     let prefix = app.state.settings.key_prefix.clone();
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_stayafrica"))
-            .args(["sessions", "revoke", "--user", "Revoked@Example.com"])
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_stayafrica"));
+        cmd.args(["sessions", "revoke", "--user", "Revoked@Example.com"])
             .env("DATABASE_URL", db_url)
-            .env("REDIS_URL", SHARED_REDIS)
             .env("STAYAFRICA_KEY_PREFIX", prefix)
-            .output()
+            .env_remove("REDIS_URL");
+        if let Some(redis) = redis {
+            cmd.env("REDIS_URL", redis);
+        }
+        cmd.output()
     })
     .await??;
     assert!(
@@ -534,7 +553,34 @@ async fn cli_revoke_ends_a_users_sessions() -> anyhow::Result<()> {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    assert_eq!(me_with(&app, &sid).await?.status(), 401);
-    assert_eq!(me_with(&app, &kept).await?.status(), 200);
+    assert_eq!(me_with(app, &sid).await?.status(), 401);
+    assert_eq!(me_with(app, &kept).await?.status(), 200);
+    Ok(())
+}
+
+/// Two SQL stores on one SQLite file (two processes, as far as the file is
+/// concerned): a session held by one is gone for it as soon as the other
+/// ended it, by `delete` or `delete_user`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_stores_on_one_file_see_each_others_endings() -> anyhow::Result<()> {
+    let (url, _guard) = fresh_database(TestDb::Sqlite).await?;
+    let (db_a, db_b) = (Db::connect(&url).await?, Db::connect(&url).await?);
+    db_a.migrate().await?;
+    let (a, b) = (SqlSessionStore::new(db_a), SqlSessionStore::new(db_b));
+    let ttl = Duration::from_secs(600);
+    for round in 0..50 {
+        let (one, two) = (new_hash()?, new_hash()?);
+        a.create(&one, 7, ttl).await?;
+        a.create(&two, 7, ttl).await?;
+        for _ in 0..3 {
+            assert_eq!(a.load(&one, ttl).await?, Some(7));
+            assert_eq!(a.load(&two, ttl).await?, Some(7));
+        }
+        b.delete(&one).await?;
+        assert_eq!(a.load(&one, ttl).await?, None, "round {round}: delete");
+        assert_eq!(a.load(&two, ttl).await?, Some(7));
+        b.delete_user(7).await?;
+        assert_eq!(a.load(&two, ttl).await?, None, "round {round}: delete_user");
+    }
     Ok(())
 }

@@ -1,5 +1,7 @@
--- Reads namespace generations (the near-cache's validation, for every
--- request waiting together; see kv/coalesce.rs and cache/near.rs).
+-- Reads namespace generations, starting the missing ones (the near-cache's
+-- validation, for every request waiting together; see kv/coalesce.rs and
+-- cache/near.rs). The usual read is a plain MGET; this runs when it found a
+-- counter missing.
 --
 -- KEYS[1..n]    generation counters (hash tag {g}: one slot on Cluster)
 -- ARGV[1]       lifetime of a counter created here, in milliseconds

@@ -8,8 +8,15 @@
 -- On Redis Cluster the caller groups its keys by hash slot first (a script
 -- may only touch keys of one slot).
 
-local out = {}
+-- A key asked for several times (one session's concurrent requests) is
+-- read and slid once: the answer would be the same each time.
+local out, seen = {}, {}
 for i, key in ipairs(KEYS) do
-  out[i] = redis.call('GETEX', key, 'PX', ARGV[1])
+  local v = seen[key]
+  if v == nil then
+    v = redis.call('GETEX', key, 'PX', ARGV[1])
+    seen[key] = v
+  end
+  out[i] = v
 end
 return out
