@@ -281,7 +281,15 @@ impl Source {
         let parsed = target::parse(url).map_err(|m| anyhow::anyhow!("invalid Redis URL: {m}"))?;
         Ok(match parsed {
             Target::Standalone(u) => {
-                Source::Standalone(redis::Client::open(u.as_str()).context("invalid Redis URL")?)
+                let client = if target::is_tls(&u) {
+                    match super::tls::certificates_for_tls() {
+                        Some(certs) => redis::Client::build_with_tls(u.as_str(), certs),
+                        None => redis::Client::open(u.as_str()),
+                    }
+                } else {
+                    redis::Client::open(u.as_str())
+                };
+                Source::Standalone(client.context("invalid Redis URL")?)
             }
             Target::Cluster { nodes } => {
                 Self::cluster(&nodes, None).context("invalid Redis Cluster URL")?;
@@ -344,11 +352,18 @@ impl Source {
     /// limit). Few, quick retries: the role's own timeout bounds a call,
     /// and the crate's default waits (seconds) would outlast it.
     fn cluster(nodes: &[String], response_timeout: Option<Duration>) -> RedisResult<ClusterClient> {
-        let b = ClusterClient::builder(nodes.iter().map(String::as_str))
+        let mut b = ClusterClient::builder(nodes.iter().map(String::as_str))
             .connection_timeout(Duration::from_secs(2))
             .retries(3)
             .min_retry_wait(10)
             .max_retry_wait(200);
+        // `rediss+cluster://`: every node over TLS (the nodes' scheme says
+        // so), with the process's CA and client certificate if set.
+        if nodes.iter().any(|n| target::is_tls(n))
+            && let Some(certs) = super::tls::certificates_for_tls()
+        {
+            b = b.certs(certs);
+        }
         match response_timeout {
             Some(t) => b.response_timeout(t),
             None => b.overall_response_timeout(None),
@@ -405,6 +420,7 @@ pub async fn connect(url: &str, response_timeout: Duration) -> anyhow::Result<Co
     Source::new(url)?
         .open_managed(response_timeout)
         .await
+        .map_err(|e| super::tls::with_hint(url, e))
         .context("cannot connect to Redis")
 }
 
@@ -414,5 +430,6 @@ pub async fn connect_plain(url: &str, response_timeout: Duration) -> anyhow::Res
     Source::new(url)?
         .open_plain(Some(response_timeout))
         .await
+        .map_err(|e| super::tls::with_hint(url, e))
         .context("cannot connect to Redis")
 }

@@ -10,6 +10,7 @@ pub mod coalesce;
 pub mod conn;
 pub mod keys;
 pub mod target;
+pub mod tls;
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -428,6 +429,7 @@ impl RedisRole {
         let manager = source
             .open_managed(COMMAND_TIMEOUT)
             .await
+            .map_err(|e| tls::with_hint(url, e))
             .context("cannot connect to Redis")
             .with_context(context)?;
         let role = RedisRole {

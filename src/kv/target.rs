@@ -72,6 +72,12 @@ pub fn parse(url: &str) -> Result<Target, String> {
         return Err(EXPECTED.to_owned());
     };
     match scheme.as_str() {
+        // redis-rs reads `#insecure` as "skip the certificate checks".
+        "redis" | "rediss" if url.contains('#') => Err(
+            "URL fragments are refused (`#insecure` would turn the certificate checks \
+             off): give a private CA in STAYAFRICA_REDIS_TLS_CA_FILE instead"
+                .to_owned(),
+        ),
         "redis" | "rediss" => match redis::parse_redis_url(url) {
             Some(_) => Ok(Target::Standalone(url.to_owned())),
             None => Err(EXPECTED.to_owned()),
@@ -152,10 +158,20 @@ pub fn parse(url: &str) -> Result<Target, String> {
     }
 }
 
+/// Whether `url` (a role URL or one node of a cluster) uses TLS:
+/// `rediss://` or `rediss+cluster://`.
+pub fn is_tls(url: &str) -> bool {
+    scheme(url.trim()).is_some_and(|(s, _)| s == "rediss" || s == "rediss+cluster")
+}
+
 /// `[userinfo@]hosts[/path]` (no query string).
 fn split(rest: &str) -> Result<(Option<&str>, &str, &str), String> {
     if rest.contains('?') || rest.contains('#') {
-        return Err("query parameters are not supported in a cluster or Sentinel URL".into());
+        return Err(
+            "query parameters and fragments (such as #insecure) are not supported \
+                    in a cluster or Sentinel URL"
+                .into(),
+        );
     }
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -298,6 +314,8 @@ mod tests {
             "redis+sentinel://:pw@h:26379",
             "redis+sentinel://h:26379/m/x",
             "redis+sentinel://h:26379,,h2/m",
+            "rediss://:pw@h:6380/#insecure",
+            "rediss+cluster://:pw@h:7000#insecure",
             "nonsense",
         ] {
             let e = match parse(bad) {
