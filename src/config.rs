@@ -11,7 +11,7 @@
 //! | variable | default |
 //! |---|---|
 //! | `DATABASE_URL` | `sqlite://stayafrica.db` |
-//! | `REDIS_URL` | unset: in-process backends (`redis://`, `rediss://`, `redis+cluster://`, `rediss+cluster://`, `redis+sentinel://`: see `kv::target`) |
+//! | `REDIS_URL` | unset: in-process backends (`redis://`, `rediss://`, `redis+cluster://`, `rediss+cluster://`, `redis+sentinel://`, `rediss+sentinel://`: see `kv::target`) |
 //! | `REDIS_CACHE_URL`, `REDIS_SESSIONS_URL`, `REDIS_RATELIMIT_URL`, `REDIS_BROKER_URL` | `REDIS_URL` with the guide's DB (1, 2, 3, 0) where it has DBs (not on a cluster) |
 //! | `STAYAFRICA_REDIS_TLS_CA_FILE` | unset: the system's roots (PEM CA of `rediss://` servers) |
 //! | `STAYAFRICA_REDIS_TLS_CERT_FILE`, `STAYAFRICA_REDIS_TLS_KEY_FILE` | unset: no client certificate (PEM; mutual TLS) |
@@ -560,7 +560,7 @@ impl Settings {
                 // send everything in clear text, ignoring the files.
                 bail!(
                     "{}: Redis TLS files are set, but no Redis URL uses TLS \
-                     (rediss:// or rediss+cluster://)",
+                     (rediss://, rediss+cluster:// or rediss+sentinel://)",
                     [
                         ("redis_tls_ca_file", tls_files.ca_file.is_some()),
                         ("redis_tls_cert_file", tls_files.cert_file.is_some()),

@@ -270,6 +270,8 @@ pub(crate) enum Source {
         /// [`Source::sentinel_watch`].
         sentinels: Vec<(String, u16)>,
         master: String,
+        /// The sentinels are reached over TLS.
+        tls: bool,
     },
     /// The seed nodes' URLs.
     Cluster(Vec<String>),
@@ -281,15 +283,7 @@ impl Source {
         let parsed = target::parse(url).map_err(|m| anyhow::anyhow!("invalid Redis URL: {m}"))?;
         Ok(match parsed {
             Target::Standalone(u) => {
-                let client = if target::is_tls(&u) {
-                    match super::tls::certificates_for_tls() {
-                        Some(certs) => redis::Client::build_with_tls(u.as_str(), certs),
-                        None => redis::Client::open(u.as_str()),
-                    }
-                } else {
-                    redis::Client::open(u.as_str())
-                };
-                Source::Standalone(client.context("invalid Redis URL")?)
+                Source::Standalone(super::tls::client(&u).context("invalid Redis URL")?)
             }
             Target::Cluster { nodes } => {
                 Self::cluster(&nodes, None).context("invalid Redis Cluster URL")?;
@@ -297,11 +291,33 @@ impl Source {
             }
             Target::Sentinel(s) => {
                 let addrs = s.sentinels.iter().map(|(h, p)| {
-                    redis::ConnectionAddr::Tcp(h.trim_matches(['[', ']']).to_owned(), *p)
+                    let host = h.trim_matches(['[', ']']).to_owned();
+                    if s.tls {
+                        redis::ConnectionAddr::TcpTls {
+                            host,
+                            port: *p,
+                            insecure: false,
+                            tls_params: None,
+                        }
+                    } else {
+                        redis::ConnectionAddr::Tcp(host, *p)
+                    }
                 });
                 let mut b =
                     SentinelClientBuilder::new(addrs, &s.master, SentinelServerType::Master)
                         .context("invalid Redis Sentinel URL")?;
+                // `rediss+sentinel://`: the sentinels and the master they
+                // name over TLS, with the process's CA and client certificate.
+                if s.tls {
+                    b = b
+                        .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure)
+                        .set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+                    if let Some(certs) = super::tls::certificates_for_tls() {
+                        b = b
+                            .set_client_to_sentinel_certificates(certs.clone())
+                            .set_client_to_redis_certificates(certs);
+                    }
+                }
                 if let Some(db) = s.db {
                     b = b.set_client_to_redis_db(db);
                 }
@@ -317,6 +333,7 @@ impl Source {
                     ),
                     sentinels: s.sentinels.clone(),
                     master: s.master.clone(),
+                    tls: s.tls,
                 }
             }
         })
@@ -326,12 +343,23 @@ impl Source {
         matches!(self, Source::Sentinel { .. })
     }
 
-    /// The sentinels' addresses and the master's name, for a Sentinel URL.
-    pub(crate) fn sentinel_watch(&self) -> Option<(Vec<(String, u16)>, String)> {
+    /// The sentinels' URLs (`redis://` or `rediss://` each) and the
+    /// master's name, for a Sentinel URL.
+    pub(crate) fn sentinel_watch(&self) -> Option<(Vec<String>, String)> {
         match self {
             Source::Sentinel {
-                sentinels, master, ..
-            } => Some((sentinels.clone(), master.clone())),
+                sentinels,
+                master,
+                tls,
+                ..
+            } => {
+                let scheme = if *tls { "rediss" } else { "redis" };
+                let urls = sentinels
+                    .iter()
+                    .map(|(h, p)| format!("{scheme}://{h}:{p}"))
+                    .collect();
+                Some((urls, master.clone()))
+            }
             _ => None,
         }
     }

@@ -1,4 +1,5 @@
-//! TLS for `rediss://` and `rediss+cluster://` URLs (rustls; no OpenSSL).
+//! TLS for `rediss://`, `rediss+cluster://` and `rediss+sentinel://` URLs
+//! (rustls; no OpenSSL).
 //!
 //! The certificate checks are always on. Trust comes from a private CA
 //! file when one is set (only that CA is trusted then), otherwise from the
@@ -209,6 +210,20 @@ pub(crate) fn certificates_for_tls() -> Option<TlsCertificates> {
         .unwrap_or_else(|e| e.into_inner())
         .as_ref()
         .map(|c| c.redis_certificates())
+}
+
+/// A client of the one server `url` names (`redis://` or `rediss://`),
+/// over TLS with the installed configuration when the URL says so.
+pub(crate) fn client(url: &str) -> redis::RedisResult<redis::Client> {
+    if super::target::is_tls(url)
+        && let Some(certs) = certificates_for_tls()
+    {
+        return redis::Client::build_with_tls(url, certs);
+    }
+    if super::target::is_tls(url) {
+        ensure_provider();
+    }
+    redis::Client::open(url)
 }
 
 /// `e`, a failure to connect to `url`, with a hint naming the settings to

@@ -96,6 +96,14 @@ macro_rules! on_every_store {
                     super::cleanup(&cache).await;
                     result
                 }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn tls_sentinel() -> anyhow::Result<()> {
+                    let url = crate::tls::tls_sentinel_url().await?;
+                    let cache = super::redis_cache_on(&url, super::unique_keys()).await?;
+                    let result = super::$name(cache.clone()).await;
+                    super::cleanup(&cache).await;
+                    result
+                }
             }
         )*
     };

@@ -96,6 +96,11 @@ macro_rules! on_every_limiter {
                     let url = crate::tls::tls_cluster_url().await?;
                     super::$name(super::Limiter::redis_on(&url).await?).await
                 }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn tls_sentinel() -> anyhow::Result<()> {
+                    let url = crate::tls::tls_sentinel_url().await?;
+                    super::$name(super::Limiter::redis_on(&url).await?).await
+                }
             }
         )*
     };

@@ -1,11 +1,12 @@
 //! Redis over TLS: a CA, server and client certificates made with the
 //! `openssl` command, a standalone `redis-server` that speaks TLS only and
-//! requires a client certificate, and a TLS-only cluster of 3 masters, each
-//! started ONCE per test run and killed by the `topologies` watchdog when
-//! the test binary exits. [`tls_url`] and [`tls_cluster_url`] install the
-//! CA and client certificate as the process's Redis TLS configuration
-//! (`kv::tls`), so the behaviour suites run on them unchanged (their `tls`
-//! and `tls_cluster` cases). The refusals (a server certificate from an
+//! requires a client certificate, a TLS-only cluster of 3 masters and a
+//! TLS-only Sentinel setup (master, replica, 3 sentinels), each started ONCE
+//! per test run and killed by the `topologies` watchdog when the test
+//! binary exits. [`tls_url`], [`tls_cluster_url`] and [`tls_sentinel_url`]
+//! install the CA and client certificate as the process's Redis TLS
+//! configuration (`kv::tls`), so the behaviour suites run on them unchanged
+//! (their `tls`, `tls_cluster` and `tls_sentinel` cases). The refusals (a server certificate from an
 //! unknown CA, no client certificate for a server that requires one) run
 //! the real binary: its TLS configuration is its own.
 
@@ -256,7 +257,45 @@ impl TlsNode {
             .stdout(Stdio::null())
             .spawn()
             .context("redis-server must be on PATH")?;
-        let node = TlsNode { port, dir, child };
+        TlsNode { port, dir, child }.answering(pki).await
+    }
+
+    /// A sentinel on a TLS port only, watching the master on `master_port`
+    /// (reached over TLS: `tls-replication yes`).
+    async fn sentinel(pki: &Pki, master_port: u16) -> anyhow::Result<TlsNode> {
+        let port = free_port()?;
+        let dir = tempfile::tempdir()?;
+        let conf = dir.path().join("sentinel.conf");
+        let args = pki.server_args();
+        let tls_conf: String = args
+            .chunks(2)
+            .map(|kv| format!("{} {}\n", kv[0].trim_start_matches("--"), kv[1]))
+            .collect();
+        let name = crate::topologies::MASTER_NAME;
+        std::fs::write(
+            &conf,
+            format!(
+                "port 0\ntls-port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\n\
+                 {tls_conf}tls-replication yes\n\
+                 sentinel monitor {name} 127.0.0.1 {master_port} 2\n\
+                 sentinel down-after-milliseconds {name} 1000\n\
+                 sentinel failover-timeout {name} 4000\n",
+                dir = dir.path().display()
+            ),
+        )?;
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .spawn()
+            .context("redis-server must be on PATH")?;
+        TlsNode { port, dir, child }.answering(pki).await
+    }
+
+    /// Returns once it answers PING over TLS.
+    async fn answering(self, pki: &Pki) -> anyhow::Result<TlsNode> {
+        let port = self.port;
+        let node = self;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let pong = query::<String>(pki, port, &redis::cmd("PING")).await;
@@ -301,6 +340,88 @@ pub async fn tls_url() -> anyhow::Result<String> {
         "rediss://127.0.0.1:{}",
         shared_tls_redis().await?.port
     ))
+}
+
+/// A master, its replica and three sentinels, all on TLS ports only
+/// (replication and the sentinels' links over TLS too): `[master, replica,
+/// sentinel × 3]`, once every sentinel sees the replica and the others.
+async fn start_tls_sentinel(pki: &Pki) -> anyhow::Result<Vec<TlsNode>> {
+    let mut nodes = vec![TlsNode::start(pki, &["--tls-replication", "yes"]).await?];
+    let mport = nodes[0].port.to_string();
+    let replica = TlsNode::start(
+        pki,
+        &[
+            "--tls-replication",
+            "yes",
+            "--replicaof",
+            "127.0.0.1",
+            &mport,
+        ],
+    )
+    .await?;
+    let rport = replica.port;
+    nodes.push(replica);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = query::<String>(pki, rport, redis::cmd("INFO").arg("replication")).await;
+        if r.as_ref()
+            .is_ok_and(|r| r.contains("master_link_status:up"))
+        {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "TLS replica not in sync: {r:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..3 {
+        let master = nodes[0].port;
+        nodes.push(TlsNode::sentinel(pki, master).await?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for s in &nodes[2..] {
+        loop {
+            let i = query::<String>(pki, s.port, redis::cmd("INFO").arg("sentinel")).await;
+            if i.as_ref().is_ok_and(|i| i.contains("slaves=1,sentinels=3")) {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "TLS sentinel {} does not see the setup: {i:?}",
+                s.port
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(nodes)
+}
+
+fn sentinel_url_of(nodes: &[TlsNode]) -> String {
+    let hosts: Vec<String> = nodes[2..]
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    format!(
+        "rediss+sentinel://{}/{}",
+        hosts.join(","),
+        crate::topologies::MASTER_NAME
+    )
+}
+
+static TLS_SENTINEL: OnceCell<&'static [TlsNode]> = OnceCell::const_new();
+
+/// The TLS Sentinel setup every test of this run shares.
+pub async fn shared_tls_sentinel() -> anyhow::Result<&'static [TlsNode]> {
+    let pki = pki().await?;
+    TLS_SENTINEL
+        .get_or_try_init(|| async { TlsNode::leak_to_watchdog(start_tls_sentinel(pki).await?) })
+        .await
+        .copied()
+}
+
+/// `rediss+sentinel://` URL of the shared TLS Sentinel setup, with the
+/// test CA and client certificate installed.
+pub async fn tls_sentinel_url() -> anyhow::Result<String> {
+    install_tls().await?;
+    Ok(sentinel_url_of(shared_tls_sentinel().await?))
 }
 
 static TLS_CLUSTER: OnceCell<&'static [TlsNode]> = OnceCell::const_new();
@@ -451,6 +572,53 @@ async fn the_workers_blocking_connection_uses_tls() -> anyhow::Result<()> {
     })
     .await?;
     app.stop().await
+}
+
+/// A switch of master the sentinels announce (over TLS) is followed at
+/// once: the role's next writes land on the promoted replica within a few
+/// seconds, well before the old master would be demoted (about 10 s, see
+/// docs/RELIABILITY.md), on a setup of the test's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_sentinel_switch_is_followed() -> anyhow::Result<()> {
+    use stayafrica::kv::{RedisRole, Role};
+    let pki = install_tls().await?;
+    let nodes = start_tls_sentinel(pki).await?;
+    let role = RedisRole::connect(Role::Sessions, &sentinel_url_of(&nodes)).await?;
+    let key = format!("tlstest:{}:switch", uuid::Uuid::new_v4().simple());
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("before")
+        .query_async(&mut role.connection())
+        .await?;
+    let promoted = nodes[1].port;
+    let _: String = query(
+        pki,
+        nodes[2].port,
+        redis::cmd("SENTINEL")
+            .arg("FAILOVER")
+            .arg(crate::topologies::MASTER_NAME),
+    )
+    .await?;
+    crate::helpers::wait_until(Duration::from_secs(20), "the replica promoted", || async {
+        let r: String = query(pki, promoted, redis::cmd("INFO").arg("replication")).await?;
+        Ok(r.contains("role:master"))
+    })
+    .await?;
+    crate::helpers::wait_until(
+        Duration::from_secs(5),
+        "writes on the new master",
+        || async {
+            let _ = redis::cmd("SET")
+                .arg(&key)
+                .arg("after")
+                .query_async::<()>(&mut role.connection())
+                .await;
+            let v: Option<String> = query(pki, promoted, redis::cmd("GET").arg(&key)).await?;
+            Ok(v.as_deref() == Some("after"))
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
