@@ -11,8 +11,10 @@
 //! | variable | default |
 //! |---|---|
 //! | `DATABASE_URL` | `sqlite://stayafrica.db` |
-//! | `REDIS_URL` | unset: in-process backends (`redis://`, `rediss://`, `redis+cluster://`, `rediss+cluster://`, `redis+sentinel://`: see `kv::target`) |
+//! | `REDIS_URL` | unset: in-process backends (`redis://`, `rediss://`, `redis+cluster://`, `rediss+cluster://`, `redis+sentinel://`, `rediss+sentinel://`: see `kv::target`) |
 //! | `REDIS_CACHE_URL`, `REDIS_SESSIONS_URL`, `REDIS_RATELIMIT_URL`, `REDIS_BROKER_URL` | `REDIS_URL` with the guide's DB (1, 2, 3, 0) where it has DBs (not on a cluster) |
+//! | `STAYAFRICA_REDIS_TLS_CA_FILE` | unset: the system's roots (PEM CA of `rediss://` servers) |
+//! | `STAYAFRICA_REDIS_TLS_CERT_FILE`, `STAYAFRICA_REDIS_TLS_KEY_FILE` | unset: no client certificate (PEM; mutual TLS) |
 //! | `STAYAFRICA_KEY_PREFIX` | `stayafrica:` |
 //! | `STAYAFRICA_THROTTLE_ANON` / `_USER` / `_BOOKING` | `100/hour`, `1000/hour`, `5/hour` |
 //! | `STAYAFRICA_THROTTLE_OTP` / `_LOGIN` | `5/hour`, `5/15min` |
@@ -31,12 +33,16 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use anyhow::{anyhow, bail};
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
+
+use crate::kv::tls::{TlsConfig, TlsFiles};
 
 /// The settings as the operator writes them (flat keys), each already in
 /// its type; [`Settings::from_raw`] only combines them (the Redis roles).
@@ -56,6 +62,12 @@ struct RawSettings {
     redis_ratelimit_url: Option<SecretString>,
     #[serde(deserialize_with = "opt_redis_url")]
     redis_broker_url: Option<SecretString>,
+    #[serde(deserialize_with = "opt_path")]
+    redis_tls_ca_file: Option<PathBuf>,
+    #[serde(deserialize_with = "opt_path")]
+    redis_tls_cert_file: Option<PathBuf>,
+    #[serde(deserialize_with = "opt_path")]
+    redis_tls_key_file: Option<PathBuf>,
     #[serde(deserialize_with = "key_prefix")]
     key_prefix: String,
     throttle_anon: Rate,
@@ -93,6 +105,9 @@ const KEYS: &[&str] = &[
     "redis_sessions_url",
     "redis_ratelimit_url",
     "redis_broker_url",
+    "redis_tls_ca_file",
+    "redis_tls_cert_file",
+    "redis_tls_key_file",
     "key_prefix",
     "throttle_anon",
     "throttle_user",
@@ -121,6 +136,9 @@ impl Default for RawSettings {
             redis_sessions_url: None,
             redis_ratelimit_url: None,
             redis_broker_url: None,
+            redis_tls_ca_file: None,
+            redis_tls_cert_file: None,
+            redis_tls_key_file: None,
             key_prefix: "stayafrica:".into(),
             throttle_anon: Rate::new(100, Duration::from_secs(3600)),
             throttle_user: Rate::new(1000, Duration::from_secs(3600)),
@@ -168,6 +186,13 @@ fn opt_redis_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>
         Ok(_) => Ok(Some(SecretString::from(url))),
         Err(m) => Err(de::Error::custom(m)),
     }
+}
+
+/// A file path; empty means unset.
+fn opt_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    let path = String::deserialize(d)?;
+    let path = path.trim();
+    Ok((!path.is_empty()).then(|| PathBuf::from(path)))
 }
 
 fn key_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -348,6 +373,10 @@ pub struct Settings {
     pub database_url: SecretString,
     /// `None`: in-process backends (the embedded default).
     pub redis: Option<RedisSettings>,
+    /// The CA and client certificate of `rediss://` connections, loaded
+    /// and checked (`None`: the system's roots, no client certificate).
+    /// Process-wide once installed: see [`crate::kv::tls`].
+    pub redis_tls: Option<Arc<TlsConfig>>,
     /// Prefix of every Redis key, so several deployments or tests can share a Redis.
     pub key_prefix: String,
     pub throttles: Throttles,
@@ -502,10 +531,55 @@ impl Settings {
                 })
             }
         };
+        let tls_files = TlsFiles {
+            ca_file: raw.redis_tls_ca_file,
+            cert_file: raw.redis_tls_cert_file,
+            key_file: raw.redis_tls_key_file,
+        };
+        // A file left unset is named by its variable.
+        let tls_name = |key: &str| {
+            let set = match key {
+                "redis_tls_ca_file" => tls_files.ca_file.is_some(),
+                "redis_tls_cert_file" => tls_files.cert_file.is_some(),
+                _ => tls_files.key_file.is_some(),
+            };
+            if set {
+                name(key)
+            } else {
+                format!("{} (not set)", var_name(key))
+            }
+        };
+        if !tls_files.is_empty() {
+            let any_tls = redis.as_ref().is_some_and(|r| {
+                [&r.broker, &r.cache, &r.sessions, &r.ratelimit]
+                    .iter()
+                    .any(|u| crate::kv::target::is_tls(u.expose_secret()))
+            });
+            if !any_tls {
+                // Most likely a URL left on redis:// by mistake: it would
+                // send everything in clear text, ignoring the files.
+                bail!(
+                    "{}: Redis TLS files are set, but no Redis URL uses TLS \
+                     (rediss://, rediss+cluster:// or rediss+sentinel://)",
+                    [
+                        ("redis_tls_ca_file", tls_files.ca_file.is_some()),
+                        ("redis_tls_cert_file", tls_files.cert_file.is_some()),
+                        ("redis_tls_key_file", tls_files.key_file.is_some()),
+                    ]
+                    .iter()
+                    .filter(|(_, set)| *set)
+                    .map(|(key, _)| name(key))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+                );
+            }
+        }
+        let redis_tls = TlsConfig::load(&tls_files, tls_name)?;
         Ok(Settings {
             bind: raw.bind,
             database_url: raw.database_url,
             redis,
+            redis_tls,
             key_prefix: raw.key_prefix,
             throttles: Throttles {
                 anon: raw.throttle_anon,
@@ -728,6 +802,87 @@ mod tests {
                 let err = load_err(None);
                 assert!(err.contains(var) && !err.contains("s3cret"), "{err}");
             }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_redis_tls_files_name_their_variable() {
+        jailed(|jail| {
+            jail.set_env("REDIS_URL", "rediss://:pw@redis.internal:6380");
+            jail.set_env("STAYAFRICA_REDIS_TLS_CA_FILE", "missing-ca.pem");
+            let err = load_err(None);
+            assert!(
+                err.contains("STAYAFRICA_REDIS_TLS_CA_FILE") && err.contains("missing-ca.pem"),
+                "{err}"
+            );
+            jail.create_file("ca.pem", "not a certificate\n")?;
+            jail.set_env("STAYAFRICA_REDIS_TLS_CA_FILE", "ca.pem");
+            let err = load_err(None);
+            assert!(
+                err.contains("STAYAFRICA_REDIS_TLS_CA_FILE") && err.contains("no PEM certificate"),
+                "{err}"
+            );
+            jail.create_file(
+                "bad-ca.pem",
+                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            )?;
+            jail.set_env("STAYAFRICA_REDIS_TLS_CA_FILE", "bad-ca.pem");
+            let err = load_err(None);
+            assert!(
+                err.contains("STAYAFRICA_REDIS_TLS_CA_FILE") && err.contains("unusable"),
+                "{err}"
+            );
+            // A certificate without its key (and the reverse) names both.
+            jail.clear_env();
+            jail.set_env("REDIS_URL", "rediss://redis.internal:6380");
+            jail.set_env("STAYAFRICA_REDIS_TLS_CERT_FILE", "client.pem");
+            let err = load_err(None);
+            assert!(
+                err.contains("STAYAFRICA_REDIS_TLS_CERT_FILE")
+                    && err.contains("STAYAFRICA_REDIS_TLS_KEY_FILE"),
+                "{err}"
+            );
+            // A key file's content never shows in the message.
+            jail.create_file("key.pem", "-----BEGIN PRIVATE KEY-----\nc2VjcmV0a2V5bWF0\n")?;
+            jail.create_file("file.toml", "redis_tls_key_file = \"key.pem\"\n")?;
+            let err = load_err(Some(Path::new("file.toml")));
+            assert!(
+                err.contains("redis_tls_key_file in") && err.contains("file.toml"),
+                "names the key in its file: {err}"
+            );
+            assert!(!err.contains("c2VjcmV0a2V5"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn redis_tls_files_without_a_tls_url_are_refused() {
+        jailed(|jail| {
+            jail.create_file("ca.pem", "unused\n")?;
+            jail.set_env("STAYAFRICA_REDIS_TLS_CA_FILE", "ca.pem");
+            jail.set_env("REDIS_URL", "redis://redis.internal:6379");
+            let err = load_err(None);
+            assert!(
+                err.contains("STAYAFRICA_REDIS_TLS_CA_FILE") && err.contains("rediss://"),
+                "{err}"
+            );
+            // No file named: nothing to load, the system's roots apply.
+            jail.clear_env();
+            jail.set_env("REDIS_URL", "rediss://redis.internal:6380");
+            jail.set_env("STAYAFRICA_REDIS_TLS_CA_FILE", "");
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert!(s.redis_tls.is_none());
+            // `#insecure` (no certificate checks) is refused, naming the variable.
+            jail.set_env(
+                "REDIS_URL",
+                "rediss://:s3cret@redis.internal:6380/#insecure",
+            );
+            let err = load_err(None);
+            assert!(
+                err.contains("REDIS_URL") && err.contains("#insecure") && !err.contains("s3cret"),
+                "{err}"
+            );
             Ok(())
         });
     }

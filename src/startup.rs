@@ -36,6 +36,9 @@ use crate::telemetry;
 
 /// Connects the database, applies migrations and builds every backend.
 pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<JobContext>)> {
+    if let Some(tls) = &settings.redis_tls {
+        crate::kv::tls::install(tls)?;
+    }
     let db = Db::connect(settings.database_url.expose_secret()).await?;
     db.migrate().await?;
     let keys = Keys::new(&settings.key_prefix);

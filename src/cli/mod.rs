@@ -54,6 +54,10 @@ impl Cli {
     /// Runs the chosen subcommand.
     pub async fn run(self) -> anyhow::Result<()> {
         let settings = Settings::load(self.config.as_deref())?;
+        // Before any subcommand connects (some do without `build_state`).
+        if let Some(tls) = &settings.redis_tls {
+            crate::kv::tls::install(tls)?;
+        }
         match self.command {
             Command::Serve(a) => serve::run(settings, a).await,
             Command::Worker(a) => worker::run(settings, a).await,

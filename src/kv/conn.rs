@@ -270,6 +270,8 @@ pub(crate) enum Source {
         /// [`Source::sentinel_watch`].
         sentinels: Vec<(String, u16)>,
         master: String,
+        /// The sentinels are reached over TLS.
+        tls: bool,
     },
     /// The seed nodes' URLs.
     Cluster(Vec<String>),
@@ -281,7 +283,7 @@ impl Source {
         let parsed = target::parse(url).map_err(|m| anyhow::anyhow!("invalid Redis URL: {m}"))?;
         Ok(match parsed {
             Target::Standalone(u) => {
-                Source::Standalone(redis::Client::open(u.as_str()).context("invalid Redis URL")?)
+                Source::Standalone(super::tls::client(&u).context("invalid Redis URL")?)
             }
             Target::Cluster { nodes } => {
                 Self::cluster(&nodes, None).context("invalid Redis Cluster URL")?;
@@ -289,11 +291,33 @@ impl Source {
             }
             Target::Sentinel(s) => {
                 let addrs = s.sentinels.iter().map(|(h, p)| {
-                    redis::ConnectionAddr::Tcp(h.trim_matches(['[', ']']).to_owned(), *p)
+                    let host = h.trim_matches(['[', ']']).to_owned();
+                    if s.tls {
+                        redis::ConnectionAddr::TcpTls {
+                            host,
+                            port: *p,
+                            insecure: false,
+                            tls_params: None,
+                        }
+                    } else {
+                        redis::ConnectionAddr::Tcp(host, *p)
+                    }
                 });
                 let mut b =
                     SentinelClientBuilder::new(addrs, &s.master, SentinelServerType::Master)
                         .context("invalid Redis Sentinel URL")?;
+                // `rediss+sentinel://`: the sentinels and the master they
+                // name over TLS, with the process's CA and client certificate.
+                if s.tls {
+                    b = b
+                        .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure)
+                        .set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+                    if let Some(certs) = super::tls::certificates_for_tls() {
+                        b = b
+                            .set_client_to_sentinel_certificates(certs.clone())
+                            .set_client_to_redis_certificates(certs);
+                    }
+                }
                 if let Some(db) = s.db {
                     b = b.set_client_to_redis_db(db);
                 }
@@ -309,6 +333,7 @@ impl Source {
                     ),
                     sentinels: s.sentinels.clone(),
                     master: s.master.clone(),
+                    tls: s.tls,
                 }
             }
         })
@@ -318,12 +343,23 @@ impl Source {
         matches!(self, Source::Sentinel { .. })
     }
 
-    /// The sentinels' addresses and the master's name, for a Sentinel URL.
-    pub(crate) fn sentinel_watch(&self) -> Option<(Vec<(String, u16)>, String)> {
+    /// The sentinels' URLs (`redis://` or `rediss://` each) and the
+    /// master's name, for a Sentinel URL.
+    pub(crate) fn sentinel_watch(&self) -> Option<(Vec<String>, String)> {
         match self {
             Source::Sentinel {
-                sentinels, master, ..
-            } => Some((sentinels.clone(), master.clone())),
+                sentinels,
+                master,
+                tls,
+                ..
+            } => {
+                let scheme = if *tls { "rediss" } else { "redis" };
+                let urls = sentinels
+                    .iter()
+                    .map(|(h, p)| format!("{scheme}://{h}:{p}"))
+                    .collect();
+                Some((urls, master.clone()))
+            }
             _ => None,
         }
     }
@@ -344,11 +380,18 @@ impl Source {
     /// limit). Few, quick retries: the role's own timeout bounds a call,
     /// and the crate's default waits (seconds) would outlast it.
     fn cluster(nodes: &[String], response_timeout: Option<Duration>) -> RedisResult<ClusterClient> {
-        let b = ClusterClient::builder(nodes.iter().map(String::as_str))
+        let mut b = ClusterClient::builder(nodes.iter().map(String::as_str))
             .connection_timeout(Duration::from_secs(2))
             .retries(3)
             .min_retry_wait(10)
             .max_retry_wait(200);
+        // `rediss+cluster://`: every node over TLS (the nodes' scheme says
+        // so), with the process's CA and client certificate if set.
+        if nodes.iter().any(|n| target::is_tls(n))
+            && let Some(certs) = super::tls::certificates_for_tls()
+        {
+            b = b.certs(certs);
+        }
         match response_timeout {
             Some(t) => b.response_timeout(t),
             None => b.overall_response_timeout(None),
@@ -405,6 +448,7 @@ pub async fn connect(url: &str, response_timeout: Duration) -> anyhow::Result<Co
     Source::new(url)?
         .open_managed(response_timeout)
         .await
+        .map_err(|e| super::tls::with_hint(url, e))
         .context("cannot connect to Redis")
 }
 
@@ -414,5 +458,6 @@ pub async fn connect_plain(url: &str, response_timeout: Duration) -> anyhow::Res
     Source::new(url)?
         .open_plain(Some(response_timeout))
         .await
+        .map_err(|e| super::tls::with_hint(url, e))
         .context("cannot connect to Redis")
 }

@@ -10,6 +10,7 @@ pub mod coalesce;
 pub mod conn;
 pub mod keys;
 pub mod target;
+pub mod tls;
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -351,7 +352,7 @@ const WATCH_IDLE_CHECK: Duration = Duration::from_secs(5);
 /// next (with backoff) when it goes; ends once the role is dropped.
 fn watch_switches(
     conn: std::sync::Weak<Connection>,
-    sentinels: Vec<(String, u16)>,
+    sentinels: Vec<String>,
     master: String,
     role: Role,
     breaker: Arc<breaker::Breaker>,
@@ -360,11 +361,11 @@ fn watch_switches(
     tokio::spawn(async move {
         let mut pause = Duration::from_millis(100);
         loop {
-            for (host, port) in &sentinels {
+            for sentinel in &sentinels {
                 if conn.strong_count() == 0 {
                     return;
                 }
-                let Ok(client) = redis::Client::open(format!("redis://{host}:{port}")) else {
+                let Ok(client) = tls::client(sentinel) else {
                     continue;
                 };
                 let pubsub =
@@ -376,7 +377,7 @@ fn watch_switches(
                     continue;
                 }
                 pause = Duration::from_millis(100);
-                tracing::debug!(role = role.name(), sentinel = %format!("{host}:{port}"),
+                tracing::debug!(role = role.name(), sentinel = %sentinel,
                     "following the sentinels' master switches");
                 let mut messages = pubsub.into_on_message();
                 loop {
@@ -428,6 +429,7 @@ impl RedisRole {
         let manager = source
             .open_managed(COMMAND_TIMEOUT)
             .await
+            .map_err(|e| tls::with_hint(url, e))
             .context("cannot connect to Redis")
             .with_context(context)?;
         let role = RedisRole {

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `redis://[user:pass@]HOST[:PORT][/DB]`, `rediss://…` | one server (TLS with `rediss`) |
 //! | `redis+cluster://[user:pass@]HOST:PORT[,HOST:PORT…]`, `rediss+cluster://…` | a cluster, by seed nodes; DB 0 only |
-//! | `redis+sentinel://[user:pass@]HOST:PORT[,HOST:PORT…]/MASTER[/DB]` | the master the sentinels name `MASTER` |
+//! | `redis+sentinel://[user:pass@]HOST:PORT[,HOST:PORT…]/MASTER[/DB]`, `rediss+sentinel://…` | the master the sentinels name `MASTER` (sentinels and master over TLS with `rediss`) |
 //!
 //! Credentials in a cluster URL are those of every node; in a Sentinel URL
 //! those of the master (the sentinels are reached without). Ports default
@@ -27,6 +27,8 @@ pub enum Target {
 /// The parts of a `redis+sentinel://` URL.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SentinelTarget {
+    /// `rediss+sentinel://`: the sentinels and the master over TLS.
+    pub tls: bool,
     pub sentinels: Vec<(String, u16)>,
     pub master: String,
     pub db: Option<i64>,
@@ -37,6 +39,7 @@ pub struct SentinelTarget {
 impl std::fmt::Debug for SentinelTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SentinelTarget")
+            .field("tls", &self.tls)
             .field("sentinels", &self.sentinels)
             .field("master", &self.master)
             .field("db", &self.db)
@@ -66,12 +69,18 @@ fn scheme(url: &str) -> Option<(String, &str)> {
 /// Parses a role URL; the message of an error does not contain the URL.
 pub fn parse(url: &str) -> Result<Target, String> {
     const EXPECTED: &str = "expected a redis://, rediss://, redis+cluster://, \
-                            rediss+cluster:// or redis+sentinel:// URL";
+                            rediss+cluster://, redis+sentinel:// or rediss+sentinel:// URL";
     let url = url.trim();
     let Some((scheme, rest)) = scheme(url) else {
         return Err(EXPECTED.to_owned());
     };
     match scheme.as_str() {
+        // redis-rs reads `#insecure` as "skip the certificate checks".
+        "redis" | "rediss" if url.contains('#') => Err(
+            "URL fragments are refused (`#insecure` would turn the certificate checks \
+             off): give a private CA in STAYAFRICA_REDIS_TLS_CA_FILE instead"
+                .to_owned(),
+        ),
         "redis" | "rediss" => match redis::parse_redis_url(url) {
             Some(_) => Ok(Target::Standalone(url.to_owned())),
             None => Err(EXPECTED.to_owned()),
@@ -98,7 +107,7 @@ pub fn parse(url: &str) -> Result<Target, String> {
             }
             Ok(Target::Cluster { nodes })
         }
-        "redis+sentinel" => {
+        "redis+sentinel" | "rediss+sentinel" => {
             let (userinfo, hosts, path) = split(rest)?;
             let sentinels = hosts
                 .split(',')
@@ -141,6 +150,7 @@ pub fn parse(url: &str) -> Result<Target, String> {
                 }
             };
             Ok(Target::Sentinel(SentinelTarget {
+                tls: scheme == "rediss+sentinel",
                 sentinels,
                 master,
                 db,
@@ -152,10 +162,20 @@ pub fn parse(url: &str) -> Result<Target, String> {
     }
 }
 
+/// Whether `url` (a role URL or one node of a cluster) uses TLS:
+/// `rediss://`, `rediss+cluster://` or `rediss+sentinel://`.
+pub fn is_tls(url: &str) -> bool {
+    scheme(url.trim()).is_some_and(|(s, _)| s.starts_with("rediss"))
+}
+
 /// `[userinfo@]hosts[/path]` (no query string).
 fn split(rest: &str) -> Result<(Option<&str>, &str, &str), String> {
     if rest.contains('?') || rest.contains('#') {
-        return Err("query parameters are not supported in a cluster or Sentinel URL".into());
+        return Err(
+            "query parameters and fragments (such as #insecure) are not supported \
+                    in a cluster or Sentinel URL"
+                .into(),
+        );
     }
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -285,6 +305,11 @@ mod tests {
         assert_eq!(s.username.as_deref(), Some("u"));
         assert_eq!(s.password.as_deref(), Some("p@ss"));
         assert!(!format!("{s:?}").contains("p@ss"));
+        assert!(!s.tls);
+        let Ok(Target::Sentinel(s)) = parse("rediss+sentinel://h1:26380/mymaster") else {
+            panic!("not a sentinel target");
+        };
+        assert!(s.tls && s.master == "mymaster");
     }
 
     #[test]
@@ -298,6 +323,8 @@ mod tests {
             "redis+sentinel://:pw@h:26379",
             "redis+sentinel://h:26379/m/x",
             "redis+sentinel://h:26379,,h2/m",
+            "rediss://:pw@h:6380/#insecure",
+            "rediss+cluster://:pw@h:7000#insecure",
             "nonsense",
         ] {
             let e = match parse(bad) {

@@ -80,6 +80,30 @@ macro_rules! on_every_store {
                     super::cleanup(&cache).await;
                     result
                 }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn tls() -> anyhow::Result<()> {
+                    let url = crate::tls::tls_url().await?;
+                    let cache = super::redis_cache_on(&url, super::unique_keys()).await?;
+                    let result = super::$name(cache.clone()).await;
+                    super::cleanup(&cache).await;
+                    result
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn tls_cluster() -> anyhow::Result<()> {
+                    let url = crate::tls::tls_cluster_url().await?;
+                    let cache = super::redis_cache_on(&url, super::unique_keys()).await?;
+                    let result = super::$name(cache.clone()).await;
+                    super::cleanup(&cache).await;
+                    result
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn tls_sentinel() -> anyhow::Result<()> {
+                    let url = crate::tls::tls_sentinel_url().await?;
+                    let cache = super::redis_cache_on(&url, super::unique_keys()).await?;
+                    let result = super::$name(cache.clone()).await;
+                    super::cleanup(&cache).await;
+                    result
+                }
             }
         )*
     };
@@ -1269,6 +1293,10 @@ mod otp_end_to_end {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sentinel() -> anyhow::Result<()> {
         super::otp_end_to_end_on(&crate::topologies::sentinel_url().await?).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tls_cluster() -> anyhow::Result<()> {
+        super::otp_end_to_end_on(&crate::tls::tls_cluster_url().await?).await
     }
 }
 

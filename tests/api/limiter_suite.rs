@@ -86,6 +86,21 @@ macro_rules! on_every_limiter {
                     let url = crate::topologies::sentinel_url().await?;
                     super::$name(super::Limiter::redis_on(&url).await?).await
                 }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn tls() -> anyhow::Result<()> {
+                    let url = crate::tls::tls_url().await?;
+                    super::$name(super::Limiter::redis_on(&url).await?).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn tls_cluster() -> anyhow::Result<()> {
+                    let url = crate::tls::tls_cluster_url().await?;
+                    super::$name(super::Limiter::redis_on(&url).await?).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn tls_sentinel() -> anyhow::Result<()> {
+                    let url = crate::tls::tls_sentinel_url().await?;
+                    super::$name(super::Limiter::redis_on(&url).await?).await
+                }
             }
         )*
     };

@@ -27,6 +27,7 @@ mod restart;
 mod seed_import;
 mod session_suite;
 mod shutdown;
+mod tls;
 mod topologies;
 mod topology_chaos;
 mod topology_e2e;

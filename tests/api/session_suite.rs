@@ -111,6 +111,21 @@ macro_rules! on_every_store {
                     let url = crate::topologies::sentinel_url().await?;
                     super::$name(super::Store::redis_on(&url).await?).await
                 }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn tls() -> anyhow::Result<()> {
+                    let url = crate::tls::tls_url().await?;
+                    super::$name(super::Store::redis_on(&url).await?).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn tls_cluster() -> anyhow::Result<()> {
+                    let url = crate::tls::tls_cluster_url().await?;
+                    super::$name(super::Store::redis_on(&url).await?).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn tls_sentinel() -> anyhow::Result<()> {
+                    let url = crate::tls::tls_sentinel_url().await?;
+                    super::$name(super::Store::redis_on(&url).await?).await
+                }
             }
         )*
     };

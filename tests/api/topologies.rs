@@ -34,7 +34,7 @@ pub const MASTER_NAME: &str = "stayafrica";
 const NO_PERSISTENCE: [&str; 4] = ["--save", "", "--appendonly", "no"];
 
 /// Kills `pids` and removes `dirs` once this test process has exited.
-fn watchdog(pids: &[u32], dirs: &[PathBuf]) -> anyhow::Result<()> {
+pub fn watchdog(pids: &[u32], dirs: &[PathBuf]) -> anyhow::Result<()> {
     let me = std::process::id();
     let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
     let dirs: Vec<String> = dirs.iter().map(|d| format!("'{}'", d.display())).collect();

@@ -139,6 +139,18 @@ mod two_instances_and_a_worker_on_postgres {
     async fn sentinel() -> anyhow::Result<()> {
         super::two_instances_and_a_worker_on(&super::sentinel_url().await?).await
     }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tls() -> anyhow::Result<()> {
+        super::two_instances_and_a_worker_on(&crate::tls::tls_url().await?).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tls_cluster() -> anyhow::Result<()> {
+        super::two_instances_and_a_worker_on(&crate::tls::tls_cluster_url().await?).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tls_sentinel() -> anyhow::Result<()> {
+        super::two_instances_and_a_worker_on(&crate::tls::tls_sentinel_url().await?).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
