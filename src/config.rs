@@ -26,7 +26,7 @@
 //! | `STAYAFRICA_OTP_TTL_SECS` | `300` |
 //! | `STAYAFRICA_REQUEST_TIMEOUT_MS` | `30000` |
 //! | `STAYAFRICA_MEMORY_CACHE_MB` | `256` (in-process cache bound) |
-//! | `STAYAFRICA_JOB_PARTITIONS` | unset: 1 on a standalone Redis (partitions of the Redis job queue, 1 to 1024) |
+//! | `STAYAFRICA_JOB_PARTITIONS` | unset: twice the masters on a Redis Cluster, else 1 (partitions of the Redis job queue, 1 to 1024) |
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -397,8 +397,8 @@ pub struct Settings {
     /// in bytes.
     pub memory_cache_bytes: u64,
     /// Partitions of the Redis job queue; `None`: chosen from the server
-    /// (1 on a standalone Redis; on a Cluster, twice its masters, once the
-    /// Cluster connection says how many).
+    /// at startup (1 on a standalone Redis or a Sentinel's master; on a
+    /// Cluster, twice its masters: `startup::default_job_partitions`).
     pub job_partitions: Option<u16>,
     /// Size bound of the near-cache of stored responses in front of a Redis
     /// cache, in bytes (0: no near-cache).

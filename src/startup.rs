@@ -19,7 +19,7 @@ use crate::config::Settings;
 use crate::db::Db;
 use crate::email::Mailer;
 use crate::http::{self, AppState, Inner};
-use crate::jobs::redis::RedisQueue;
+use crate::jobs::redis::{MAX_PARTITIONS, RedisQueue};
 use crate::jobs::sql::SqlQueue;
 use crate::jobs::worker::{JobContext, Worker, flush_views};
 use crate::jobs::{JobQueue, QueueBackend, Tallies};
@@ -75,14 +75,18 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<Jo
                 RedisRole::connect(Role::Sessions, r.sessions.expose_secret()).await?,
                 keys.clone(),
             )),
-            queue: Arc::new(
-                RedisQueue::new(
-                    broker.clone().context("the broker role is connected")?,
-                    &keys,
-                )
-                .with_partitions(settings.job_partitions.unwrap_or(1))
-                .with_wakeups(r.broker.expose_secret())?,
-            ),
+            queue: {
+                let broker = broker.clone().context("the broker role is connected")?;
+                let partitions = match settings.job_partitions {
+                    Some(n) => n,
+                    None => default_job_partitions(&broker).await?,
+                };
+                let queue = RedisQueue::new(broker, &keys)
+                    .with_partitions(partitions)
+                    .with_wakeups(r.broker.expose_secret())?;
+                queue.register().await?;
+                Arc::new(queue)
+            },
         },
     };
     if settings.redis.is_some() {
@@ -114,6 +118,23 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<Jo
         metrics: telemetry::metrics_handle(),
     });
     Ok((state, ctx))
+}
+
+/// The job queue's partition count when `STAYAFRICA_JOB_PARTITIONS` is
+/// unset: twice the number of masters on a Redis Cluster (each master then
+/// holds about two partitions' slots, so enqueues and leases spread over
+/// all of them), 1 on one server or a Sentinel's master.
+pub async fn default_job_partitions(broker: &RedisRole) -> anyhow::Result<u16> {
+    let conn = broker.connection();
+    if !conn.is_cluster() {
+        return Ok(1);
+    }
+    let masters = conn
+        .masters()
+        .await
+        .context("listing the broker's Redis Cluster masters")?;
+    let n = u16::try_from(masters.len().saturating_mul(2)).unwrap_or(MAX_PARTITIONS);
+    Ok(n.clamp(1, MAX_PARTITIONS))
 }
 
 /// The four role backends, in-process or Redis.

@@ -15,6 +15,7 @@ pub mod diagnostics;
 pub mod record;
 pub mod redis;
 pub mod sql;
+pub mod wake;
 pub mod worker;
 
 use std::sync::Arc;

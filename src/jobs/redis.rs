@@ -22,13 +22,14 @@
 //! | `ready` | list | ids due now (LPUSH to queue, RPOP to take; due retries and taken-back leases go to the head) |
 //! | `running` | hash | id → worker holding it: a job runs exactly while it is a field here |
 //! | `leases` | zset | ids being run (score: lease deadline ms) |
-//! | `wake` | list | wake-up tokens: enqueues push, idle worker processes wait with one `BLPOP` each |
+//! | `wake` | list | wake-up tokens: enqueues push, idle worker processes wait in `BLPOP` ([`super::wake`]) |
 //! | `delayed` | zset | ids waiting for a retry or a later start (score: run-at ms) |
 //! | `dead` | zset | ids out of attempts (score: time of death ms) |
 //!
-//! and, once (in partition 0's slot), `periodic:{name}:{slot}` (string:
-//! claim of one period of a periodic job, SET NX PX) and the diagnostic
-//! tallies of [`super::diagnostics`].
+//! and, once (in partition 0's slot), `partitions` (string: the highest
+//! partition count ever used, see "Changing the partition count"),
+//! `periodic:{name}:{slot}` (string: claim of one period of a periodic
+//! job, SET NX PX) and the diagnostic tallies of [`super::diagnostics`].
 //!
 //! The hash tag of a partition puts all its keys in one Cluster slot,
 //! including the records the scripts compute from ids they pop. Redis
@@ -37,22 +38,23 @@
 //!
 //! # Partitions
 //!
-//! The queue is split into [`RedisQueue::with_partitions`] partitions (1 by
-//! default; on a Cluster, twice the number of masters spreads them), each
-//! with its own hash tag (`{q}`, `{q1}`, `{q2}`, …), so that enqueues and
-//! leases spread over every master instead of one slot. A job's partition
-//! is a hash of its id (FNV-1a), so `info`, `replay` and `extend` find it
-//! without searching (and search every partition when it is not there, in
-//! case the count changed). Enqueues split each batch by partition.
+//! The queue is split into [`RedisQueue::with_partitions`] partitions (by
+//! default 1 on one server or a Sentinel's master, twice the number of
+//! masters on a Cluster: [`crate::startup::default_job_partitions`];
+//! `STAYAFRICA_JOB_PARTITIONS` overrides), each with its own hash tag
+//! (`{q}`, `{q1}`, `{q2}`, …), so that enqueues and leases spread over
+//! every master instead of one slot. A job's partition is a hash of its id
+//! (FNV-1a), so `info`, `replay` and `extend` find it without searching
+//! (and search every partition when it is not there, in case the count
+//! changed). Enqueues split each batch by partition.
 //!
 //! A worker process exchanges with one partition at a time for its next
-//! jobs, chosen (1) by the wake-up that woke it (the `BLPOP` answer names
-//! the partition's list), (2) by a partition whose delayed job or lease
-//! deadline has come (each exchange reports its partition's next one), or
-//! (3) round-robin, which keeps the partitions fair while all are busy
-//! and, for an idle worker, visits one partition per poll interval: the
-//! idle cost stays one `BLPOP` and one exchange per interval whatever the
-//! partition count. Every exchange reports its partition's next due time
+//! jobs, chosen (1) by the wake-up that woke it (the waiter that popped
+//! the token knows its partition: [`super::wake`]), (2) by a partition
+//! whose delayed job or lease deadline has come (each exchange reports its
+//! partition's next one), or (3) round-robin, which keeps the partitions
+//! fair while all are busy and, for an idle worker, visits one partition
+//! per poll interval. Every exchange reports its partition's next due time
 //! (delayed job or lease deadline), which the process keeps per partition
 //! and sleeps until. A lease that runs out in a partition no live worker
 //! has looked at since it was taken (its worker died, the others idle) is
@@ -60,13 +62,29 @@
 //! ran out, at the latest.
 //! Outcomes go to the partition each job was leased from (remembered per
 //! held job), in the same round trip. When the chosen partition has nothing
-//! left, the worker does not try every other partition: it waits on the
-//! wake-up lists of all of them in ONE `BLPOP`, which answers at once if
-//! any partition still has ready jobs (its exchange keeps a token there
-//! while jobs remain) and otherwise sleeps until an enqueue. That is legal
-//! on one server; on a Cluster the lists are in different slots, so the
-//! wait there is one `BLPOP` per partition (to be wired with the Cluster
-//! connection); the exchange protocol stays the same.
+//! left, the worker does not try every other partition: it waits for a
+//! wake-up token of any of them ([`super::wake`]: one `BLPOP` over every
+//! list on one server; on a Cluster, where the lists are in different
+//! slots, one `BLPOP` per partition on a connection of its own, raced),
+//! which answers at once if any partition still has ready jobs (its
+//! exchange keeps a token there while jobs remain) and otherwise sleeps
+//! until an enqueue.
+//!
+//! # Changing the partition count
+//!
+//! Jobs are queued into the configured count, but every process serves
+//! (leases from, waits on, counts, searches) the highest count ever used
+//! with the queue: [`RedisQueue::register`] raises a key in partition 0's
+//! slot (`jobs:{q}:partitions`) to the process's count at startup and
+//! reads the highest back, and processes read it again every 30 s (on
+//! their next exchange or operator read), so a worker started before an
+//! API process with a higher count serves that process's partitions soon
+//! after. Lowering the count (say a cluster shrank, or the setting was
+//! removed) therefore strands nothing: the higher partitions stop getting
+//! new jobs and are drained by every worker. The cost is one more
+//! partition to visit per poll interval for each partition no longer used;
+//! an operator who knows them empty (`jobs counts`) may delete the key
+//! while every process runs the new count, and restart them.
 //!
 //! # Records of the previous version
 //!
@@ -92,9 +110,9 @@
 //! # Waking idle workers
 //!
 //! An idle worker process does not poll: it waits in `BLPOP` on the wake-up
-//! lists on a connection of its own ([`crate::kv::blocking`]; the role's
-//! multiplexed connection has a 250 ms response timeout and must not be
-//! held by a block). `enqueue` pushes up to one token per job (at most
+//! lists on connections of its own ([`super::wake`], [`crate::kv::blocking`];
+//! the role's multiplexed connection has a 250 ms response timeout and must
+//! not be held by a block). `enqueue` pushes up to one token per job (at most
 //! [`WAKE_TOKENS`]); `exchange` keeps one token while ready jobs remain, so
 //! that idle processes wake one another, and drops stale tokens when the
 //! partition is empty. A worker wakes by itself when the next delayed job
@@ -102,7 +120,7 @@
 //! after its poll interval, in case a token was lost with a connection.
 
 use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -110,9 +128,9 @@ use async_trait::async_trait;
 use redis::Script;
 
 use super::record::{self, Record};
+use super::wake::Wakeups;
 use super::{Exchanged, Job, JobInfo, Leased, Outcome, QueueBackend, QueueCounts, Settle};
 use crate::kv::RedisRole;
-use crate::kv::blocking::BlockingConn;
 use crate::kv::keys::Keys;
 
 /// How long finished jobs' results are kept by default (as in the worker).
@@ -131,6 +149,10 @@ const ENQUEUE_BATCH: usize = 500;
 /// Most partitions a queue may have.
 pub const MAX_PARTITIONS: u16 = 1024;
 
+/// How often a process reads the highest partition count ever used again
+/// (see "Changing the partition count" above).
+const REFRESH: Duration = Duration::from_secs(30);
+
 /// The queue's Lua scripts (SHA1 computed once; loaded on first use). The
 /// scripts that read records get `record.lua` prepended.
 struct Scripts {
@@ -139,6 +161,7 @@ struct Scripts {
     info: Script,
     extend: Script,
     replay: Script,
+    partitions: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -153,6 +176,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
         include_str!("lua/record.lua"),
         include_str!("lua/replay.lua")
     )),
+    partitions: Script::new(include_str!("lua/partitions.lua")),
 });
 
 /// The keys of one partition.
@@ -182,7 +206,7 @@ impl Part {
 
 /// Where a worker process leases next (see "Partitions" above).
 struct Sched {
-    /// The partition whose wake-up list last woke this process.
+    /// The partition whose wake-up token last woke this process.
     hint: Option<u16>,
     /// Per partition: when its next delayed job or lease deadline is due,
     /// as its last exchange that left the worker short reported.
@@ -195,11 +219,17 @@ struct Sched {
 pub struct RedisQueue {
     role: RedisRole,
     keys: Keys,
-    parts: Vec<Part>,
+    /// The partition count jobs are queued into (the setting).
+    configured: u16,
+    /// The partitions served and searched: the highest count ever used
+    /// (see "Changing the partition count"), at least `configured`.
+    parts: RwLock<Vec<Arc<Part>>>,
+    /// When the highest count was last read.
+    refreshed: Mutex<Option<Instant>>,
     result_ttl: Duration,
-    /// The blocking connection idle workers wait on; without it,
+    /// The waiters idle workers wait on ([`super::wake`]); without them,
     /// [`QueueBackend::wait_for_work`] just sleeps (polling).
-    blocking: Option<BlockingConn>,
+    wakeups: Option<Wakeups>,
     /// With several partitions: the partition each job this process holds
     /// was leased from (its outcome and extensions go there, even if the
     /// partition count changed since it was queued).
@@ -218,32 +248,129 @@ impl RedisQueue {
         RedisQueue {
             role,
             keys: keys.clone(),
-            parts: vec![Part::new(keys, 0)],
+            configured: 1,
+            parts: RwLock::new(vec![Arc::new(Part::new(keys, 0))]),
+            refreshed: Mutex::new(None),
             result_ttl: DEFAULT_RESULT_TTL,
-            blocking: None,
+            wakeups: None,
             held: Mutex::new(HashMap::new()),
             sched: Mutex::new(Sched {
                 hint: None,
-                due: vec![None],
+                due: vec![Some(Instant::now())],
                 cursor: 0,
             }),
         }
     }
 
-    /// Splits the queue into `n` partitions (1 to [`MAX_PARTITIONS`]); every
-    /// process of a deployment must use the same count. Raising it later
-    /// is safe; lowering it strands the jobs of the partitions dropped.
+    /// Splits the queue into `n` partitions (1 to [`MAX_PARTITIONS`]): jobs
+    /// are queued into `n`. Every process serves (leases from, counts,
+    /// searches) the highest count ever used with this queue as well, once
+    /// [`RedisQueue::register`] read it, so changing the count strands no
+    /// job (see "Changing the partition count" in the module docs).
     pub fn with_partitions(mut self, n: u16) -> Self {
         let n = n.clamp(1, MAX_PARTITIONS);
-        self.parts = (0..n).map(|p| Part::new(&self.keys, p)).collect();
-        lock(&self.sched).due = vec![None; usize::from(n)];
+        self.configured = n;
+        self.serve(n);
         self
     }
 
-    /// Lets idle workers wait for new jobs on a blocking connection of their
-    /// own to `url` (the broker's Redis) instead of polling.
+    /// Raises the highest partition count ever used with this queue (a key
+    /// in partition 0's slot) to this process's, and serves up to it. Run
+    /// at startup by every process; workers read it again every 30 s.
+    pub async fn register(&self) -> anyhow::Result<()> {
+        let key = self.keys.jobs_partitions();
+        let configured = self.configured;
+        let highest: i64 = self
+            .role
+            .run(|mut c| async move {
+                SCRIPTS
+                    .partitions
+                    .key(&key)
+                    .arg(configured)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await
+            .context("recording the job queue's partition count")?;
+        *lock(&self.refreshed) = Some(Instant::now());
+        self.serve_highest(highest);
+        Ok(())
+    }
+
+    /// Reads the highest partition count again if [`REFRESH`] passed (a
+    /// process started with a higher count since); errors are only logged.
+    async fn refresh(&self) {
+        {
+            let mut at = lock(&self.refreshed);
+            if at.is_some_and(|t| t.elapsed() < REFRESH) {
+                return;
+            }
+            *at = Some(Instant::now());
+        }
+        let key = self.keys.jobs_partitions();
+        let read = self
+            .role
+            .run(|mut c| async move {
+                redis::cmd("GET")
+                    .arg(&key)
+                    .query_async::<Option<i64>>(&mut c)
+                    .await
+            })
+            .await;
+        match read {
+            Ok(highest) => self.serve_highest(highest.unwrap_or(0)),
+            Err(e) => tracing::debug!(
+                error = format!("{e:#}"),
+                "reading the job queue's partition count failed"
+            ),
+        }
+    }
+
+    fn serve_highest(&self, highest: i64) {
+        let highest = u16::try_from(highest.clamp(1, i64::from(MAX_PARTITIONS))).unwrap_or(1);
+        if highest > self.served() {
+            tracing::info!(
+                partitions = self.configured,
+                served = highest,
+                "serving the job partitions of a higher count used before"
+            );
+            self.serve(highest);
+        }
+    }
+
+    /// Serves `n` partitions (never fewer than now).
+    fn serve(&self, n: u16) {
+        {
+            let mut parts = self.parts.write().unwrap_or_else(|e| e.into_inner());
+            let from = u16::try_from(parts.len()).unwrap_or(MAX_PARTITIONS);
+            for p in from..n {
+                parts.push(Arc::new(Part::new(&self.keys, p)));
+            }
+        }
+        // A partition not looked at yet counts as due: a process visits
+        // each once at the start, and so learns of the delayed jobs and
+        // the leases of a worker that died there without waiting for the
+        // rotation to come round.
+        let served = usize::from(self.served());
+        lock(&self.sched).due.resize(served, Some(Instant::now()));
+        if let Some(w) = &self.wakeups
+            && tokio::runtime::Handle::try_current().is_ok()
+            && let Err(e) = w.cover(&self.wake_lists())
+        {
+            tracing::warn!(error = format!("{e:#}"), "waiting for wake-ups failed");
+        }
+    }
+
+    fn wake_lists(&self) -> Vec<String> {
+        self.parts_now().iter().map(|p| p.wake.clone()).collect()
+    }
+
+    /// Lets idle workers wait for new jobs on blocking connections of their
+    /// own to `url` (the broker's Redis) instead of polling: one for all
+    /// partitions on one server, one per partition on a Cluster
+    /// ([`super::wake`]). The waits start with the first wait for work.
     pub fn with_wakeups(mut self, url: &str) -> anyhow::Result<Self> {
-        self.blocking = Some(BlockingConn::new(url)?);
+        self.wakeups = Some(Wakeups::new(url, self.role.clone())?);
         Ok(self)
     }
 
@@ -253,9 +380,20 @@ impl RedisQueue {
         self
     }
 
-    /// The number of partitions.
+    /// The number of partitions jobs are queued into.
     pub fn partitions(&self) -> u16 {
-        u16::try_from(self.parts.len()).unwrap_or(MAX_PARTITIONS)
+        self.configured
+    }
+
+    /// The number of partitions served: the highest count ever used, as
+    /// last read (at least [`RedisQueue::partitions`]).
+    pub fn served(&self) -> u16 {
+        u16::try_from(self.parts.read().unwrap_or_else(|e| e.into_inner()).len())
+            .unwrap_or(MAX_PARTITIONS)
+    }
+
+    fn parts_now(&self) -> Vec<Arc<Part>> {
+        self.parts.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The partition a job id is queued in: FNV-1a of the id, modulo the
@@ -275,7 +413,7 @@ impl RedisQueue {
 
     /// The partition a job this process holds was leased from.
     fn held_in(&self, id: &str) -> u16 {
-        if self.parts.len() == 1 {
+        if self.served() == 1 {
             return 0;
         }
         lock(&self.held)
@@ -287,12 +425,12 @@ impl RedisQueue {
     /// The partition to lease from next: the one a wake-up named, one whose
     /// next job is due, or the next in turn.
     fn pick(&self) -> u16 {
-        let n = self.partitions();
+        let n = self.served();
         if n == 1 {
             return 0;
         }
         let mut s = lock(&self.sched);
-        if let Some(p) = s.hint.take() {
+        if let Some(p) = s.hint.take().filter(|p| *p < n) {
             return p;
         }
         let now = Instant::now();
@@ -303,12 +441,13 @@ impl RedisQueue {
         s.cursor
     }
 
-    fn part(&self, p: u16) -> &Part {
-        &self.parts[usize::from(p) % self.parts.len()]
+    fn part(&self, p: u16) -> Arc<Part> {
+        let parts = self.parts.read().unwrap_or_else(|e| e.into_inner());
+        parts[usize::from(p) % parts.len()].clone()
     }
 
     async fn enqueue_in(&self, p: u16, jobs: &[&(String, Job, i64)]) -> anyhow::Result<()> {
-        let part = self.part(p);
+        let part = &*self.part(p);
         let created = crate::db::now_ms();
         let mut args: Vec<String> = Vec::with_capacity(jobs.len() * 3);
         for (id, job, run_at_ms) in jobs {
@@ -357,7 +496,7 @@ impl RedisQueue {
         want: usize,
         report_due: bool,
     ) -> anyhow::Result<Exchanged> {
-        let part = self.part(p);
+        let part = &*self.part(p);
         let retry_at: Vec<String> = outcomes
             .iter()
             .map(|o| match &o.settle {
@@ -413,7 +552,8 @@ impl RedisQueue {
     /// Status of `id` in partition `p`, if it is there.
     async fn info_in(&self, p: u16, id: &str) -> anyhow::Result<Option<JobInfo>> {
         let key = self.keys.jobs_job(p, id);
-        let running = &self.part(p).running;
+        let part = self.part(p);
+        let running = &part.running;
         type Raw = (
             Option<String>,
             Option<String>,
@@ -443,7 +583,7 @@ impl RedisQueue {
     /// (in case the partition count changed since it was queued).
     fn search_order(&self, id: &str) -> impl Iterator<Item = u16> {
         let home = self.partition_of(id);
-        std::iter::once(home).chain((0..self.partitions()).filter(move |p| *p != home))
+        std::iter::once(home).chain((0..self.served()).filter(move |p| *p != home))
     }
 }
 
@@ -516,7 +656,7 @@ impl QueueBackend for RedisQueue {
     async fn enqueue_many(&self, jobs: &[(String, Job, i64)]) -> anyhow::Result<()> {
         for chunk in jobs.chunks(ENQUEUE_BATCH) {
             let mut groups: Vec<Vec<&(String, Job, i64)>> = Vec::new();
-            groups.resize_with(self.parts.len(), Vec::new);
+            groups.resize_with(usize::from(self.partitions()), Vec::new);
             for job in chunk {
                 groups[usize::from(self.partition_of(&job.0))].push(job);
             }
@@ -537,7 +677,8 @@ impl QueueBackend for RedisQueue {
         outcomes: &[Outcome],
         want: usize,
     ) -> anyhow::Result<Exchanged> {
-        if self.parts.len() == 1 {
+        self.refresh().await;
+        if self.served() == 1 {
             let outcomes: Vec<&Outcome> = outcomes.iter().collect();
             return self.exchange_in(0, worker_id, &outcomes, want, false).await;
         }
@@ -619,7 +760,8 @@ impl QueueBackend for RedisQueue {
     /// Leases the next due job from any partition (operators and tests;
     /// workers use [`QueueBackend::exchange`]).
     async fn reserve(&self, worker_id: &str) -> anyhow::Result<Option<Leased>> {
-        let n = self.partitions();
+        self.refresh().await;
+        let n = self.served();
         let start = self.pick();
         for k in 0..n {
             let p = (start + k) % n;
@@ -635,19 +777,14 @@ impl QueueBackend for RedisQueue {
     }
 
     async fn wait_for_work(&self, timeout: Duration) -> anyhow::Result<()> {
-        match &self.blocking {
-            Some(conn) => {
-                // One BLPOP over every partition's wake-up list (one
-                // server; see "Partitions" above for a Cluster).
-                let keys: Vec<&str> = self.parts.iter().map(|p| p.wake.as_str()).collect();
-                if let Some((key, _)) = conn.blpop_any(&keys, timeout).await?
-                    && self.parts.len() > 1
-                {
-                    lock(&self.sched).hint = self
-                        .parts
-                        .iter()
-                        .position(|p| p.wake == key)
-                        .and_then(|p| u16::try_from(p).ok());
+        match &self.wakeups {
+            Some(w) => {
+                // The waiters start with the first wait (inside the
+                // runtime); later calls find them running.
+                w.cover(&self.wake_lists())?;
+                // The partition a token named is the next one leased from.
+                if let Some(p) = w.wait(timeout).await {
+                    lock(&self.sched).hint = Some(p);
                 }
                 Ok(())
             }
@@ -659,7 +796,7 @@ impl QueueBackend for RedisQueue {
     }
 
     async fn extend(&self, id: &str, worker_id: &str, timeout: Duration) -> anyhow::Result<bool> {
-        let part = self.part(self.held_in(id));
+        let part = &*self.part(self.held_in(id));
         let held: i64 = self
             .role
             .run(|mut c| async move {
@@ -679,6 +816,7 @@ impl QueueBackend for RedisQueue {
     }
 
     async fn info(&self, id: &str) -> anyhow::Result<Option<JobInfo>> {
+        self.refresh().await;
         for p in self.search_order(id) {
             if let Some(info) = self.info_in(p, id).await? {
                 return Ok(Some(info));
@@ -691,9 +829,11 @@ impl QueueBackend for RedisQueue {
         if limit == 0 {
             return Ok(Vec::new());
         }
+        self.refresh().await;
         let stop = i64::try_from(limit).unwrap_or(i64::MAX) - 1;
-        let lists = futures::future::try_join_all(self.parts.iter().enumerate().map(
-            |(p, part)| async move {
+        let parts = self.parts_now();
+        let lists =
+            futures::future::try_join_all(parts.iter().enumerate().map(|(p, part)| async move {
                 let ids: Vec<(String, f64)> = self
                     .role
                     .run(|mut c| async move {
@@ -708,9 +848,8 @@ impl QueueBackend for RedisQueue {
                     .await
                     .context("listing dead jobs")?;
                 anyhow::Ok((p, ids))
-            },
-        ))
-        .await?;
+            }))
+            .await?;
         // Most recently dead first, across partitions.
         let mut all: Vec<(u16, String, f64)> = lists
             .into_iter()
@@ -728,8 +867,9 @@ impl QueueBackend for RedisQueue {
     }
 
     async fn replay(&self, id: &str) -> anyhow::Result<bool> {
+        self.refresh().await;
         for p in self.search_order(id) {
-            let part = self.part(p);
+            let part = &*self.part(p);
             let job_key = self.keys.jobs_job(p, id);
             let done: i64 = self
                 .role
@@ -781,7 +921,9 @@ impl QueueBackend for RedisQueue {
     }
 
     async fn counts(&self) -> anyhow::Result<QueueCounts> {
-        let per_part = futures::future::try_join_all(self.parts.iter().map(|part| async move {
+        self.refresh().await;
+        let parts = self.parts_now();
+        let per_part = futures::future::try_join_all(parts.iter().map(|part| async move {
             self.role
                 .run(|mut c| async move {
                     redis::pipe()

@@ -96,6 +96,20 @@ pub fn email_tag(email: &Email) -> String {
     digest[..12].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The hash tags of the job queue's first partitions (see `jobs_base`),
+/// chosen so that a Cluster's default count, twice its masters, puts
+/// exactly two partitions on each master, for 1 to 6 masters owning equal
+/// contiguous slot ranges (as `redis-cli --cluster create` assigns them):
+/// the first 2m tags fall two into each m-th of the 16384 slots, none
+/// within 48 slots of a boundary. The plain `q{N}` tags fall 3/2/1 over
+/// three masters for N < 6, one master holding half the queue. Each tag is
+/// the first of `q{N}`, `q{N}-1`, `q{N}-2`, … that keeps that property
+/// (found once by a search; the unit test below checks it). Fixed for
+/// good: a tag that changed would strand its partition's jobs.
+pub const JOB_PARTITION_TAGS: [&str; 12] = [
+    "q", "q1", "q2", "q3-2", "q4", "q5", "q6-7", "q7", "q8-15", "q9-2", "q10-30", "q11-3",
+];
+
 impl Keys {
     /// Keys under `prefix`, used verbatim (include the separator: `stayafrica:`).
     pub fn new(prefix: &str) -> Self {
@@ -393,15 +407,15 @@ impl Keys {
     // Cluster slot: the Lua scripts touch several of them (and job records
     // they compute from ids) atomically. Partition 0's tag is `{q}`, the
     // tag of the queue before it was partitioned, so that jobs queued by
-    // that version are partition 0's; the others are `{q1}`, `{q2}`, …
+    // that version are partition 0's; the others are [`JOB_PARTITION_TAGS`]
+    // (`{q1}`, `{q2}`, `{q3-2}`, …), then `{qN}`.
 
-    /// `{prefix}jobs:{q}:` (partition 0) or `{prefix}jobs:{qN}:`: the
+    /// `{prefix}jobs:{q}:` (partition 0) or `{prefix}jobs:{TAG}:`: the
     /// hash-tagged base of every key of partition `partition`.
     fn jobs_base(&self, partition: u16) -> String {
-        if partition == 0 {
-            format!("{}jobs:{{q}}:", self.prefix)
-        } else {
-            format!("{}jobs:{{q{partition}}}:", self.prefix)
+        match JOB_PARTITION_TAGS.get(usize::from(partition)) {
+            Some(tag) => format!("{}jobs:{{{tag}}}:", self.prefix),
+            None => format!("{}jobs:{{q{partition}}}:", self.prefix),
         }
     }
 
@@ -451,6 +465,13 @@ impl Keys {
         format!("{}wake", self.jobs_base(partition))
     }
 
+    /// The highest partition count ever used with the queue (a string, in
+    /// partition 0's slot): every process serves that many partitions, so
+    /// that lowering the count strands no job.
+    pub fn jobs_partitions(&self) -> String {
+        format!("{}partitions", self.jobs_base(0))
+    }
+
     /// Claim marker of one period of a periodic job (SET NX; one key, in
     /// partition 0's slot whatever the partition count).
     pub fn jobs_periodic(&self, name: &str, slot: i64) -> String {
@@ -468,4 +489,34 @@ impl Keys {
         format!("{}tally-pickup:{tally}", self.jobs_base(0))
     }
     // ---- end of Jobs ----
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::cluster_routing::Slot;
+
+    fn slot_of(key: &str) -> usize {
+        let slot = Slot::for_key(key);
+        (0..16384u16)
+            .find(|s| Slot::new(*s) == Some(slot))
+            .map(usize::from)
+            .unwrap_or(usize::MAX)
+    }
+
+    #[test]
+    fn the_default_partition_counts_put_two_partitions_on_every_master() {
+        let keys = Keys::new("p:");
+        assert_eq!(keys.jobs_ready(0), "p:jobs:{q}:ready");
+        let slots: Vec<usize> = (0..12).map(|p| slot_of(&keys.jobs_ready(p))).collect();
+        for masters in 1..=6usize {
+            let mut per_master = vec![0; masters];
+            for s in &slots[..2 * masters] {
+                per_master[s * masters / 16384] += 1;
+            }
+            assert_eq!(per_master, vec![2; masters], "{masters} masters: {slots:?}");
+        }
+        // Past the table: the plain tags.
+        assert_eq!(keys.jobs_ready(12), "p:jobs:{q12}:ready");
+    }
 }

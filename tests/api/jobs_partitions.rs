@@ -8,9 +8,8 @@
 //! version before string records (hashes) still run and replay.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use stayafrica::db::now_ms;
@@ -22,11 +21,9 @@ use stayafrica::kv::{RedisRole, Role};
 
 use crate::helpers::SHARED_REDIS;
 use crate::jobs_suite::RedisCleanup;
+use crate::workers::{FLUSH_SECS, Workers};
 
 const PARTITIONS: u16 = 4;
-
-/// The workers' view-flush period: longer than any test.
-const FLUSH_SECS: i64 = 100_000_000;
 
 /// A 4-partition queue under a prefix of its own, with the probes'
 /// tallies, and the worker processes started on it (killed when dropped,
@@ -35,8 +32,7 @@ struct Setup {
     prefix: String,
     queue: JobQueue,
     redis_queue: Arc<RedisQueue>,
-    dir: tempfile::TempDir,
-    workers: Vec<(std::path::PathBuf, Child)>,
+    workers: Workers,
     _cleanup: RedisCleanup,
 }
 
@@ -60,13 +56,14 @@ impl Setup {
                 .await?
         );
         let queue = JobQueue::new(redis_queue.clone()).with_tallies(Tallies::redis(role, keys));
+        let mut workers = Workers::on_queue(SHARED_REDIS, &prefix)?;
+        workers.set("STAYAFRICA_JOB_PARTITIONS", &PARTITIONS.to_string());
         Ok(Setup {
             _cleanup: RedisCleanup(prefix.clone()),
             prefix,
             queue,
             redis_queue,
-            dir: tempfile::tempdir()?,
-            workers: Vec::new(),
+            workers,
         })
     }
 
@@ -74,95 +71,25 @@ impl Setup {
         self.queue.backend()
     }
 
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stayafrica"));
-        for var in [
-            "STAYAFRICA_CONFIG",
-            "REDIS_CACHE_URL",
-            "REDIS_SESSIONS_URL",
-            "REDIS_RATELIMIT_URL",
-            "REDIS_BROKER_URL",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd.args(args)
-            .env(
-                "DATABASE_URL",
-                format!("sqlite://{}", self.dir.path().join("w.db").display()),
-            )
-            .env("REDIS_URL", SHARED_REDIS)
-            .env("STAYAFRICA_KEY_PREFIX", &self.prefix)
-            .env("STAYAFRICA_JOB_PARTITIONS", PARTITIONS.to_string())
-            .env("STAYAFRICA_VIEW_FLUSH_SECS", FLUSH_SECS.to_string())
-            .env("STAYAFRICA_EMAIL", "log")
-            .env("RUST_LOG", "info,sqlx=warn")
-            .stdin(Stdio::null());
-        cmd
-    }
-
     /// Starts `stayafrica worker ARGS…`; returns its index.
     fn start_worker(&mut self, args: &[&str]) -> anyhow::Result<usize> {
-        let n = self.workers.len();
-        let log = self.dir.path().join(format!("worker-{n}.log"));
-        let out = std::fs::File::create(&log)?;
-        let child = self
-            .command(&[&["worker"], args].concat())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .context("running the stayafrica binary")?;
-        self.workers.push((log, child));
-        Ok(n)
+        self.workers.start(args)
     }
 
-    /// SIGKILL, as a crash or an OOM kill.
     fn kill(&mut self, n: usize) -> anyhow::Result<()> {
-        let child = &mut self.workers[n].1;
-        child.kill()?;
-        child.wait()?;
-        Ok(())
+        self.workers.kill(n)
     }
 
     fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = self.command(args).output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "stayafrica {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        self.workers.cli(args)
     }
 
-    fn tails(&self) -> String {
-        self.workers
-            .iter()
-            .map(|(path, _)| {
-                let text = std::fs::read_to_string(path).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                let from = lines.len().saturating_sub(40);
-                format!("--- {}\n{}", path.display(), lines[from..].join("\n"))
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    async fn wait<F, Fut>(&self, limit: Duration, what: &str, mut check: F) -> anyhow::Result<()>
+    async fn wait<F, Fut>(&self, limit: Duration, what: &str, check: F) -> anyhow::Result<()>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = anyhow::Result<bool>>,
     {
-        let deadline = Instant::now() + limit;
-        loop {
-            if check().await? {
-                return Ok(());
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "timed out waiting: {what}\n{}",
-                self.tails()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.workers.wait(limit, what, check).await
     }
 
     async fn runs(&self, tally: &str) -> anyhow::Result<BTreeMap<String, i64>> {
@@ -184,15 +111,6 @@ impl Setup {
                     .query::<i64>(&mut con)?)
             })
             .collect()
-    }
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        for (_, c) in &mut self.workers {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 

@@ -7,9 +7,8 @@
 //! by 4 processes, and two workers flushing views without double counting.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use futures::StreamExt;
@@ -26,6 +25,7 @@ use crate::helpers::{
     self, DbGuard, SHARED_REDIS, TestApp, TestDb, TestOptions, fresh_database, property_body,
     wait_until,
 };
+use crate::workers::Workers;
 
 // ---------------------------------------------------------------------------
 // Backends under test
@@ -517,159 +517,6 @@ async fn worker_retries_kills_and_releases(db: TestDb, redis: Option<&str>) -> a
 // Real worker processes on Redis
 // ---------------------------------------------------------------------------
 
-/// `stayafrica` worker processes for one test app; all killed when dropped
-/// (also when the test fails). Their output goes to log files shown when a
-/// wait times out.
-struct Workers {
-    children: Vec<(String, Child)>,
-    env: Vec<(String, String)>,
-    logs: tempfile::TempDir,
-}
-
-impl Workers {
-    fn for_app(app: &TestApp) -> anyhow::Result<Workers> {
-        Workers::for_app_on(app, SHARED_REDIS)
-    }
-
-    /// Workers on the Redis at `base` (one server, a cluster, a Sentinel's
-    /// master), which must be the app's.
-    fn for_app_on(app: &TestApp, base: &str) -> anyhow::Result<Workers> {
-        let logs = tempfile::tempdir()?;
-        Ok(Workers {
-            children: Vec::new(),
-            env: vec![
-                ("STAYAFRICA_VIEW_FLUSH_SECS".into(), "1".into()),
-                ("DATABASE_URL".into(), app.db_url.clone()),
-                ("REDIS_URL".into(), base.into()),
-                (
-                    "STAYAFRICA_KEY_PREFIX".into(),
-                    app.state.settings.key_prefix.clone(),
-                ),
-                (
-                    "STAYAFRICA_EMAIL".into(),
-                    format!("file:{}", app.email_dir.display()),
-                ),
-                ("RUST_LOG".into(), "info,sqlx=warn".into()),
-            ],
-            logs,
-        })
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stayafrica"));
-        cmd.args(args).stdin(Stdio::null());
-        for var in [
-            "STAYAFRICA_CONFIG",
-            "REDIS_CACHE_URL",
-            "REDIS_SESSIONS_URL",
-            "REDIS_RATELIMIT_URL",
-            "REDIS_BROKER_URL",
-        ] {
-            cmd.env_remove(var);
-        }
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
-        cmd
-    }
-
-    /// Starts `stayafrica worker ARGS…`; returns its index.
-    fn start(&mut self, args: &[&str]) -> anyhow::Result<usize> {
-        let n = self.children.len();
-        let log = self.logs.path().join(format!("worker-{n}.log"));
-        let out = std::fs::File::create(&log)?;
-        let child = self
-            .command(&[&["worker"], args].concat())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .context("running the stayafrica binary")?;
-        self.children.push((log.display().to_string(), child));
-        Ok(n)
-    }
-
-    fn set_log_level(&mut self, level: &str) {
-        self.env.retain(|(k, _)| k != "RUST_LOG");
-        self.env.push(("RUST_LOG".into(), level.into()));
-    }
-
-    fn pid(&self, n: usize) -> u32 {
-        self.children[n].1.id()
-    }
-
-    /// SIGKILL: the worker dies mid-job, as in a crash or an OOM kill.
-    fn kill(&mut self, n: usize) -> anyhow::Result<()> {
-        let child = &mut self.children[n].1;
-        child.kill()?;
-        child.wait()?;
-        Ok(())
-    }
-
-    /// SIGTERM (as systemd or Kubernetes stop a worker); waits for the exit
-    /// and returns whether it was clean.
-    fn terminate(&mut self, n: usize) -> anyhow::Result<bool> {
-        let child = &mut self.children[n].1;
-        let sent = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status()?;
-        anyhow::ensure!(sent.success(), "kill -TERM failed");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status.success());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        anyhow::bail!("the worker did not exit within 20 s of SIGTERM")
-    }
-
-    /// Runs a CLI subcommand to completion; returns its stdout.
-    fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = self.command(args).output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "stayafrica {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// The last lines of every worker's log (for failure messages).
-    fn tails(&self) -> String {
-        self.children
-            .iter()
-            .map(|(path, _)| {
-                let text = std::fs::read_to_string(path).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                let from = lines.len().saturating_sub(15);
-                format!("--- {path}\n{}", lines[from..].join("\n"))
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// [`wait_until`], with the workers' logs in the error.
-    async fn wait<F, Fut>(&self, limit: Duration, what: &str, check: F) -> anyhow::Result<()>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = anyhow::Result<bool>>,
-    {
-        wait_until(limit, what, check)
-            .await
-            .with_context(|| self.tails())
-    }
-}
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        for (_, c) in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 async fn redis_app() -> anyhow::Result<(TestApp, RedisCleanup)> {
     let app = helpers::spawn_app_with(TestOptions {
         redis: Some(SHARED_REDIS.into()),
@@ -827,17 +674,20 @@ mod ten_thousand_jobs_run_exactly_once_on_four_worker_processes {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redis() -> anyhow::Result<()> {
         let (app, _cleanup) = super::redis_app().await?;
-        super::ten_thousand_jobs_on(app, crate::helpers::SHARED_REDIS).await
+        super::ten_thousand_jobs_on(app, crate::helpers::SHARED_REDIS, None).await
     }
+    /// With the default partition count of a cluster (6 for 3 masters),
+    /// the queue's records are on every master, none holding over half.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn cluster() -> anyhow::Result<()> {
-        let base = crate::topologies::cluster_url().await?;
-        super::ten_thousand_jobs_on(super::redis_app_on(&base).await?, &base).await
+        let cluster = crate::topologies::shared_cluster().await?;
+        let base = cluster.url();
+        super::ten_thousand_jobs_on(super::redis_app_on(&base).await?, &base, Some(cluster)).await
     }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sentinel() -> anyhow::Result<()> {
         let base = crate::topologies::sentinel_url().await?;
-        super::ten_thousand_jobs_on(super::redis_app_on(&base).await?, &base).await
+        super::ten_thousand_jobs_on(super::redis_app_on(&base).await?, &base, None).await
     }
 }
 
@@ -852,7 +702,13 @@ async fn redis_app_on(base: &str) -> anyhow::Result<TestApp> {
     .await
 }
 
-async fn ten_thousand_jobs_on(app: TestApp, base: &str) -> anyhow::Result<()> {
+/// 10,000 jobs on the Redis at `base`; on `cluster`, queued with its
+/// default partition count, whose records must spread over its masters.
+async fn ten_thousand_jobs_on(
+    app: TestApp,
+    base: &str,
+    cluster: Option<&crate::topologies::Cluster>,
+) -> anyhow::Result<()> {
     const JOBS: usize = 10_000;
     let q = app.state.jobs.backend().clone();
     let tally = uuid::Uuid::new_v4().simple().to_string();
@@ -864,6 +720,24 @@ async fn ten_thousand_jobs_on(app: TestApp, base: &str) -> anyhow::Result<()> {
         .collect()
         .await;
     let ids: Vec<String> = ids.into_iter().collect::<anyhow::Result<_>>()?;
+    let prefix = app.state.settings.key_prefix.clone();
+    if let Some(cluster) = cluster {
+        // The default count, as every process of the app's recorded it.
+        let conn = stayafrica::kv::connect_plain(base, Duration::from_secs(5)).await?;
+        let recorded: Option<u16> = redis::cmd("GET")
+            .arg(Keys::new(&prefix).jobs_partitions())
+            .query_async(&mut conn.clone())
+            .await?;
+        assert_eq!(recorded, Some(6), "twice the 3 masters");
+        let records =
+            crate::topology_ops::per_master(cluster, &format!("{prefix}jobs:*:job:*")).await?;
+        assert_eq!(records.values().sum::<usize>(), JOBS, "{records:?}");
+        crate::topology_ops::assert_spread("queued job records", &records);
+        // And every master holds ready lists of its own.
+        let ready =
+            crate::topology_ops::per_master(cluster, &format!("{prefix}jobs:*:ready")).await?;
+        crate::topology_ops::assert_spread("ready lists", &ready);
+    }
 
     let mut workers = Workers::for_app_on(&app, base)?;
     workers.set_log_level("warn");

@@ -49,7 +49,7 @@ pub async fn per_master(cluster: &Cluster, pattern: &str) -> anyhow::Result<BTre
 }
 
 /// Every master holds some of `counts`' keys and none more than half.
-fn assert_spread(what: &str, counts: &BTreeMap<u16, usize>) {
+pub fn assert_spread(what: &str, counts: &BTreeMap<u16, usize>) {
     let total: usize = counts.values().sum();
     assert_eq!(counts.len(), 3, "{what}: three masters: {counts:?}");
     for (port, n) in counts {
