@@ -15,7 +15,8 @@
 # Usage: scripts/bench-booking.sh            (5 s warm-up + 15 s measured, 2 rounds)
 #        BUILD=0 WARMUP=2 DURATION=5 ROUNDS=1 scripts/bench-booking.sh   (a quick run)
 # Knobs (environment): WARMUP, DURATION (seconds), ROUNDS (2), THREADS (2),
-# CONNS (32), BUILD (1: cargo build --release first), PG_ADMIN (admin URL for
+# CONNS (32), SCENARIOS ("booking"; also "featured list detail dashboard":
+# the cached GETs of scripts/bench-hot.sh, against the guide's views), BUILD (1: cargo build --release first), PG_ADMIN (admin URL for
 # CREATE DATABASE), DJANGO_WORKERS (5: gunicorn sync workers, 2 x cores + 1),
 # VENV (/tmp/stayafrica-django-venv: made from bench/django/requirements.txt
 # when missing or outdated), SYSTEMS ("ours django"), PERF (1: `perf record
@@ -31,7 +32,8 @@
 # time (/proc/PID/stat) of the application's processes, of Redis and of the
 # database's PostgreSQL backends; all of these per booking the database
 # inserted during the measured run (requests in flight at wrk's deadline
-# book too). Then the ratio service/Django per round.
+# book too; for a GET: per request answered). Then the ratio service/Django
+# per round and scenario.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -46,6 +48,7 @@ PG_ADMIN=${PG_ADMIN:-postgres://postgres@127.0.0.1:5432/postgres}
 DJANGO_WORKERS=${DJANGO_WORKERS:-5}
 VENV=${VENV:-/tmp/stayafrica-django-venv}
 SYSTEMS=${SYSTEMS:-"ours django"}
+SCENARIOS=${SCENARIOS:-booking}
 PERF=${PERF:-0}
 OUT=${OUT:-$(mktemp -d /tmp/bench-booking.XXXXXX)}
 TARGET=${CARGO_TARGET_DIR:-target}
@@ -54,7 +57,7 @@ PROPERTIES=10000
 GUEST=user500@example.com
 # PostgreSQL publishes a backend's statistics at most 10 s after its last
 # transaction when it goes idle.
-STATS_DELAY=11
+STATS_DELAY=${STATS_DELAY:-11}
 # Throttles raised the same way for both: the benchmark measures bookings,
 # not 429s.
 export STAYAFRICA_THROTTLE_ANON=1000000000/hour STAYAFRICA_THROTTLE_USER=1000000000/hour \
@@ -165,17 +168,38 @@ xacts() {
 }
 
 RESULTS=$OUT/results.txt
-printf '%-5s %-6s %8s %9s %8s %9s %8s %10s %9s %16s %s\n' round system "req/s" p99 "201" "other" booked "redis/bkg" "xact/bkg" "cpu us app/rd/pg" "load (after)" >"$RESULTS"
+printf '%-5s %-9s %-6s %8s %9s %8s %9s %8s %10s %9s %16s %s\n' round scenario system "req/s" p99 "ok" "other" "n" "redis/n" "xact/n" "cpu us app/rd/pg" "load (after)" >"$RESULTS"
 declare -A RPS
 
+path_of() {
+  case $1 in
+    featured) echo "/api/v1/properties/featured" ;;
+    list) echo "/api/v1/properties?city=Nairobi&page=2" ;;
+    detail) echo "/api/v1/properties/42" ;;
+    dashboard) echo "/api/v1/dashboard" ;;
+    *) echo "unknown scenario $1" >&2; exit 1 ;;
+  esac
+}
+
+# wrk_args SYSTEM SCENARIO: wrk's target arguments (a new range of days for
+# each booking run).
+wrk_args() {
+  local url="http://127.0.0.1:$(port_of "$1")"
+  if [ "$2" = booking ]; then
+    next_base
+    WRK_ARGS=(-s scripts/bench-booking.lua "$url" -- "$BASE" "$THREADS" "$PROPERTIES" "$(cookie_of "$1")" "$(csrf_of "$1")")
+  else
+    WRK_ARGS=("$url$(path_of "$2")")
+    [ "$2" = dashboard ] && WRK_ARGS=(-H "Cookie: $(cookie_of "$1")" "${WRK_ARGS[@]}")
+  fi
+  true
+}
+
 run() {
-  local s=$1 round=$2 port cookie csrf
-  port=$(port_of "$s"); cookie=$(cookie_of "$s"); csrf=$(csrf_of "$s")
-  local url="http://127.0.0.1:$port"
-  echo "-- round $round: $s (load $(load))"
-  next_base
-  wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" -s scripts/bench-booking.lua "$url" -- \
-    "$BASE" "$THREADS" "$PROPERTIES" "$cookie" "$csrf" >"$OUT/warm-$s-$round.txt"
+  local s=$1 round=$2 sc=$3
+  echo "-- round $round: $sc, $s (load $(load))"
+  wrk_args "$s" "$sc"
+  wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" "${WRK_ARGS[@]}" >"$OUT/warm-$sc-$s-$round.txt"
   sleep "$STATS_DELAY"
   local before after
   before=$(xacts)
@@ -183,37 +207,46 @@ run() {
   local procs cpu_before cpu_after
   procs="$(app_pids "$s")|$REDIS_PID|$(pg_pids)"
   cpu_before=$(IFS='|' read -r a r g <<<"$procs"; echo "A"; ticks $a; echo "R"; ticks $r; echo "G"; ticks $g)
-  next_base
   local perf_pid=""
-  if [ "$PERF" = 1 ] && [ "$s" = ours ] && [ "$round" = 1 ]; then
+  if [ "$PERF" = 1 ] && [ "$s" = ours ] && [ "$round" = 1 ] && [ "$sc" = booking ]; then
     perf record -g -o "$OUT/perf.data" -p "$OURS_PID" -- sleep "$DURATION" >/dev/null 2>&1 &
     perf_pid=$!
   fi
-  local w=$OUT/wrk-$s-$round.txt
-  wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency -s scripts/bench-booking.lua "$url" -- \
-    "$BASE" "$THREADS" "$PROPERTIES" "$cookie" "$csrf" >"$w"
+  local w=$OUT/wrk-$sc-$s-$round.txt
+  wrk_args "$s" "$sc"
+  wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "${WRK_ARGS[@]}" >"$w"
   local load_after
   load_after=$(load)
+  # A GET's commands are counted at once (over the requests wrk saw answered;
+  # those still in flight at the deadline add at most CONNS requests' worth);
+  # a booking's once the ones in flight are done (over the rows inserted).
+  [ "$sc" = booking ] || redis-cli -p "$REDIS_PORT" info commandstats >"$OUT/cmds-$sc-$s-$round.txt"
   procs="$(app_pids "$s")|$REDIS_PID|$(pg_pids)"
   cpu_after=$(IFS='|' read -r a r g <<<"$procs"; echo "A"; ticks $a; echo "R"; ticks $r; echo "G"; ticks $g)
   [ -n "$perf_pid" ] && wait "$perf_pid" 2>/dev/null || true
   sleep "$STATS_DELAY"
   after=$(xacts)
-  redis-cli -p "$REDIS_PORT" info commandstats >"$OUT/cmds-$s-$round.txt"
+  [ "$sc" = booking ] && redis-cli -p "$REDIS_PORT" info commandstats >"$OUT/cmds-$sc-$s-$round.txt"
 
   local rps p99 created total other
   rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$w")
   p99=$(to_ms "$(awk '$1=="99%" {print $2}' "$w")")
-  created=$(awk '$1=="status" && $2=="201:" {print $3}' "$w"); created=${created:-0}
   total=$(awk '/requests in/ {print $1}' "$w")
-  other=$(awk '$1=="status" && $2!="201:" {printf "%s%s", sep, $2 $3; sep=","}' "$w")
+  if [ "$sc" = booking ]; then
+    created=$(awk '$1=="status" && $2=="201:" {print $3}' "$w"); created=${created:-0}
+    other=$(awk '$1=="status" && $2!="201:" {printf "%s%s", sep, $2 $3; sep=","}' "$w")
+  else
+    other=$(awk '/Non-2xx/ {print $NF}' "$w")
+    created=$((total - ${other:-0}))
+  fi
   grep -E 'Socket errors' "$w" || true
   # Commands per booking, the statistics calls of redis-cli left out.
   local redis_per top inserted
   inserted=$((${after##*|} - ${before##*|}))
-  redis_per=$(awk -F'[:,=]' -v n="$inserted" '/^cmdstat_/ && $1 !~ /^cmdstat_(info|config)/ {c += $3} END {printf "%.2f", n ? c / n : 0}' "$OUT/cmds-$s-$round.txt")
+  [ "$sc" = booking ] || inserted=$total
+  redis_per=$(awk -F'[:,=]' -v n="$inserted" '/^cmdstat_/ && $1 !~ /^cmdstat_(info|config)/ {c += $3} END {printf "%.2f", n ? c / n : 0}' "$OUT/cmds-$sc-$s-$round.txt")
   top=$(awk -F'[:,=]' -v n="$inserted" '/^cmdstat_/ && $1 !~ /^cmdstat_(info|config)/ {sub(/^cmdstat_/, "", $1); printf "%s %.2f\n", $1, $3 / n}' \
-    "$OUT/cmds-$s-$round.txt" | sort -k2 -nr | head -8 | awk '{printf "%s%s %s", sep, $1, $2; sep=", "}')
+    "$OUT/cmds-$sc-$s-$round.txt" | sort -k2 -nr | head -8 | awk '{printf "%s%s %s", sep, $1, $2; sep=", "}')
   # Per booking inserted during the measured run (wrk stops counting
   # answers at its deadline; requests still in flight then book too).
   local xact_per
@@ -224,19 +257,21 @@ run() {
     cpu+="$(cpu_us "$(sed -n "/^$part\$/,/^[ARG]\$/p" <<<"$cpu_before" | grep ' ')" \
       "$(sed -n "/^$part\$/,/^[ARG]\$/p" <<<"$cpu_after" | grep ' ')" "$inserted")/"
   done
-  printf '%-5s %-6s %8s %8sms %8s %9s %8s %10s %9s %16s %s\n' "$round" "$s" "$rps" "$p99" "$created" "${other:--}" \
+  printf '%-5s %-9s %-6s %8s %8sms %8s %9s %8s %10s %9s %16s %s\n' "$round" "$sc" "$s" "$rps" "$p99" "$created" "${other:--}" \
     "$inserted" "$redis_per" "$xact_per" "${cpu%/}" "$load_after" | tee -a "$RESULTS"
-  echo "   redis per booking: $top" | tee -a "$OUT/commands.txt"
-  RPS[$s-$round]=$rps
+  echo "   $sc $s, Redis per request: $top" | tee -a "$OUT/commands.txt"
+  RPS[$sc-$s-$round]=$rps
   if [ $((created * 2)) -lt "$total" ]; then
-    echo "FATAL: $s: only $created of $total bookings answered 201 (statuses: $other)" >&2
+    echo "FATAL: $sc, $s: only $created of $total requests succeeded (other: $other)" >&2
     exit 1
   fi
 }
 
 echo "wrk -t$THREADS -c$CONNS, ${WARMUP}s warm-up + ${DURATION}s measured, $ROUNDS round(s), gunicorn -w $DJANGO_WORKERS; load average: $(load); outputs in $OUT"
 for round in $(seq 1 "$ROUNDS"); do
-  for s in $SYSTEMS; do run "$s" "$round"; done
+  for sc in $SCENARIOS; do
+    for s in $SYSTEMS; do run "$s" "$round" "$sc"; done
+  done
 done
 if [ "$PERF" = 1 ] && [ -f "$OUT/perf.data" ]; then
   perf report -i "$OUT/perf.data" --no-children --stdio --percent-limit 1.5 2>/dev/null | grep -E '^ +[0-9]' >"$OUT/perf.txt" || true
@@ -247,11 +282,13 @@ echo "== results ($(date -u +%FT%TZ), load average $(load))"
 cat "$RESULTS"
 if [[ " $SYSTEMS " == *" ours "* && " $SYSTEMS " == *" django "* ]]; then
   for round in $(seq 1 "$ROUNDS"); do
-    awk -v a="${RPS[ours-$round]}" -v b="${RPS[django-$round]}" -v r="$round" \
-      'BEGIN {printf "round %s: service/Django %.1fx\n", r, a / b}'
+    for sc in $SCENARIOS; do
+      awk -v a="${RPS[$sc-ours-$round]}" -v b="${RPS[$sc-django-$round]}" -v r="$round" -v sc="$sc" \
+        'BEGIN {printf "round %s, %s: service/Django %.1fx\n", r, sc, a / b}'
+    done
   done
 fi
-echo "Redis commands per booking:"
+echo "Redis commands per request (per booking inserted for bookings):"
 cat "$OUT/commands.txt"
 [ -f "$OUT/perf.txt" ] && { echo "perf (service, round 1, self time >= 1.5%):"; head -25 "$OUT/perf.txt"; }
 true
