@@ -62,7 +62,8 @@ impl From<BookingRow> for Booking {
 const COLS: &str =
     "id, property_id, guest_id, check_in, check_out, guests, total_cents, status, created_at";
 
-/// A booking to insert.
+/// A booking to insert. Its total is the property's price per night, as
+/// stored when the row is inserted, times the nights.
 #[derive(Debug, Clone)]
 pub struct NewBooking {
     pub property_id: i64,
@@ -70,7 +71,6 @@ pub struct NewBooking {
     pub check_in: Date,
     pub check_out: Date,
     pub guests: i32,
-    pub total_price: Money,
     pub status: BookingStatus,
     pub created_at: OffsetDateTime,
 }
@@ -78,8 +78,9 @@ pub struct NewBooking {
 /// Why a booking was not created.
 #[derive(Debug, PartialEq, Eq)]
 pub enum BookingRefused {
-    /// The property does not exist (or was deleted).
-    NoProperty,
+    /// No live property takes it: the property does not exist (or was
+    /// deleted), it is the guest's own, or it takes fewer guests.
+    NotBookable,
     /// The dates overlap a confirmed booking of that property.
     Overlap,
 }
@@ -95,8 +96,10 @@ pub struct StayRow {
 }
 
 impl Db {
-    /// Inserts a confirmed booking if the property still exists; the
-    /// database refuses it if it overlaps another confirmed booking.
+    /// Inserts a booking in one statement (one transaction) if the property
+    /// is live, not the guest's own and takes `guests`; the database refuses
+    /// it if it overlaps another confirmed booking. The caller finds out
+    /// which rule a [`BookingRefused::NotBookable`] broke.
     pub async fn create_booking(
         &self,
         b: &NewBooking,
@@ -112,10 +115,12 @@ impl Db {
         let sql = format!(
             "INSERT INTO bookings (property_id, guest_id, check_in, check_out, guests,
                total_cents, status, created_at)
-             SELECT id, $2, $3, $4, $5, $6, $7, $8 FROM properties
-             WHERE id = $1 AND deleted_at IS NULL {lock}
+             SELECT id, $2, $3, $4, $5, price_cents * $6, $7, $8 FROM properties
+             WHERE id = $1 AND deleted_at IS NULL AND host_id <> $2
+               AND $5 BETWEEN 1 AND max_guests {lock}
              RETURNING {COLS}"
         );
+        let nights = (b.check_out - b.check_in).whole_days();
         // A deadlock between overlapping inserts aborts one of them; it is
         // run again (it then sees the winner's booking, or none if that one
         // rolled back), so a client never gets a 500 for a race it lost.
@@ -124,11 +129,11 @@ impl Db {
             attempt += 1;
             let res = with_pool!(self, p => sqlx::query_as::<_, BookingRow>(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(b.property_id).bind(b.guest_id).bind(b.check_in).bind(b.check_out)
-                .bind(b.guests).bind(b.total_price.cents()).bind(b.status.as_str()).bind(b.created_at)
+                .bind(b.guests).bind(nights).bind(b.status.as_str()).bind(b.created_at)
                 .fetch_optional(p).await);
             return match res {
                 Ok(Some(row)) => Ok(Ok(row.into())),
-                Ok(None) => Ok(Err(BookingRefused::NoProperty)),
+                Ok(None) => Ok(Err(BookingRefused::NotBookable)),
                 Err(e) if is_overlap(&e) => Ok(Err(BookingRefused::Overlap)),
                 Err(e) if is_deadlock(&e) && attempt < DEADLOCK_RETRIES => continue,
                 Err(e) => Err(e.into()),

@@ -18,6 +18,7 @@ use super::extract::{ApiJson, ApiQuery, AuthUser, IdPath};
 use super::openapi::ErrorBody;
 use crate::cache::Event;
 use crate::db::bookings::{Booking, BookingRefused, NewBooking};
+use crate::db::properties::Property;
 use crate::db::users::User;
 use crate::domain::BookingStatus;
 use crate::error::{ApiError, ApiResult, FieldErrors};
@@ -140,7 +141,37 @@ async fn create(
     Ok(response)
 }
 
+/// How often a booking refused as not bookable is tried again when the
+/// property, looked up afterwards, breaks no rule (it changed in between).
+const NOT_BOOKABLE_RETRIES: u32 = 2;
+
+/// The rules a property breaks for this booking, into `errors`.
+fn property_errors(
+    property: Option<&Property>,
+    user: &User,
+    guests: i32,
+    errors: &mut FieldErrors,
+) {
+    match property {
+        None => drop(errors.insert("property_id".into(), "no such property".into())),
+        Some(p) if p.host_id == user.id => drop(errors.insert(
+            "property_id".into(),
+            "hosts cannot book their own property".into(),
+        )),
+        Some(p) if !(1..=p.max_guests).contains(&guests) => drop(errors.insert(
+            "guests".into(),
+            format!("must be between 1 and {}", p.max_guests),
+        )),
+        _ => {}
+    }
+}
+
 /// Validates and creates a booking once the attempt has been counted.
+///
+/// One database statement when the booking is valid: the insert itself
+/// checks the property's rules (live, not the guest's own, enough room) and
+/// prices the stay; only a refused or invalid request reads the property to
+/// say which rule it broke.
 async fn create_checked(
     state: &AppState,
     user: &User,
@@ -168,52 +199,45 @@ async fn create_checked(
         )),
         _ => {}
     }
-    let property = state.db.property(body.property_id).await?;
-    match &property {
-        None => drop(errors.insert("property_id".into(), "no such property".into())),
-        Some(p) if p.host_id == user.id => drop(errors.insert(
-            "property_id".into(),
-            "hosts cannot book their own property".into(),
-        )),
-        Some(p) if !(1..=p.max_guests).contains(&body.guests) => drop(errors.insert(
-            "guests".into(),
-            format!("must be between 1 and {}", p.max_guests),
-        )),
-        _ => {}
-    }
-    let (Some(property), Some(check_in), Some(check_out)) = (property, check_in, check_out) else {
+    let (Some(check_in), Some(check_out), true) = (check_in, check_out, errors.is_empty()) else {
+        // The answer names every field at fault, the property's too.
+        let property = state.db.property(body.property_id).await?;
+        property_errors(property.as_ref(), user, body.guests, &mut errors);
         return Err(ApiError::Validation(errors));
     };
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
-    let nights = (check_out - check_in).whole_days();
-    let total = property
-        .price_per_night
-        .checked_mul(nights)
-        .ok_or_else(|| anyhow::anyhow!("price overflow"))?;
-    let created = state
-        .db
-        .create_booking(&NewBooking {
-            property_id: property.id,
-            guest_id: user.id,
-            check_in,
-            check_out,
-            guests: body.guests,
-            total_price: total,
-            status: BookingStatus::Confirmed,
-            created_at: OffsetDateTime::now_utc(),
-        })
-        .await?;
-    let booking = match created {
-        Ok(b) => b,
-        Err(BookingRefused::Overlap) => {
-            return Err(ApiError::Conflict(
-                "these dates overlap an existing booking",
-            ));
-        }
-        Err(BookingRefused::NoProperty) => {
-            return Err(ApiError::field("property_id", "no such property"));
+    let new = NewBooking {
+        property_id: body.property_id,
+        guest_id: user.id,
+        check_in,
+        check_out,
+        guests: body.guests,
+        status: BookingStatus::Confirmed,
+        created_at: OffsetDateTime::now_utc(),
+    };
+    let mut attempt = 0;
+    let booking = loop {
+        attempt += 1;
+        match state.db.create_booking(&new).await? {
+            Ok(b) => break b,
+            Err(BookingRefused::Overlap) => {
+                return Err(ApiError::Conflict(
+                    "these dates overlap an existing booking",
+                ));
+            }
+            Err(BookingRefused::NotBookable) => {
+                let property = state.db.property(body.property_id).await?;
+                property_errors(property.as_ref(), user, body.guests, &mut errors);
+                if !errors.is_empty() {
+                    return Err(ApiError::Validation(errors));
+                }
+                if attempt > NOT_BOOKABLE_RETRIES {
+                    return Err(anyhow::anyhow!(
+                        "booking of property {} refused, yet it breaks no rule",
+                        body.property_id
+                    )
+                    .into());
+                }
+            }
         }
     };
     // Independent steps: one round trip of latency for both.

@@ -74,6 +74,12 @@ async fn booking_rules_and_cancel(db: TestDb) -> anyhow::Result<()> {
         let v: Value = r.json().await?;
         assert!(v["error"]["details"][field].is_string(), "{field}: {v}");
     }
+    // Bad dates and a rule of the property broken: both fields named.
+    let r = app.post("/api/v1/bookings", &book(20, 20, 5)).await?;
+    assert_eq!(r.status(), 422);
+    let v: Value = r.json().await?;
+    assert!(v["error"]["details"]["check_out"].is_string(), "{v}");
+    assert!(v["error"]["details"]["guests"].is_string(), "{v}");
     // The host cannot book their own property.
     let r = host
         .post(app.url("/api/v1/bookings"))
@@ -81,6 +87,13 @@ async fn booking_rules_and_cancel(db: TestDb) -> anyhow::Result<()> {
         .send()
         .await?;
     assert_eq!(r.status(), 422);
+    let v: Value = r.json().await?;
+    assert!(
+        v["error"]["details"]["property_id"]
+            .as_str()
+            .is_some_and(|m| m.contains("own")),
+        "{v}"
+    );
 
     let list: Value = app.get("/api/v1/bookings").await?.json().await?;
     assert_eq!(list["count"], 2);

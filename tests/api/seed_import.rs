@@ -402,7 +402,6 @@ async fn import_sample_keeps_ids_and_passwords(backend: Backend) -> anyhow::Resu
         check_in: date!(2030 - 01 - 01),
         check_out: date!(2030 - 01 - 03),
         guests: 1,
-        total_price: Money::from_cents(20_000),
         status: BookingStatus::Confirmed,
         created_at: now,
     };
