@@ -36,6 +36,8 @@
 # per round and scenario.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
 ROOT=$PWD
 
 WARMUP=${WARMUP:-5}
@@ -91,9 +93,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 1 300); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "FATAL: $1 did not answer" >&2; exit 1; }
-to_ms() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v/=1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v*=1000 } printf "%.1f", v }' <<<"$1"; }
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 
 REDIS_PORT=$(free_port)
@@ -171,15 +170,6 @@ RESULTS=$OUT/results.txt
 printf '%-5s %-9s %-6s %8s %9s %8s %9s %8s %10s %9s %16s %s\n' round scenario system "req/s" p99 "ok" "other" "n" "redis/n" "xact/n" "cpu us app/rd/pg" "load (after)" >"$RESULTS"
 declare -A RPS
 
-path_of() {
-  case $1 in
-    featured) echo "/api/v1/properties/featured" ;;
-    list) echo "/api/v1/properties?city=Nairobi&page=2" ;;
-    detail) echo "/api/v1/properties/42" ;;
-    dashboard) echo "/api/v1/dashboard" ;;
-    *) echo "unknown scenario $1" >&2; exit 1 ;;
-  esac
-}
 
 # wrk_args SYSTEM SCENARIO: wrk's target arguments (a new range of days for
 # each booking run).

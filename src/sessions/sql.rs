@@ -41,9 +41,7 @@ impl SqlSessionStore {
         }
         Ok(expires_at)
     }
-}
 
-impl SqlSessionStore {
     /// After sessions ended in the database: no process may keep them.
     fn ended(&self) -> anyhow::Result<()> {
         match &self.near {
