@@ -194,15 +194,37 @@ async fn a_filled_cache_spreads_over_every_master() -> anyhow::Result<()> {
         }
     }
     // The cached responses (the generation counters share one slot by
-    // design, `{g}`, and are not entries).
+    // design, `{g}`, and are not entries). The keys differ only in a few
+    // trailing characters, and CRC16 over such keys does not spread like
+    // independent draws: about 1 prefix in 100 puts over half of these 48
+    // entries on one master (CI met 27/10/11). In 20,000 simulated
+    // prefixes each family reached every master and no master held under
+    // an eighth or over two thirds; a tag pinning a family to one slot
+    // (the fault this test is about) leaves two masters without it.
+    for family in ["detail", "list"] {
+        let counts =
+            crate::topology_ops::per_master(cluster, &format!("{prefix}cache:property:{family}:*"))
+                .await?;
+        println!("cached {family} responses per master: {counts:?}");
+        assert_eq!(counts.len(), 3, "{counts:?}");
+        for (port, n) in &counts {
+            assert!(*n > 0, "master {port} holds no {family} entry: {counts:?}");
+        }
+    }
     let counts =
         crate::topology_ops::per_master(cluster, &format!("{prefix}cache:property:*")).await?;
     let total: usize = counts.values().sum();
     println!("cached responses per master: {counts:?}");
     assert!(total >= 40, "{counts:?}");
     for (port, n) in &counts {
-        assert!(*n > 0, "master {port} holds no cache entry: {counts:?}");
-        assert!(*n * 2 <= total, "master {port} holds over half: {counts:?}");
+        assert!(
+            *n * 8 >= total,
+            "master {port} holds under an eighth: {counts:?}"
+        );
+        assert!(
+            *n * 3 <= total * 2,
+            "master {port} holds over two thirds: {counts:?}"
+        );
     }
     second.stop().await?;
     first.stop().await
