@@ -50,11 +50,20 @@
 //!
 //! A worker process exchanges with one partition at a time for its next
 //! jobs, chosen (1) by the wake-up that woke it (the waiter that popped
-//! the token knows its partition: [`super::wake`]), (2) by a partition
+//! the token knows its partition: [`super::wake`]), (2) the partition it
+//! leased from last, while that one still has ready jobs (the exchange
+//! says how many are left) and for at most [`STAY`], (3) by a partition
 //! whose delayed job or lease deadline has come (each exchange reports its
-//! partition's next one), or (3) round-robin, which keeps the partitions
-//! fair while all are busy and, for an idle worker, visits one partition
-//! per poll interval. Every exchange reports its partition's next due time
+//! partition's next one), or (4) round-robin, starting at a partition
+//! picked by a hash of the worker's id (so that processes started together
+//! do not all begin at partition 0), which keeps the partitions fair while
+//! all are busy and, for an idle worker, visits one partition per poll
+//! interval. Staying is what keeps a busy worker's exchange at ONE script
+//! call: the outcomes of the jobs it leased from a partition go back to
+//! that partition, so while it leases from the same one, outcomes and the
+//! next lease share the call; moving on at every exchange costs a second
+//! call per exchange, on a Cluster a second master. [`STAY`] bounds how
+//! long a flooded partition can keep a worker from the others. Every exchange reports its partition's next due time
 //! (delayed job or lease deadline), which the process keeps per partition
 //! and sleeps until. A lease that runs out in a partition no live worker
 //! has looked at since it was taken (its worker died, the others idle) is
@@ -204,10 +213,19 @@ impl Part {
     }
 }
 
+/// How long a worker process stays with one partition that still has
+/// ready jobs before it moves on to the next in turn (see "Partitions").
+pub const STAY: Duration = Duration::from_millis(200);
+
 /// Where a worker process leases next (see "Partitions" above).
 struct Sched {
     /// The partition whose wake-up token last woke this process.
     hint: Option<u16>,
+    /// The partition the process leases from while it has ready jobs, and
+    /// since when.
+    stay: Option<(u16, Instant)>,
+    /// Whether the round-robin position was set from the worker's id yet.
+    seeded: bool,
     /// Per partition: when its next delayed job or lease deadline is due,
     /// as its last exchange that left the worker short reported.
     due: Vec<Option<Instant>>,
@@ -256,6 +274,8 @@ impl RedisQueue {
             held: Mutex::new(HashMap::new()),
             sched: Mutex::new(Sched {
                 hint: None,
+                stay: None,
+                seeded: false,
                 due: vec![Some(Instant::now())],
                 cursor: 0,
             }),
@@ -403,12 +423,7 @@ impl RedisQueue {
         if n == 1 {
             return 0;
         }
-        let mut h: u32 = 0x811c_9dc5;
-        for b in id.bytes() {
-            h ^= u32::from(b);
-            h = h.wrapping_mul(0x0100_0193);
-        }
-        u16::try_from(h % u32::from(n)).unwrap_or(0)
+        fnv1a_mod(id, n)
     }
 
     /// The partition a job this process holds was leased from.
@@ -422,18 +437,30 @@ impl RedisQueue {
             .unwrap_or_else(|| self.partition_of(id))
     }
 
-    /// The partition to lease from next: the one a wake-up named, one whose
-    /// next job is due, or the next in turn.
-    fn pick(&self) -> u16 {
+    /// The partition to lease from next: the one a wake-up named, the one
+    /// leased from last while it has ready jobs (for [`STAY`] at most), one
+    /// whose next job is due, or the next in turn.
+    fn pick(&self, worker_id: &str) -> u16 {
         let n = self.served();
         if n == 1 {
             return 0;
         }
         let mut s = lock(&self.sched);
+        if !s.seeded {
+            s.seeded = true;
+            // The position is advanced before use: start just before.
+            s.cursor = (fnv1a_mod(worker_id, n) + n - 1) % n;
+        }
         if let Some(p) = s.hint.take().filter(|p| *p < n) {
             return p;
         }
         let now = Instant::now();
+        if let Some((p, since)) = s.stay
+            && p < n
+            && now.duration_since(since) < STAY
+        {
+            return p;
+        }
         if let Some(p) = s.due.iter().position(|d| d.is_some_and(|d| d <= now)) {
             return u16::try_from(p).unwrap_or(0);
         }
@@ -495,7 +522,7 @@ impl RedisQueue {
         outcomes: &[&Outcome],
         want: usize,
         report_due: bool,
-    ) -> anyhow::Result<Exchanged> {
+    ) -> anyhow::Result<(Exchanged, u64)> {
         let part = &*self.part(p);
         let retry_at: Vec<String> = outcomes
             .iter()
@@ -516,7 +543,8 @@ impl RedisQueue {
             args.extend([o.id.as_str(), kind, text, num]);
         }
         let args = &args;
-        let (held, leased, next_due): (Vec<i64>, Vec<(String, String)>, i64) = self
+        type Raw = (Vec<i64>, Vec<(String, String)>, i64, i64);
+        let (held, leased, next_due, ready): Raw = self
             .role
             .run(|mut c| async move {
                 SCRIPTS
@@ -539,14 +567,15 @@ impl RedisQueue {
             })
             .await
             .context("exchanging jobs with the queue")?;
-        Ok(Exchanged {
+        let ex = Exchanged {
             held: held.into_iter().map(|h| h == 1).collect(),
             leased: leased
                 .into_iter()
                 .map(|(id, rec)| leased_job(id, &rec))
                 .collect(),
             next_due: u64::try_from(next_due).ok().map(Duration::from_millis),
-        })
+        };
+        Ok((ex, u64::try_from(ready).unwrap_or(0)))
     }
 
     /// Status of `id` in partition `p`, if it is there.
@@ -585,6 +614,16 @@ impl RedisQueue {
         let home = self.partition_of(id);
         std::iter::once(home).chain((0..self.served()).filter(move |p| *p != home))
     }
+}
+
+/// FNV-1a of `s`, modulo `n` (stable across processes and versions).
+fn fnv1a_mod(s: &str, n: u16) -> u16 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in s.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    u16::try_from(h % u32::from(n.max(1))).unwrap_or(0)
 }
 
 fn ms(d: Duration) -> u64 {
@@ -680,7 +719,10 @@ impl QueueBackend for RedisQueue {
         self.refresh().await;
         if self.served() == 1 {
             let outcomes: Vec<&Outcome> = outcomes.iter().collect();
-            return self.exchange_in(0, worker_id, &outcomes, want, false).await;
+            return Ok(self
+                .exchange_in(0, worker_id, &outcomes, want, false)
+                .await?
+                .0);
         }
         // One script call per partition that has outcomes, plus the one
         // leased from; all at once (on a Cluster they may be on different
@@ -688,7 +730,7 @@ impl QueueBackend for RedisQueue {
         // every outcome again (those already recorded are then reported
         // as not held, which changes nothing); jobs a successful call
         // leased meanwhile come back after their lease.
-        let lease_p = (want > 0).then(|| self.pick());
+        let lease_p = (want > 0).then(|| self.pick(worker_id));
         let mut groups: Vec<(u16, Vec<&Outcome>)> = Vec::new();
         let mut index: Vec<(usize, usize)> = Vec::with_capacity(outcomes.len());
         for o in outcomes {
@@ -718,7 +760,7 @@ impl QueueBackend for RedisQueue {
         let mut results = futures::future::try_join_all(calls).await?;
         let held: Vec<bool> = index
             .iter()
-            .map(|&(g, k)| results[g].held.get(k).copied().unwrap_or(false))
+            .map(|&(g, k)| results[g].0.held.get(k).copied().unwrap_or(false))
             .collect();
         let mut ex = Exchanged {
             held,
@@ -731,13 +773,22 @@ impl QueueBackend for RedisQueue {
                 map.remove(&o.id);
             }
             let mut s = lock(&self.sched);
-            for ((p, _), r) in groups.iter().zip(&results) {
+            for ((p, _), (r, _)) in groups.iter().zip(&results) {
                 s.due[usize::from(*p)] = r.next_due.map(|d| now + d);
             }
             if let Some(lp) = lease_p
                 && let Some(g) = groups.iter().position(|(q, _)| *q == lp)
             {
-                ex.leased = std::mem::take(&mut results[g].leased);
+                // Stay while jobs are left there (from now on, if this is
+                // a partition the process was not staying with).
+                let ready = results[g].1;
+                let staying = s.stay.is_some_and(|(q, _)| q == lp);
+                if ready == 0 {
+                    s.stay = None;
+                } else if !staying {
+                    s.stay = Some((lp, now));
+                }
+                ex.leased = std::mem::take(&mut results[g].0.leased);
                 for l in &ex.leased {
                     map.insert(l.id.clone(), lp);
                 }
@@ -762,10 +813,10 @@ impl QueueBackend for RedisQueue {
     async fn reserve(&self, worker_id: &str) -> anyhow::Result<Option<Leased>> {
         self.refresh().await;
         let n = self.served();
-        let start = self.pick();
+        let start = self.pick(worker_id);
         for k in 0..n {
             let p = (start + k) % n;
-            let mut ex = self.exchange_in(p, worker_id, &[], 1, false).await?;
+            let (mut ex, _) = self.exchange_in(p, worker_id, &[], 1, false).await?;
             if let Some(l) = ex.leased.pop() {
                 if n > 1 {
                     lock(&self.held).insert(l.id.clone(), p);

@@ -285,6 +285,58 @@ async fn four_partitions_start_delayed_jobs_when_due_and_replay_dead_ones() -> a
     Ok(())
 }
 
+/// A worker stays with a partition while it has ready jobs (so that its
+/// outcomes and its next lease share one script call), but not for good:
+/// with 20,000 jobs waiting in partition 0, the one job of each other
+/// partition runs while most of partition 0's are still queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_busy_with_one_partition_still_serves_the_others() -> anyhow::Result<()> {
+    const FLOOD: usize = 20_000;
+    let mut s = Setup::start().await?;
+    let tally = uuid::Uuid::new_v4().simple().to_string();
+    let q = s.q().clone();
+    let flood = Job::Probe(Probe::bare(None));
+    let mut in_first = Vec::with_capacity(FLOOD);
+    while in_first.len() < FLOOD {
+        let id = uuid::Uuid::new_v4().to_string();
+        if s.redis_queue.partition_of(&id) == 0 {
+            in_first.push((id, flood.clone(), 0));
+        }
+    }
+    for chunk in in_first.chunks(1_000) {
+        q.enqueue_many(chunk).await?;
+    }
+    let others: Vec<String> = ids_in_every_partition(&s.redis_queue, 1)
+        .into_iter()
+        .filter(|id| s.redis_queue.partition_of(id) != 0)
+        .collect();
+    assert_eq!(others.len(), usize::from(PARTITIONS) - 1);
+    let one = Job::Probe(probe(&tally));
+    for id in &others {
+        q.enqueue(id, &one, 0).await?;
+    }
+
+    s.start_worker(&["--concurrency", "8"])?;
+    s.wait(
+        Duration::from_secs(60),
+        "the other partitions' jobs ran",
+        || async { Ok(s.runs(&tally).await?.len() == others.len()) },
+    )
+    .await?;
+    let ready = s.ready_per_partition()?;
+    assert!(
+        ready[0] > FLOOD as i64 / 2,
+        "the other partitions waited for partition 0 to be drained: {ready:?}"
+    );
+    // And the flood runs to the end.
+    s.wait(Duration::from_secs(120), "every job ran", || async {
+        let c = q.counts().await?;
+        Ok(c.queued == 0 && c.running == 0)
+    })
+    .await?;
+    Ok(())
+}
+
 /// Jobs as the version before string records queued them: a hash per job
 /// in the unpartitioned queue (now partition 0), queued and dead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,11 +38,13 @@
 -- then per outcome, 4 values: id, kind ('done', 'retry', 'dead' or
 --   'release'), text (result or error), number ('1' if there is a result;
 --   the retry time in Unix ms)
--- Returns {held, leased, next_due}: held = 1/0 per outcome (0: the worker no
--- longer held the job, nothing changed); leased = {id, record} per job;
--- next_due = ms until the earliest delayed job or lease deadline, or -1
--- when there is none (or when the worker got every job it asked for and
--- ARGV[6] is not '1': it asks again anyway).
+-- Returns {held, leased, next_due, ready}: held = 1/0 per outcome (0: the
+-- worker no longer held the job, nothing changed); leased = {id, record}
+-- per job; next_due = ms until the earliest delayed job or lease deadline,
+-- or -1 when there is none (or when the worker got every job it asked for
+-- and ARGV[6] is not '1': it asks again anyway); ready = the ready jobs
+-- left, by which a worker of several partitions stays with this one
+-- (src/jobs/redis.rs, "Partitions").
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local prefix, worker = ARGV[1], ARGV[2]
@@ -175,7 +177,8 @@ if want > 0 then
   end
 end
 
-if redis.call('LLEN', KEYS[1]) > 0 then
+local ready = redis.call('LLEN', KEYS[1])
+if ready > 0 then
   if redis.call('LLEN', KEYS[6]) == 0 then
     redis.call('LPUSH', KEYS[6], '1')
   end
@@ -187,7 +190,7 @@ end
 -- to look again.
 local next_due = -1
 if #leased >= want and ARGV[6] ~= '1' then
-  return {held, leased, next_due}
+  return {held, leased, next_due, ready}
 end
 for _, k in ipairs({KEYS[2], KEYS[3]}) do
   local first = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')
@@ -198,4 +201,4 @@ for _, k in ipairs({KEYS[2], KEYS[3]}) do
     end
   end
 end
-return {held, leased, next_due}
+return {held, leased, next_due, ready}
