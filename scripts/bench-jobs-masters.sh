@@ -34,7 +34,7 @@ PIDS=()
 GROUPS_MADE=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  sleep 0.3
+  wait "${PIDS[@]}" 2>/dev/null || true
   for g in "${GROUPS_MADE[@]}"; do rmdir "$g" 2>/dev/null || true; done
   rm -rf "$WORK"
 }
@@ -73,7 +73,20 @@ redis() {
 }
 
 SOLO=$(free_port); redis "$SOLO"
-M=(); for _ in 1 2 3; do p=$(free_port); M+=("$p"); redis "$p" --cluster-enabled yes --cluster-node-timeout 2000; done
+# A cluster node also listens on its port + 10000 (the cluster bus), which
+# must be a valid port too.
+cluster_port() {
+  python3 -c '
+import socket
+while True:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]
+    if p + 10000 > 65535: continue
+    b = socket.socket()
+    try: b.bind(("127.0.0.1", p + 10000))
+    except OSError: continue
+    print(p); break'
+}
+M=(); for _ in 1 2 3; do p=$(cluster_port); M+=("$p"); redis "$p" --cluster-enabled yes --cluster-node-timeout 2000; done
 redis-cli --cluster create "127.0.0.1:${M[0]}" "127.0.0.1:${M[1]}" "127.0.0.1:${M[2]}" \
   --cluster-replicas 0 --cluster-yes >/dev/null
 for _ in $(seq 1 100); do
@@ -87,23 +100,26 @@ commands() { local n=0; for p in "$@"; do n=$((n + $(redis-cli -p "$p" info stat
 # run NAME URL PARTITIONS MASTER…
 run() {
   local name=$1 url=$2 parts=$3; shift 3
-  local prefix="bench:$(date +%s%N):" before out rate
+  local prefix="bench:$(date +%s%N):" before out rate p spread=()
   before=$(commands "$@")
+  for p in "$@"; do spread+=("$(commands "$p")"); done
   out=$(env DATABASE_URL="sqlite://$WORK/$RANDOM.db" REDIS_URL="$url" STAYAFRICA_KEY_PREFIX="$prefix" \
     ${parts:+STAYAFRICA_JOB_PARTITIONS=$parts} RUST_LOG=error \
     "$BIN" jobs bench --jobs "$JOBS" --processes "$PROCESSES" --concurrency "$CONCURRENCY" 2>&1) ||
     { echo "$out" >&2; echo "FATAL: $name failed" >&2; exit 1; }
   rate=$(grep -oE 'jobs_per_sec=[0-9]+' <<<"$out" | cut -d= -f2)
   grep -q "exactly_once=yes" <<<"$out" || { echo "$out" >&2; echo "FATAL: $name: not every job ran exactly once" >&2; exit 1; }
-  printf '| %s | %s | %s | %s |\n' "$name" "$rate" \
+  local i=0 shares=""
+  for p in "$@"; do shares+="${shares:+ / }$(( ($(commands "$p") - spread[i]) * 100 / ($(commands "$@") - before) ))%"; i=$((i + 1)); done
+  printf '| %s | %s | %s | %s | %s |\n' "$name" "$rate" \
     "$(awk -v a="$(commands "$@")" -v b="$before" -v j="$JOBS" 'BEGIN { printf "%.2f", (a - b) / j }')" \
-    "$(cut -d' ' -f1 /proc/loadavg)"
+    "$shares" "$(cut -d' ' -f1 /proc/loadavg)"
 }
 
 echo "CAP=${CAP}% of a core per redis-server, $JOBS jobs, $PROCESSES worker processes x $CONCURRENCY"
 echo
-echo "| setup | jobs/s | Redis commands per job | load |"
-echo "|---|---:|---:|---:|"
+echo "| setup | jobs/s | Redis commands per job | share of the commands per master | load |"
+echo "|---|---:|---:|---|---:|"
 for r in $(seq 1 "$ROUNDS"); do
   run "1 master" "redis://127.0.0.1:$SOLO" "" "$SOLO"
   run "3 masters, 1 partition" "$CLUSTER" 1 "${M[@]}"
