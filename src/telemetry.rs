@@ -93,3 +93,63 @@ pub fn init_test_logging() {
         .with_test_writer()
         .try_init();
 }
+
+/// A metric key made of static strings: a name and up to two labels.
+type StaticKey = (&'static str, [(&'static str, &'static str); 2]);
+
+fn static_key(name: &'static str, labels: &[(&'static str, &'static str)]) -> StaticKey {
+    let mut key = (name, [("", ""); 2]);
+    for (slot, label) in key.1.iter_mut().zip(labels) {
+        *slot = *label;
+    }
+    key
+}
+
+fn owned_labels(labels: &[(&'static str, &'static str)]) -> Vec<metrics::Label> {
+    labels
+        .iter()
+        .map(|(k, v)| metrics::Label::from_static_parts(k, v))
+        .collect()
+}
+
+thread_local! {
+    static COUNTERS: std::cell::RefCell<std::collections::HashMap<StaticKey, metrics::Counter>> =
+        std::cell::RefCell::default();
+    static HISTOGRAMS: std::cell::RefCell<std::collections::HashMap<StaticKey, metrics::Histogram>> =
+        std::cell::RefCell::default();
+}
+
+/// Adds `n` to the counter `name{labels}` (at most two labels, all static
+/// strings). Each thread keeps the handles it has used: `metrics::counter!`
+/// looks its key up in the recorder's registry on every call (hashing and
+/// cloning the key under a lock), which cost more on the request path than
+/// the increment. The recorder is installed before the first handle is
+/// made, so no handle is a no-op one.
+pub fn count(name: &'static str, labels: &[(&'static str, &'static str)], n: u64) {
+    debug_assert!(labels.len() <= 2, "at most two labels");
+    let key = static_key(name, labels);
+    COUNTERS.with_borrow_mut(|handles| {
+        handles
+            .entry(key)
+            .or_insert_with(|| {
+                let _ = metrics_handle();
+                metrics::counter!(name, owned_labels(labels))
+            })
+            .increment(n);
+    });
+}
+
+/// Records `value` in the histogram `name{labels}`, as [`count`] does.
+pub fn observe(name: &'static str, labels: &[(&'static str, &'static str)], value: f64) {
+    debug_assert!(labels.len() <= 2, "at most two labels");
+    let key = static_key(name, labels);
+    HISTOGRAMS.with_borrow_mut(|handles| {
+        handles
+            .entry(key)
+            .or_insert_with(|| {
+                let _ = metrics_handle();
+                metrics::histogram!(name, owned_labels(labels))
+            })
+            .record(value);
+    });
+}

@@ -83,8 +83,11 @@ pub struct Cache {
 }
 
 fn record(stats: &stats::HitStats, family: &'static str, outcome: &'static str) {
-    metrics::counter!("cache_requests_total", "family" => family, "outcome" => outcome)
-        .increment(1);
+    crate::telemetry::count(
+        "cache_requests_total",
+        &[("family", family), ("outcome", outcome)],
+        1,
+    );
     stats.count(family, outcome);
 }
 
@@ -269,8 +272,11 @@ impl Cache {
         started: Instant,
         res: anyhow::Result<Option<Bytes>>,
     ) -> Option<Bytes> {
-        metrics::histogram!("cache_latency_seconds", "family" => family)
-            .record(started.elapsed().as_secs_f64());
+        crate::telemetry::observe(
+            "cache_latency_seconds",
+            &[("family", family)],
+            started.elapsed().as_secs_f64(),
+        );
         match res {
             Ok(Some(b)) => {
                 record(&self.stats, family, "hit");

@@ -261,8 +261,11 @@ impl Cache {
         if let (Some(near), Some(key)) = (self.near(), &near_key)
             && let Some(hit) = near.get(key).await
         {
-            metrics::histogram!("cache_latency_seconds", "family" => family)
-                .record(started.elapsed().as_secs_f64());
+            crate::telemetry::observe(
+                "cache_latency_seconds",
+                &[("family", family)],
+                started.elapsed().as_secs_f64(),
+            );
             record(self.stats(), family, "near_hit");
             return Ok(hit);
         }

@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum_extra::extract::cookie::CookieJar;
@@ -49,11 +49,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAdd
 /// Resolves the caller and applies the anonymous or per-user limit to every
 /// `/api/` request; adds `X-RateLimit-*` headers, describing whichever limit
 /// (this one or one a handler applied) has the least remaining.
-pub async fn identify_and_throttle(
-    State(state): State<AppState>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+async fn identify_and_throttle(state: AppState, mut req: Request, next: Next) -> Response {
     let caller = match session_cookie(req.headers()) {
         None => Caller::Anonymous,
         Some(id) => match state
@@ -141,18 +137,25 @@ fn is_pure_read(path: &str) -> bool {
     )
 }
 
+const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
 /// Writes the `X-RateLimit-*` headers of a decision.
 pub fn set_limit_headers(headers: &mut HeaderMap, d: &Decision) {
-    headers.insert("x-ratelimit-limit", HeaderValue::from(d.limit));
-    headers.insert("x-ratelimit-remaining", HeaderValue::from(d.remaining));
-    headers.insert("x-ratelimit-reset", HeaderValue::from(d.reset_after_secs()));
+    headers.insert(RATELIMIT_LIMIT, HeaderValue::from(d.limit));
+    headers.insert(RATELIMIT_REMAINING, HeaderValue::from(d.remaining));
+    headers.insert(RATELIMIT_RESET, HeaderValue::from(d.reset_after_secs()));
 }
 
-/// Answers 503 when an API request runs longer than the configured deadline
-/// (a hung dependency must not hold a client, or a connection, for ever).
-/// Dropping the handler cancels its remaining work.
-pub async fn deadline(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    match tokio::time::timeout(state.settings.request_timeout, next.run(req)).await {
+/// The API's guard: [`identify_and_throttle`] and the handler within the
+/// configured deadline, answering 503 when they run longer (a hung
+/// dependency must not hold a client, or a connection, for ever). Dropping
+/// them cancels their remaining work. One middleware rather than two: each
+/// layer of `from_fn` boxes and clones the rest of the stack per request.
+pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let timeout = state.settings.request_timeout;
+    match tokio::time::timeout(timeout, identify_and_throttle(state, req, next)).await {
         Ok(response) => response,
         Err(_) => {
             tracing::warn!("request deadline exceeded");

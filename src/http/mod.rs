@@ -74,11 +74,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            middleware::identify_and_throttle,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::deadline,
+            middleware::guard,
         ));
     Router::new()
         .merge(ops)

@@ -69,8 +69,11 @@ impl<K: Send + 'static, V: Send + 'static> Coalescer<K, V> {
             let mut waiting = Vec::with_capacity(MAX_BATCH);
             while rx.recv_many(&mut waiting, MAX_BATCH).await > 0 {
                 let (requests, replies): (Vec<K>, Vec<Reply<V>>) = waiting.drain(..).unzip();
-                metrics::histogram!("coalesced_batch_size", "call" => name)
-                    .record(requests.len() as f64);
+                crate::telemetry::observe(
+                    "coalesced_batch_size",
+                    &[("call", name)],
+                    requests.len() as f64,
+                );
                 let n = requests.len();
                 match call(requests).await {
                     Ok(answers) if answers.len() == n => {

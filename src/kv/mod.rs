@@ -544,8 +544,11 @@ impl RedisRole {
         };
         let started = Instant::now();
         let res = tokio::time::timeout(self.timeout, f(self.connection())).await;
-        metrics::histogram!("redis_roundtrip_seconds", "role" => self.role.name())
-            .record(started.elapsed().as_secs_f64());
+        crate::telemetry::observe(
+            "redis_roundtrip_seconds",
+            &[("role", self.role.name())],
+            started.elapsed().as_secs_f64(),
+        );
         match res {
             Ok(Ok(v)) => {
                 permit.report(Outcome::Healthy);

@@ -115,13 +115,19 @@ impl RateLimiter {
         match self.backend.check(&key, rate).await {
             Ok(d) => {
                 let outcome = if d.allowed { "allowed" } else { "throttled" };
-                metrics::counter!("ratelimit_decisions_total", "scope" => name, "outcome" => outcome)
-                    .increment(1);
+                crate::telemetry::count(
+                    "ratelimit_decisions_total",
+                    &[("scope", name), ("outcome", outcome)],
+                    1,
+                );
                 Ok(d)
             }
             Err(e) => {
-                metrics::counter!("ratelimit_decisions_total", "scope" => name, "outcome" => "error")
-                    .increment(1);
+                crate::telemetry::count(
+                    "ratelimit_decisions_total",
+                    &[("scope", name), ("outcome", "error")],
+                    1,
+                );
                 tracing::warn!(
                     scope = name,
                     error = format!("{e:#}"),
