@@ -62,6 +62,30 @@ pub fn init_logging() {
     };
 }
 
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The recorder keeps every histogram sample until it is folded into the
+/// buckets, which only rendering `/metrics` or an upkeep does: without one,
+/// a service nobody scrapes grew by about 40 bytes per request (1.5 MB/s
+/// at 40,000 requests a second). `PrometheusBuilder::install` would start
+/// this task, but it also starts its own listener; we serve `/metrics`
+/// ourselves, so the upkeep runs here, on a thread of its own (it must run
+/// whichever runtime, if any, the process has).
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "metrics upkeep not started: histograms grow until scraped");
+    }
+}
+
 /// The Prometheus handle of the process-wide recorder, installed on first use.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -75,7 +99,9 @@ pub fn metrics_handle() -> PrometheusHandle {
             match recorder {
                 Ok(recorder) => {
                     let handle = recorder.handle();
-                    let _ = metrics::set_global_recorder(recorder);
+                    if metrics::set_global_recorder(recorder).is_ok() {
+                        spawn_upkeep(handle.clone());
+                    }
                     handle
                 }
                 Err(_) => PrometheusBuilder::new().build_recorder().handle(),
