@@ -138,11 +138,30 @@ fn owned_labels(labels: &[(&'static str, &'static str)]) -> Vec<metrics::Label> 
         .collect()
 }
 
+type Handles<H> = std::cell::RefCell<std::collections::HashMap<StaticKey, H>>;
+
 thread_local! {
-    static COUNTERS: std::cell::RefCell<std::collections::HashMap<StaticKey, metrics::Counter>> =
-        std::cell::RefCell::default();
-    static HISTOGRAMS: std::cell::RefCell<std::collections::HashMap<StaticKey, metrics::Histogram>> =
-        std::cell::RefCell::default();
+    static COUNTERS: Handles<metrics::Counter> = Handles::default();
+    static HISTOGRAMS: Handles<metrics::Histogram> = Handles::default();
+}
+
+/// Runs `using` on this thread's handle of `name{labels}` from `handles`,
+/// made by `make` (after the recorder is installed) the first time.
+fn with_handle<H>(
+    handles: &'static std::thread::LocalKey<Handles<H>>,
+    name: &'static str,
+    labels: &[(&'static str, &'static str)],
+    make: impl FnOnce(Vec<metrics::Label>) -> H,
+    using: impl FnOnce(&H),
+) {
+    debug_assert!(labels.len() <= 2, "at most two labels");
+    let key = static_key(name, labels);
+    handles.with_borrow_mut(|handles| {
+        using(handles.entry(key).or_insert_with(|| {
+            let _ = metrics_handle();
+            make(owned_labels(labels))
+        }));
+    });
 }
 
 /// Adds `n` to the counter `name{labels}` (at most two labels, all static
@@ -152,30 +171,68 @@ thread_local! {
 /// the increment. The recorder is installed before the first handle is
 /// made, so no handle is a no-op one.
 pub fn count(name: &'static str, labels: &[(&'static str, &'static str)], n: u64) {
-    debug_assert!(labels.len() <= 2, "at most two labels");
-    let key = static_key(name, labels);
-    COUNTERS.with_borrow_mut(|handles| {
-        handles
-            .entry(key)
-            .or_insert_with(|| {
-                let _ = metrics_handle();
-                metrics::counter!(name, owned_labels(labels))
-            })
-            .increment(n);
-    });
+    with_handle(
+        &COUNTERS,
+        name,
+        labels,
+        |l| metrics::counter!(name, l),
+        |c| c.increment(n),
+    );
 }
 
 /// Records `value` in the histogram `name{labels}`, as [`count`] does.
 pub fn observe(name: &'static str, labels: &[(&'static str, &'static str)], value: f64) {
-    debug_assert!(labels.len() <= 2, "at most two labels");
-    let key = static_key(name, labels);
-    HISTOGRAMS.with_borrow_mut(|handles| {
-        handles
-            .entry(key)
-            .or_insert_with(|| {
-                let _ = metrics_handle();
-                metrics::histogram!(name, owned_labels(labels))
-            })
-            .record(value);
-    });
+    with_handle(
+        &HISTOGRAMS,
+        name,
+        labels,
+        |l| metrics::histogram!(name, l),
+        |h| h.record(value),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_handles_reach_the_rendered_metrics() -> anyhow::Result<()> {
+        for _ in 0..3 {
+            count(
+                "telemetry_test_total",
+                &[("kind", "a"), ("outcome", "ok")],
+                2,
+            );
+        }
+        count(
+            "telemetry_test_total",
+            &[("kind", "b"), ("outcome", "ok")],
+            1,
+        );
+        // From another thread: its own handles, the same series.
+        std::thread::spawn(|| {
+            count(
+                "telemetry_test_total",
+                &[("kind", "a"), ("outcome", "ok")],
+                4,
+            )
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the counting thread panicked"))?;
+        observe("telemetry_test_seconds", &[("kind", "a")], 0.002);
+        let text = metrics_handle().render();
+        assert!(
+            text.contains("telemetry_test_total{kind=\"a\",outcome=\"ok\"} 10"),
+            "{text}"
+        );
+        assert!(
+            text.contains("telemetry_test_total{kind=\"b\",outcome=\"ok\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("telemetry_test_seconds_count{kind=\"a\"} 1"),
+            "{text}"
+        );
+        Ok(())
+    }
 }
