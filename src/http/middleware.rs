@@ -10,7 +10,7 @@ use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum_extra::extract::cookie::CookieJar;
+use axum_extra::extract::cookie::Cookie;
 
 use super::AppState;
 use super::extract::Caller;
@@ -19,9 +19,18 @@ use crate::ratelimit::{Decision, Scope};
 use crate::sessions::{self, COOKIE};
 
 /// The raw session id of the request's cookie, if it looks like one.
+/// Parsed pair by pair rather than into a `CookieJar` (which copies every
+/// cookie of the request into a set first: 3% of a signed-in request's
+/// CPU); like the jar, the last `sessionid` pair wins.
 pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
-    CookieJar::from_headers(headers)
-        .get(COOKIE)
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+        .filter(|c| c.name() == COOKIE)
+        .last()
         .map(|c| c.value().to_owned())
         .filter(|v| sessions::looks_like_id(v))
 }
