@@ -100,8 +100,7 @@ commands() { local n=0; for p in "$@"; do n=$((n + $(redis-cli -p "$p" info stat
 # run NAME URL PARTITIONS MASTER…
 run() {
   local name=$1 url=$2 parts=$3; shift 3
-  local prefix="bench:$(date +%s%N):" before out rate p spread=()
-  before=$(commands "$@")
+  local prefix="bench:$(date +%s%N):" out rate p spread=()
   for p in "$@"; do spread+=("$(commands "$p")"); done
   out=$(env DATABASE_URL="sqlite://$WORK/$RANDOM.db" REDIS_URL="$url" STAYAFRICA_KEY_PREFIX="$prefix" \
     ${parts:+STAYAFRICA_JOB_PARTITIONS=$parts} RUST_LOG=error \
@@ -109,10 +108,11 @@ run() {
     { echo "$out" >&2; echo "FATAL: $name failed" >&2; exit 1; }
   rate=$(grep -oE 'jobs_per_sec=[0-9]+' <<<"$out" | cut -d= -f2)
   grep -q "exactly_once=yes" <<<"$out" || { echo "$out" >&2; echo "FATAL: $name: not every job ran exactly once" >&2; exit 1; }
-  local i=0 shares=""
-  for p in "$@"; do shares+="${shares:+ / }$(( ($(commands "$p") - spread[i]) * 100 / ($(commands "$@") - before) ))%"; i=$((i + 1)); done
+  local i=0 shares="" after=() total=0
+  for p in "$@"; do after+=("$(commands "$p")"); total=$((total + after[i] - spread[i])); i=$((i + 1)); done
+  for i in "${!after[@]}"; do shares+="${shares:+ / }$(( (after[i] - spread[i]) * 100 / total ))%"; done
   printf '| %s | %s | %s | %s | %s |\n' "$name" "$rate" \
-    "$(awk -v a="$(commands "$@")" -v b="$before" -v j="$JOBS" 'BEGIN { printf "%.2f", (a - b) / j }')" \
+    "$(awk -v t="$total" -v j="$JOBS" 'BEGIN { printf "%.2f", t / j }')" \
     "$shares" "$(cut -d' ' -f1 /proc/loadavg)"
 }
 

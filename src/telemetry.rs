@@ -123,7 +123,11 @@ pub fn init_test_logging() {
 /// A metric key made of static strings: a name and up to two labels.
 type StaticKey = (&'static str, [(&'static str, &'static str); 2]);
 
-fn static_key(name: &'static str, labels: &[(&'static str, &'static str)]) -> StaticKey {
+fn static_key<const N: usize>(
+    name: &'static str,
+    labels: &[(&'static str, &'static str); N],
+) -> StaticKey {
+    const { assert!(N <= 2, "at most two labels") };
     let mut key = (name, [("", ""); 2]);
     for (slot, label) in key.1.iter_mut().zip(labels) {
         *slot = *label;
@@ -147,14 +151,13 @@ thread_local! {
 
 /// Runs `using` on this thread's handle of `name{labels}` from `handles`,
 /// made by `make` (after the recorder is installed) the first time.
-fn with_handle<H>(
+fn with_handle<H, const N: usize>(
     handles: &'static std::thread::LocalKey<Handles<H>>,
     name: &'static str,
-    labels: &[(&'static str, &'static str)],
+    labels: &[(&'static str, &'static str); N],
     make: impl FnOnce(Vec<metrics::Label>) -> H,
     using: impl FnOnce(&H),
 ) {
-    debug_assert!(labels.len() <= 2, "at most two labels");
     let key = static_key(name, labels);
     handles.with_borrow_mut(|handles| {
         using(handles.entry(key).or_insert_with(|| {
@@ -164,13 +167,17 @@ fn with_handle<H>(
     });
 }
 
-/// Adds `n` to the counter `name{labels}` (at most two labels, all static
-/// strings). Each thread keeps the handles it has used: `metrics::counter!`
+/// Adds `n` to the counter `name{labels}` (at most two labels, checked at
+/// compile time; all static strings). Each thread keeps the handles it has used: `metrics::counter!`
 /// looks its key up in the recorder's registry on every call (hashing and
 /// cloning the key under a lock), which cost more on the request path than
 /// the increment. The recorder is installed before the first handle is
 /// made, so no handle is a no-op one.
-pub fn count(name: &'static str, labels: &[(&'static str, &'static str)], n: u64) {
+pub fn count<const N: usize>(
+    name: &'static str,
+    labels: &[(&'static str, &'static str); N],
+    n: u64,
+) {
     with_handle(
         &COUNTERS,
         name,
@@ -181,7 +188,11 @@ pub fn count(name: &'static str, labels: &[(&'static str, &'static str)], n: u64
 }
 
 /// Records `value` in the histogram `name{labels}`, as [`count`] does.
-pub fn observe(name: &'static str, labels: &[(&'static str, &'static str)], value: f64) {
+pub fn observe<const N: usize>(
+    name: &'static str,
+    labels: &[(&'static str, &'static str); N],
+    value: f64,
+) {
     with_handle(
         &HISTOGRAMS,
         name,

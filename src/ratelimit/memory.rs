@@ -57,9 +57,10 @@ impl Shard {
         key.len() + ENTRY_OVERHEAD
     }
 
-    /// Drops every entry whose TAT has passed.
-    fn sweep(&mut self, now: i64) {
-        self.tats.retain(|_, tat| *tat > now);
+    /// Keeps only the entries whose TAT comes after `t` (`t` = now: drops
+    /// every passed one).
+    fn keep_after(&mut self, t: i64) {
+        self.tats.retain(|_, tat| *tat > t);
         self.bytes = self.tats.keys().map(|k| Self::cost(k)).sum();
     }
 
@@ -70,7 +71,7 @@ impl Shard {
         if self.bytes + cost <= bound {
             return;
         }
-        self.sweep(now);
+        self.keep_after(now);
         if self.bytes + cost <= bound / 2 || self.tats.is_empty() {
             return;
         }
@@ -78,9 +79,14 @@ impl Shard {
         let middle = tats.len() / 2;
         let (_, cut, _) = tats.select_nth_unstable(middle);
         let cut = *cut;
-        self.tats.retain(|_, tat| *tat > cut);
-        self.bytes = self.tats.keys().map(|k| Self::cost(k)).sum();
+        self.keep_after(cut);
     }
+}
+
+/// A shard's lock. A panic cannot leave a shard half-updated (the map's own
+/// methods do not panic midway), so a poisoned lock is still consistent.
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// In-process [`LimiterBackend`].
@@ -115,11 +121,7 @@ impl MemoryLimiter {
 
     fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
         let i = usize::try_from(self.hasher.hash_one(key)).unwrap_or(0) % SHARDS;
-        // A panic cannot leave a shard half-updated (the map's own methods
-        // do not panic midway), so a poisoned lock is still consistent.
-        self.shards[i]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.shards[i])
     }
 
     /// Keys with live state (a TAT still to come), after dropping the others.
@@ -127,8 +129,8 @@ impl MemoryLimiter {
         let now = self.now_us();
         let mut live = 0;
         for shard in &self.shards {
-            let mut s = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            s.sweep(now);
+            let mut s = lock(shard);
+            s.keep_after(now);
             live += s.tats.len() as u64;
         }
         live
@@ -136,10 +138,7 @@ impl MemoryLimiter {
 
     /// Bytes of state held, as counted against the bound.
     pub fn state_bytes(&self) -> u64 {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).bytes as u64)
-            .sum()
+        self.shards.iter().map(|s| lock(s).bytes as u64).sum()
     }
 
     fn check_now(&self, key: &str, rate: Rate) -> Decision {
