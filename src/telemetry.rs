@@ -120,19 +120,49 @@ pub fn init_test_logging() {
         .try_init();
 }
 
-/// A metric key made of static strings: a name and up to two labels.
-type StaticKey = (&'static str, [(&'static str, &'static str); 2]);
-
-fn static_key<const N: usize>(
+/// A metric key made of static strings: a name and up to two labels,
+/// compared and hashed by the strings' addresses, not their bytes (hashing
+/// five strings per call was most of what a held handle cost). Two call
+/// sites naming the same series with strings at different addresses hold
+/// two handles of that one series, which is harmless.
+#[derive(Clone, Copy)]
+struct StaticKey {
     name: &'static str,
-    labels: &[(&'static str, &'static str); N],
-) -> StaticKey {
-    const { assert!(N <= 2, "at most two labels") };
-    let mut key = (name, [("", ""); 2]);
-    for (slot, label) in key.1.iter_mut().zip(labels) {
-        *slot = *label;
+    labels: [(&'static str, &'static str); 2],
+}
+
+impl StaticKey {
+    fn new<const N: usize>(name: &'static str, labels: &[(&'static str, &'static str); N]) -> Self {
+        const { assert!(N <= 2, "at most two labels") };
+        let mut key = StaticKey {
+            name,
+            labels: [("", ""); 2],
+        };
+        for (slot, label) in key.labels.iter_mut().zip(labels) {
+            *slot = *label;
+        }
+        key
     }
-    key
+
+    fn addresses(&self) -> [(usize, usize); 5] {
+        let at = |s: &'static str| (s.as_ptr() as usize, s.len());
+        let [(a, b), (c, d)] = self.labels;
+        [at(self.name), at(a), at(b), at(c), at(d)]
+    }
+}
+
+impl PartialEq for StaticKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.addresses() == other.addresses()
+    }
+}
+
+impl Eq for StaticKey {}
+
+impl std::hash::Hash for StaticKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.addresses().hash(state);
+    }
 }
 
 fn owned_labels(labels: &[(&'static str, &'static str)]) -> Vec<metrics::Label> {
@@ -142,7 +172,8 @@ fn owned_labels(labels: &[(&'static str, &'static str)]) -> Vec<metrics::Label> 
         .collect()
 }
 
-type Handles<H> = std::cell::RefCell<std::collections::HashMap<StaticKey, H>>;
+type Handles<H> =
+    std::cell::RefCell<std::collections::HashMap<StaticKey, H, foldhash::fast::FixedState>>;
 
 thread_local! {
     static COUNTERS: Handles<metrics::Counter> = Handles::default();
@@ -158,7 +189,7 @@ fn with_handle<H, const N: usize>(
     make: impl FnOnce(Vec<metrics::Label>) -> H,
     using: impl FnOnce(&H),
 ) {
-    let key = static_key(name, labels);
+    let key = StaticKey::new(name, labels);
     handles.with_borrow_mut(|handles| {
         using(handles.entry(key).or_insert_with(|| {
             let _ = metrics_handle();

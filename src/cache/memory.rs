@@ -2,12 +2,12 @@
 //! per-entry TTL, bounded by bytes) for values, and a small locked map for
 //! generations.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use foldhash::{HashMap, HashMapExt};
 use moka::Expiry;
 
 use super::store::CacheStore;
@@ -40,7 +40,7 @@ impl Expiry<String, Entry> for PerEntryTtl {
 
 /// In-process [`CacheStore`].
 pub struct MemoryStore {
-    values: moka::future::Cache<String, Entry>,
+    values: moka::future::Cache<String, Entry, foldhash::quality::RandomState>,
     generations: Mutex<HashMap<String, u64>>,
     counters: Mutex<HashMap<String, (i64, Instant)>>,
 }
@@ -60,7 +60,7 @@ impl MemoryStore {
                 u32::try_from(k.len() + v.value.len()).unwrap_or(u32::MAX)
             })
             .expire_after(PerEntryTtl)
-            .build();
+            .build_with_hasher(foldhash::quality::RandomState::default());
         MemoryStore {
             values,
             generations: Mutex::new(HashMap::new()),

@@ -34,7 +34,7 @@ pub mod stats;
 pub mod store;
 pub mod views;
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -60,7 +60,7 @@ impl Expiry<String, Entry> for PerEntryTtl {
 
 /// The in-process copy of hot stored responses (see the module docs).
 pub struct NearCache {
-    entries: moka::future::Cache<String, Entry>,
+    entries: moka::future::Cache<String, Entry, foldhash::quality::RandomState>,
     hits: AtomicU64,
 }
 
@@ -80,7 +80,7 @@ impl NearCache {
                 u32::try_from(bytes).unwrap_or(u32::MAX)
             })
             .expire_after(PerEntryTtl)
-            .build();
+            .build_with_hasher(foldhash::quality::RandomState::default());
         NearCache {
             entries,
             hits: AtomicU64::new(0),

@@ -4,7 +4,7 @@
 //! store every few seconds, off the request path. `stayafrica cache info`
 //! reads them.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 

@@ -16,6 +16,8 @@
 //! a full 200 instead of a 304 or identity instead of br.
 
 use axum::body::Body;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -54,10 +56,31 @@ impl Audience {
     }
 }
 
+/// The request headers a stored answer depends on (`Accept-Encoding`,
+/// `If-None-Match`), taken from the request without copying the rest of
+/// its headers (axum's `HeaderMap` extractor clones them all).
+#[derive(Debug, Default)]
+pub struct Conditional(HeaderMap);
+
+impl<S: Send + Sync> FromRequestParts<S> for Conditional {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let mut kept = HeaderMap::new();
+        for name in [header::ACCEPT_ENCODING, header::IF_NONE_MATCH] {
+            for value in parts.headers.get_all(&name) {
+                kept.append(name.clone(), value.clone());
+            }
+        }
+        Ok(Conditional(kept))
+    }
+}
+
 /// The answer to a GET from a stored response: 304 without a body when the
 /// client's `If-None-Match` names one of its tags, otherwise 200 with the
 /// best variant the client accepts (br, then gzip, then identity).
-pub fn respond(request: &HeaderMap, entry: &CachedResponse, audience: Audience) -> Response {
+pub fn respond(request: &Conditional, entry: &CachedResponse, audience: Audience) -> Response {
+    let request = &request.0;
     let coding = negotiate(request, entry);
     let tag = entry.etag_for(coding);
     let mut response = if not_modified(request, entry) {
@@ -76,6 +99,9 @@ pub fn respond(request: &HeaderMap, entry: &CachedResponse, audience: Audience) 
         r
     };
     let h = response.headers_mut();
+    // Room for these and the rate-limit and request-id headers added on
+    // the way out, so the map is allocated once, not grown and rehashed.
+    h.reserve(12);
     if let Ok(tag) = HeaderValue::from_maybe_shared(tag) {
         h.insert(header::ETAG, tag);
     }
@@ -88,28 +114,33 @@ pub fn respond(request: &HeaderMap, entry: &CachedResponse, audience: Audience) 
 /// `Accept-Encoding` allows (`q=0` forbids; other weights are not ranked,
 /// since br is smaller than gzip for every body we store).
 fn negotiate(request: &HeaderMap, entry: &CachedResponse) -> Coding {
-    let accepted: Vec<(&str, bool)> = request
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|item| {
-            let mut parts = item.split(';');
-            let coding = parts.next()?.trim();
-            let q = parts
-                .filter_map(|p| p.trim().strip_prefix("q="))
-                .filter_map(|q| q.trim().parse::<f32>().ok())
-                .next()
-                .unwrap_or(1.0);
-            (!coding.is_empty()).then_some((coding, q > 0.0))
-        })
-        .collect();
-    let allows = |name: &str| {
-        accepted
+    // Most answers have no variant to choose from (small bodies): then the
+    // header is not even read.
+    if entry.codings().nth(1).is_none() {
+        return Coding::Identity;
+    }
+    let accepted = || {
+        request
+            .get_all(header::ACCEPT_ENCODING)
             .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|item| {
+                let mut parts = item.split(';');
+                let coding = parts.next()?.trim();
+                let q = parts
+                    .filter_map(|p| p.trim().strip_prefix("q="))
+                    .filter_map(|q| q.trim().parse::<f32>().ok())
+                    .next()
+                    .unwrap_or(1.0);
+                (!coding.is_empty()).then_some((coding, q > 0.0))
+            })
+    };
+    let allows = |name: &str| {
+        accepted()
             .find(|(c, _)| c.eq_ignore_ascii_case(name))
-            .or_else(|| accepted.iter().find(|(c, _)| *c == "*"))
-            .is_some_and(|(_, ok)| *ok)
+            .or_else(|| accepted().find(|(c, _)| *c == "*"))
+            .is_some_and(|(_, ok)| ok)
     };
     entry
         .codings()

@@ -5,7 +5,6 @@
 use std::collections::HashSet;
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::Response;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -14,7 +13,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::caching::{self, Audience};
+use super::caching::{self, Audience, Conditional};
 use super::extract::AuthUser;
 use super::openapi::ErrorBody;
 use super::properties::featured_list;
@@ -96,7 +95,7 @@ async fn compute(state: &AppState, user_id: i64) -> anyhow::Result<Dashboard> {
     ))]
 async fn dashboard(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    headers: Conditional,
     AuthUser(user): AuthUser,
 ) -> ApiResult<Response> {
     let entry = state

@@ -63,7 +63,14 @@ pub struct ApiQuery<T>(pub T);
 impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
 
+    /// Parsed straight with `serde_urlencoded`; only a query that does not
+    /// fit goes through axum's `Query`, whose error names the parameter at
+    /// fault (it tracks the path of every field it reads, which cost more
+    /// than the parse itself on every good request).
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        if let Ok(v) = serde_urlencoded::from_str(parts.uri.query().unwrap_or_default()) {
+            return Ok(ApiQuery(v));
+        }
         Query::<T>::from_request_parts(parts, state)
             .await
             .map(|Query(v)| ApiQuery(v))

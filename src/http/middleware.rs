@@ -1,7 +1,7 @@
 //! Per-request middleware: who is calling (one session lookup), the general
 //! rate limits with their headers, and request metrics.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -74,7 +74,10 @@ async fn identify_and_throttle(state: AppState, mut req: Request, next: Next) ->
             }
         },
     };
-    req.extensions_mut().insert(caller);
+    // Absent means anonymous (see `AuthUser`): most requests insert nothing.
+    if caller != Caller::Anonymous {
+        req.extensions_mut().insert(caller);
+    }
     if !req.uri().path().starts_with("/api/") {
         return next.run(req).await;
     }
@@ -157,20 +160,37 @@ pub fn set_limit_headers(headers: &mut HeaderMap, d: &Decision) {
     headers.insert(RATELIMIT_RESET, HeaderValue::from(d.reset_after_secs()));
 }
 
+/// What the API's [`guard`] needs: the application and the request metrics.
+#[derive(Clone)]
+pub struct GuardState {
+    pub app: AppState,
+    pub metrics: RequestMetrics,
+}
+
 /// The API's guard: [`identify_and_throttle`] and the handler within the
 /// configured deadline, answering 503 when they run longer (a hung
-/// dependency must not hold a client, or a connection, for ever). Dropping
-/// them cancels their remaining work. One middleware rather than two: each
-/// layer of `from_fn` boxes and clones the rest of the stack per request.
-pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let timeout = state.settings.request_timeout;
-    match tokio::time::timeout(timeout, identify_and_throttle(state, req, next)).await {
-        Ok(response) => response,
-        Err(_) => {
-            tracing::warn!("request deadline exceeded");
-            ApiError::Unavailable("the service (request deadline exceeded)").into_response()
-        }
-    }
+/// dependency must not hold a client, or a connection, for ever), and the
+/// request's metrics. Dropping them cancels their remaining work. One
+/// middleware rather than three (metrics, deadline, caller and limits):
+/// each layer of `from_fn` clones and boxes the rest of the stack per
+/// request, which cost more than what the layer did.
+pub async fn guard(State(guard): State<GuardState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let method = req.method().clone();
+    let timeout = guard.app.settings.request_timeout;
+    let response =
+        match tokio::time::timeout(timeout, identify_and_throttle(guard.app, req, next)).await {
+            Ok(response) => response,
+            Err(_) => {
+                tracing::warn!("request deadline exceeded");
+                ApiError::Unavailable("the service (request deadline exceeded)").into_response()
+            }
+        };
+    guard
+        .metrics
+        .finish(route.as_ref(), &method, &response, started);
+    response
 }
 
 /// The request counter and latency histogram of each (route, method,
@@ -192,6 +212,19 @@ struct RouteMetric {
 }
 
 impl RequestMetrics {
+    /// Counts one answered request of `route` that began at `started`.
+    fn finish(
+        &self,
+        route: Option<&MatchedPath>,
+        method: &Method,
+        response: &Response,
+        started: Instant,
+    ) {
+        let route = route.map_or("unmatched", MatchedPath::as_str);
+        let seconds = started.elapsed().as_secs_f64();
+        self.record(route, method, response.status().as_u16(), seconds);
+    }
+
     fn record(&self, route: &str, method: &Method, status: u16, seconds: f64) {
         let found = read(&self.handles).get(route).and_then(|list| {
             list.iter()
@@ -234,7 +267,8 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Counts requests and their latency per route and status.
+/// Counts requests and their latency per route and status (the routes
+/// outside the API's [`guard`], which counts its own).
 pub async fn record_metrics(
     State(metrics): State<RequestMetrics>,
     req: Request,
@@ -244,13 +278,7 @@ pub async fn record_metrics(
     let route = req.extensions().get::<MatchedPath>().cloned();
     let method = req.method().clone();
     let response = next.run(req).await;
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    metrics.record(
-        route,
-        &method,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
+    metrics.finish(route.as_ref(), &method, &response, started);
     response
 }
 

@@ -12,6 +12,7 @@ pub mod middleware;
 pub mod openapi;
 pub mod ops;
 pub mod properties;
+pub mod request_id;
 mod state;
 
 use std::any::Any;
@@ -24,7 +25,7 @@ use axum::http::{HeaderName, Request};
 use axum::response::{IntoResponse, Response};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -62,6 +63,7 @@ pub fn routes_and_spec() -> (Router<AppState>, Router<AppState>, serde_json::Val
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let (ops, api, spec) = routes_and_spec();
+    let metrics = middleware::RequestMetrics::default();
     // The spec is served as built (JSON), and read by the offline viewer.
     let docs = SwaggerUi::new(openapi::DOCS_PATH).external_url_unchecked(openapi::SPEC_PATH, spec);
     // Each fallback after its routes: it applies to the routes registered before it.
@@ -73,19 +75,25 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            middleware::GuardState {
+                app: state.clone(),
+                metrics: metrics.clone(),
+            },
             middleware::guard,
         ));
+    let ops = ops.layer(axum::middleware::from_fn_with_state(
+        metrics,
+        middleware::record_metrics,
+    ));
     Router::new()
         .merge(ops)
         .merge(api)
-        .layer(axum::middleware::from_fn_with_state(
-            middleware::RequestMetrics::default(),
-            middleware::record_metrics,
-        ))
         .layer(
             ServiceBuilder::new()
-                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+                .layer(SetRequestIdLayer::new(
+                    request_id.clone(),
+                    request_id::MakeSequentialId,
+                ))
                 .layer(
                     TraceLayer::new_for_http()
                         .make_span_with(request_span)

@@ -4,7 +4,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -14,7 +14,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::caching::{self, Audience};
+use super::caching::{self, Audience, Conditional};
 use super::extract::{ApiJson, ApiQuery, AuthUser, IdPath, non_null};
 use super::openapi::ErrorBody;
 use crate::cache::response::CachedResponse;
@@ -145,7 +145,7 @@ pub struct Page<T> {
     ))]
 async fn list(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    headers: Conditional,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Response> {
     let q = q.normalize()?;
@@ -201,7 +201,7 @@ pub async fn featured_list(state: &AppState) -> anyhow::Result<Vec<Property>> {
     responses(
         (status = 200, description = "The featured properties", body = Vec<Property>),
     ))]
-async fn featured(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+async fn featured(State(state): State<AppState>, headers: Conditional) -> ApiResult<Response> {
     let entry = featured_entry(&state).await?;
     Ok(caching::respond(&headers, &entry, Audience::Public))
 }
@@ -227,7 +227,7 @@ async fn cached_property(state: &AppState, id: i64) -> anyhow::Result<CachedResp
     ))]
 async fn detail(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    headers: Conditional,
     IdPath(id): IdPath,
 ) -> ApiResult<Response> {
     // The lookup and the view count are independent: run them together, one

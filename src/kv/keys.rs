@@ -17,6 +17,8 @@ pub struct Keys {
 /// even slot ranges of `redis-cli --cluster create` their tags fall 23, 20
 /// and 21 (32 tags fall 15, 9, 8: one master would hold about half).
 pub const SESSION_SHARDS: u8 = 64;
+// `Keys::session` writes the shard as two digits.
+const _: () = assert!(SESSION_SHARDS <= 100);
 
 /// Cache role: a namespace of cached data, whose generation counter makes
 /// every entry keyed by it stale at once when bumped. Typed, so that no key
@@ -33,14 +35,25 @@ pub enum Namespace {
 }
 
 impl Namespace {
-    /// Its name inside the generation counter's key.
-    fn name(self) -> String {
+    /// Its name inside the generation counter's key, as parts.
+    fn name(self, id: &mut itoa::Buffer) -> [&str; 2] {
         match self {
-            Namespace::Properties => "properties".to_owned(),
-            Namespace::User(id) => format!("user:{id}"),
-            Namespace::Views(id) => format!("views:{id}"),
+            Namespace::Properties => ["properties", ""],
+            Namespace::User(n) => ["user:", id.format(n)],
+            Namespace::Views(n) => ["views:", id.format(n)],
         }
     }
+}
+
+/// The strings `parts` joined, allocated once at the final size. Keys on
+/// the request path are built with this rather than `format!`, whose
+/// formatting machinery cost several times the copying.
+fn cat(parts: &[&str]) -> String {
+    let mut s = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        s.push_str(p);
+    }
+    s
 }
 
 /// Cache role: hash tag of the generation counters (the near-cache's
@@ -79,10 +92,11 @@ impl KeyTemplate {
     /// The key for these generations (one per generation key).
     pub fn render(&self, generations: &[u64]) -> String {
         let mut key = String::with_capacity(self.parts.iter().map(String::len).sum::<usize>() + 40);
+        let mut digits = itoa::Buffer::new();
         for (i, part) in self.parts.iter().enumerate() {
             key.push_str(part);
             if let Some(g) = generations.get(i).filter(|_| i + 1 < self.parts.len()) {
-                key.push_str(&g.to_string());
+                key.push_str(digits.format(*g));
             }
         }
         key
@@ -153,12 +167,14 @@ impl Keys {
 
     /// The logical (un-prefixed) cache key `name`, prefixed.
     pub fn cache(&self, name: &str) -> String {
-        format!("{}cache:{name}", self.prefix)
+        cat(&[&self.prefix, "cache:", name])
     }
 
     /// Generation counter of a cache namespace (bumped to invalidate it).
     pub fn generation(&self, ns: Namespace) -> String {
-        self.cache(&format!("gen:{GEN_TAG}:{}", ns.name()))
+        let mut id = itoa::Buffer::new();
+        let [name, id] = ns.name(&mut id);
+        cat(&[&self.prefix, "cache:gen:", GEN_TAG, ":", name, id])
     }
 
     /// A `SCAN MATCH` pattern of every generation counter (glob characters
@@ -181,10 +197,7 @@ impl Keys {
     pub fn property_list_template(&self, normalized_query: &str) -> KeyTemplate {
         KeyTemplate::new(
             vec![self.generation(Namespace::Properties)],
-            vec![
-                self.cache("property:list:g"),
-                format!(":{normalized_query}"),
-            ],
+            vec![self.cache("property:list:g"), cat(&[":", normalized_query])],
         )
     }
 
@@ -217,7 +230,7 @@ impl Keys {
             vec![
                 self.cache("property:detail:g"),
                 ":v".to_owned(),
-                format!(":{id}"),
+                cat(&[":", itoa::Buffer::new().format(id)]),
             ],
         )
     }
@@ -231,7 +244,12 @@ impl Keys {
                 self.generation(Namespace::User(user_id)),
             ],
             vec![
-                self.cache(&format!("user:dashboard:{user_id}:g")),
+                cat(&[
+                    &self.prefix,
+                    "cache:user:dashboard:",
+                    itoa::Buffer::new().format(user_id),
+                    ":g",
+                ]),
                 ":u".to_owned(),
                 String::new(),
             ],
@@ -355,10 +373,10 @@ impl Keys {
 
     /// One session, keyed by the SHA-256 of its id, never the id itself.
     pub fn session(&self, id_hash: &str) -> String {
-        format!(
-            "{}{id_hash}",
-            self.session_shard_ns(Self::session_shard(id_hash))
-        )
+        let shard = Self::session_shard(id_hash);
+        let digits = [b'0' + shard / 10, b'0' + shard % 10];
+        let digits = std::str::from_utf8(&digits).unwrap_or("00");
+        cat(&[&self.prefix, "session:{s", digits, "}:", id_hash])
     }
 
     /// Index of a user's session hashes in one shard (same slot as the
@@ -393,7 +411,7 @@ impl Keys {
 
     /// Limiter state of one (scope, subject).
     pub fn ratelimit(&self, scope: &str, subject: &str) -> String {
-        format!("{}rl:{scope}:{subject}", self.prefix)
+        cat(&[&self.prefix, "rl:", scope, ":", subject])
     }
 
     /// `{prefix}jobs:` — everything of the broker role starts with this.
@@ -518,5 +536,40 @@ mod tests {
         }
         // Past the table: the plain tags.
         assert_eq!(keys.jobs_ready(12), "p:jobs:{q12}:ready");
+    }
+
+    #[test]
+    fn request_path_keys_keep_their_layout() {
+        let keys = Keys::new("p:");
+        for h in ["a", "b", "0f3c", "ffff"] {
+            let shard = Keys::session_shard(h);
+            assert_eq!(
+                keys.session(h),
+                format!("{}{h}", keys.session_shard_ns(shard))
+            );
+        }
+        assert_eq!(keys.ratelimit("anon", "10.0.0.1"), "p:rl:anon:10.0.0.1");
+        assert_eq!(
+            keys.generation(Namespace::Properties),
+            "p:cache:gen:{g}:properties"
+        );
+        assert_eq!(
+            keys.generation(Namespace::User(7)),
+            "p:cache:gen:{g}:user:7"
+        );
+        assert_eq!(
+            keys.generation(Namespace::Views(-3)),
+            "p:cache:gen:{g}:views:-3"
+        );
+        assert_eq!(
+            keys.property_list(12, "[1]"),
+            "p:cache:property:list:g12:[1]"
+        );
+        assert_eq!(keys.featured(3), "p:cache:property:list:featured:g3");
+        assert_eq!(
+            keys.property_detail_template(42).render(&[5, 6]),
+            "p:cache:property:detail:g5:v6:42"
+        );
+        assert_eq!(keys.dashboard(1, 2, 9), "p:cache:user:dashboard:9:g1:u2");
     }
 }

@@ -22,7 +22,7 @@
 //!   clients closest to a fresh allowance anyway, so the limit loses the
 //!   least. A client hammering the service has the latest TAT and is kept.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;

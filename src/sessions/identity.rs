@@ -25,7 +25,7 @@ const TTL: Duration = Duration::from_secs(600);
 #[derive(Clone)]
 pub struct Identities {
     db: Db,
-    users: moka::future::Cache<i64, User>,
+    users: moka::future::Cache<i64, User, foldhash::quality::RandomState>,
 }
 
 impl Identities {
@@ -36,7 +36,7 @@ impl Identities {
             users: moka::future::Cache::builder()
                 .max_capacity(CAPACITY)
                 .time_to_live(TTL)
-                .build(),
+                .build_with_hasher(foldhash::quality::RandomState::default()),
         }
     }
 

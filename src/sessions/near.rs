@@ -33,7 +33,7 @@
 //! if no drop intervened, one atomic step with the drop, which a mutex
 //! around a map gives in a few lines.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
