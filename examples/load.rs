@@ -272,19 +272,16 @@ async fn cache(redis: String, concurrency: usize, duration: Duration) -> anyhow:
 /// worker has its own client key and a limit it never reaches, so each check
 /// is a full check-and-count (the script's GET, TIME and SET).
 async fn limiter(redis: String, concurrency: usize, duration: Duration) -> anyhow::Result<()> {
-    use stayafrica::config::{Rate, Throttles};
+    use stayafrica::domain::ClientAddr;
     use stayafrica::ratelimit::memory::MemoryLimiter;
     use stayafrica::ratelimit::redis::RedisLimiter;
-    use stayafrica::ratelimit::{LimiterBackend, RateLimiter, Scope};
+    use stayafrica::ratelimit::{Action, LimiterBackend, Rate, RateLimiter, Scope, Throttles};
 
     let rate = Rate::new(u32::MAX / 2, Duration::from_secs(3600));
-    let rates = Throttles {
-        anon: rate,
-        user: rate,
-        booking: rate,
-        otp: rate,
-        login: rate,
-    };
+    let mut rates = Throttles::default();
+    for action in Action::ALL {
+        rates.set(action, rate);
+    }
     let keys = Keys::new(&format!("bench:{}:", std::process::id()));
     let backends: [(&'static str, Arc<dyn LimiterBackend>); 2] = [
         (
@@ -304,6 +301,7 @@ async fn limiter(redis: String, concurrency: usize, duration: Duration) -> anyho
             let limiter = limiter.clone();
             async move {
                 let ip = std::net::IpAddr::from([10, 0, (w / 256) as u8, (w % 256) as u8]);
+                let ip = ClientAddr::new(ip, 64);
                 matches!(limiter.check(&Scope::Anon(ip)).await, Ok(d) if d.allowed)
             }
         })

@@ -16,12 +16,12 @@
 //! | `STAYAFRICA_REDIS_TLS_CA_FILE` | unset: the system's roots (PEM CA of `rediss://` servers) |
 //! | `STAYAFRICA_REDIS_TLS_CERT_FILE`, `STAYAFRICA_REDIS_TLS_KEY_FILE` | unset: no client certificate (PEM; mutual TLS) |
 //! | `STAYAFRICA_KEY_PREFIX` | `stayafrica:` |
-//! | `STAYAFRICA_THROTTLE_ANON` / `_USER` / `_BOOKING` | `100/hour`, `1000/hour`, `5/hour` |
-//! | `STAYAFRICA_THROTTLE_OTP` / `_LOGIN` | `5/hour`, `5/15min` |
+//! | `STAYAFRICA_THROTTLE_*` | the catalogue of limits: `ratelimit::Action` |
 //! | `STAYAFRICA_EMAIL` | `log` (`file:DIR`, `log`, `smtp://…`) |
 //! | `STAYAFRICA_SESSION_TTL_SECS` | `1209600` (2 weeks, sliding) |
 //! | `STAYAFRICA_COOKIE_SECURE` | `false` |
-//! | `STAYAFRICA_TRUSTED_PROXIES` | empty (comma-separated IPs) |
+//! | `STAYAFRICA_TRUSTED_PROXIES` | empty (comma-separated IPs and CIDR ranges) |
+//! | `STAYAFRICA_IPV6_CLIENT_PREFIX` | `64` (IPv6 clients are limited per prefix) |
 //! | `STAYAFRICA_VIEW_FLUSH_SECS` | `60` |
 //! | `STAYAFRICA_OTP_TTL_SECS` | `300` |
 //! | `STAYAFRICA_REQUEST_TIMEOUT_MS` | `30000` |
@@ -42,7 +42,11 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 
+use ipnet::IpNet;
+
+use crate::domain::DEFAULT_IPV6_PREFIX;
 use crate::kv::tls::{TlsConfig, TlsFiles};
+use crate::ratelimit::{Action, Rate, Throttles};
 
 /// The settings as the operator writes them (flat keys), each already in
 /// its type; [`Settings::from_raw`] only combines them (the Redis roles).
@@ -75,12 +79,18 @@ struct RawSettings {
     throttle_booking: Rate,
     throttle_otp: Rate,
     throttle_login: Rate,
+    throttle_login_email: Rate,
+    throttle_otp_client: Rate,
+    throttle_register: Rate,
+    throttle_property_create: Rate,
     email: EmailSetting,
     #[serde(deserialize_with = "positive_secs")]
     session_ttl_secs: Duration,
     cookie_secure: bool,
-    #[serde(deserialize_with = "ip_list")]
-    trusted_proxies: Vec<IpAddr>,
+    #[serde(deserialize_with = "net_list")]
+    trusted_proxies: Vec<IpNet>,
+    #[serde(deserialize_with = "ipv6_prefix")]
+    ipv6_client_prefix: u8,
     #[serde(deserialize_with = "positive_secs")]
     view_flush_secs: Duration,
     #[serde(deserialize_with = "positive_secs")]
@@ -114,10 +124,15 @@ const KEYS: &[&str] = &[
     "throttle_booking",
     "throttle_otp",
     "throttle_login",
+    "throttle_login_email",
+    "throttle_otp_client",
+    "throttle_register",
+    "throttle_property_create",
     "email",
     "session_ttl_secs",
     "cookie_secure",
     "trusted_proxies",
+    "ipv6_client_prefix",
     "view_flush_secs",
     "otp_ttl_secs",
     "request_timeout_ms",
@@ -140,15 +155,20 @@ impl Default for RawSettings {
             redis_tls_cert_file: None,
             redis_tls_key_file: None,
             key_prefix: "stayafrica:".into(),
-            throttle_anon: Rate::new(100, Duration::from_secs(3600)),
-            throttle_user: Rate::new(1000, Duration::from_secs(3600)),
-            throttle_booking: Rate::new(5, Duration::from_secs(3600)),
-            throttle_otp: Rate::new(5, Duration::from_secs(3600)),
-            throttle_login: Rate::new(5, Duration::from_secs(900)),
+            throttle_anon: Action::Anon.spec().default,
+            throttle_user: Action::User.spec().default,
+            throttle_booking: Action::Booking.spec().default,
+            throttle_otp: Action::OtpEmail.spec().default,
+            throttle_login: Action::Login.spec().default,
+            throttle_login_email: Action::LoginEmail.spec().default,
+            throttle_otp_client: Action::OtpClient.spec().default,
+            throttle_register: Action::Register.spec().default,
+            throttle_property_create: Action::PropertyCreate.spec().default,
             email: EmailSetting::Log,
             session_ttl_secs: Duration::from_secs(1_209_600),
             cookie_secure: false,
             trusted_proxies: Vec::new(),
+            ipv6_client_prefix: DEFAULT_IPV6_PREFIX,
             view_flush_secs: Duration::from_secs(60),
             otp_ttl_secs: Duration::from_secs(300),
             request_timeout_ms: Duration::from_millis(30_000),
@@ -235,82 +255,52 @@ fn opt_partitions<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Err
     Ok(Some(n))
 }
 
-/// IP addresses as a TOML array or, as an environment variable holds
-/// them, one comma-separated string.
-fn ip_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpAddr>, D::Error> {
-    struct IpList;
-    impl<'de> Visitor<'de> for IpList {
-        type Value = Vec<IpAddr>;
+/// Addresses and CIDR ranges (`10.0.0.1`, `10.0.0.0/8`, `fd00::/8`) as a
+/// TOML array or, as an environment variable holds them, one
+/// comma-separated string. A bare address is a range of one.
+fn net_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    fn parse<E: de::Error>(s: &str) -> Result<IpNet, E> {
+        let s = s.trim();
+        s.parse::<IpNet>()
+            .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+            .map(|n| n.trunc())
+            .map_err(|_| {
+                E::custom(format!(
+                    "expected IP addresses or CIDR ranges (`10.0.0.0/8`), got `{s}`"
+                ))
+            })
+    }
+    struct NetList;
+    impl<'de> Visitor<'de> for NetList {
+        type Value = Vec<IpNet>;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("comma-separated IP addresses")
+            f.write_str("comma-separated IP addresses or CIDR ranges")
         }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
             v.split(',')
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
-                .map(|s| {
-                    s.parse()
-                        .map_err(|_| E::custom(format!("expected IP addresses, got `{s}`")))
-                })
+                .map(parse)
                 .collect()
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
             let mut out = Vec::new();
-            while let Some(ip) = seq.next_element::<IpAddr>()? {
-                out.push(ip);
+            while let Some(s) = seq.next_element::<String>()? {
+                out.push(parse(&s)?);
             }
             Ok(out)
         }
     }
-    d.deserialize_any(IpList)
+    d.deserialize_any(NetList)
 }
 
-/// A rate limit: `limit` requests per `period`, sliding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rate {
-    pub limit: u32,
-    pub period: Duration,
-}
-
-impl Rate {
-    /// Unchecked (a zero limit is accepted here); [`Rate::parse`] validates input.
-    pub const fn new(limit: u32, period: Duration) -> Self {
-        Rate { limit, period }
+/// Prefix length IPv6 clients are counted by: 32 to 128.
+fn ipv6_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    let n = u8::deserialize(d)?;
+    if !(32..=128).contains(&n) {
+        return Err(de::Error::custom("expected a prefix length from 32 to 128"));
     }
-
-    /// Parses `N/UNIT` or `N/kUNIT`: `100/hour`, `5/15min`, `10/s`.
-    pub fn parse(s: &str) -> Result<Rate, String> {
-        let expected = || format!("expected a rate like `100/hour` or `5/15min`, got `{s}`");
-        let (n, per) = s.trim().split_once('/').ok_or_else(expected)?;
-        let limit: u32 = n.trim().parse().map_err(|_| expected())?;
-        let per = per.trim();
-        let digits = per.chars().take_while(char::is_ascii_digit).count();
-        let mult: u64 = if digits == 0 {
-            1
-        } else {
-            per[..digits].parse().map_err(|_| expected())?
-        };
-        let unit = match &per[digits..] {
-            "s" | "sec" | "second" | "seconds" => 1,
-            "m" | "min" | "minute" | "minutes" => 60,
-            "h" | "hour" | "hours" => 3600,
-            "d" | "day" | "days" => 86400,
-            _ => return Err(expected()),
-        };
-        if limit == 0 || mult == 0 {
-            return Err(expected());
-        }
-        Ok(Rate {
-            limit,
-            period: Duration::from_secs(mult * unit),
-        })
-    }
-}
-
-impl<'de> Deserialize<'de> for Rate {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Rate::parse(&String::deserialize(d)?).map_err(de::Error::custom)
-    }
+    Ok(n)
 }
 
 /// Where outgoing email goes.
@@ -354,16 +344,6 @@ pub struct RedisSettings {
     pub ratelimit: SecretString,
 }
 
-/// Rates of every rate-limited scope.
-#[derive(Debug, Clone, Copy)]
-pub struct Throttles {
-    pub anon: Rate,
-    pub user: Rate,
-    pub booking: Rate,
-    pub otp: Rate,
-    pub login: Rate,
-}
-
 /// The validated settings of the whole service. `Debug` shows no
 /// credential: the URLs that may hold one are secret.
 #[derive(Debug, Clone)]
@@ -385,8 +365,11 @@ pub struct Settings {
     pub session_ttl: Duration,
     /// Mark the session cookie `Secure` (HTTPS only); set it in production.
     pub cookie_secure: bool,
-    /// Peers whose `X-Forwarded-For` is believed when finding the client IP.
-    pub trusted_proxies: Vec<IpAddr>,
+    /// Peers whose `X-Forwarded-For` is believed when finding the client
+    /// address (addresses and CIDR ranges).
+    pub trusted_proxies: Vec<IpNet>,
+    /// IPv6 clients are counted by this many leading bits (64).
+    pub ipv6_client_prefix: u8,
     /// How often counted property views are written to the database.
     pub view_flush_interval: Duration,
     /// Lifetime of a one-time login code.
@@ -581,17 +564,28 @@ impl Settings {
             redis,
             redis_tls,
             key_prefix: raw.key_prefix,
-            throttles: Throttles {
-                anon: raw.throttle_anon,
-                user: raw.throttle_user,
-                booking: raw.throttle_booking,
-                otp: raw.throttle_otp,
-                login: raw.throttle_login,
+            throttles: {
+                let mut t = Throttles::default();
+                for (setting, rate) in [
+                    ("throttle_anon", raw.throttle_anon),
+                    ("throttle_user", raw.throttle_user),
+                    ("throttle_booking", raw.throttle_booking),
+                    ("throttle_otp", raw.throttle_otp),
+                    ("throttle_login", raw.throttle_login),
+                    ("throttle_login_email", raw.throttle_login_email),
+                    ("throttle_otp_client", raw.throttle_otp_client),
+                    ("throttle_register", raw.throttle_register),
+                    ("throttle_property_create", raw.throttle_property_create),
+                ] {
+                    t.set_setting(setting, rate);
+                }
+                t
             },
             email: raw.email,
             session_ttl: raw.session_ttl_secs,
             cookie_secure: raw.cookie_secure,
             trusted_proxies: raw.trusted_proxies,
+            ipv6_client_prefix: raw.ipv6_client_prefix,
             view_flush_interval: raw.view_flush_secs,
             otp_ttl: raw.otp_ttl_secs,
             request_timeout: raw.request_timeout_ms,
@@ -631,30 +625,16 @@ mod tests {
         });
     }
 
+    fn net(s: &str) -> IpNet {
+        s.parse()
+            .unwrap_or_else(|_| IpNet::from(IpAddr::from([0, 0, 0, 0])))
+    }
+
     /// The error text of a failed load, or a marker when it did not fail.
     fn load_err(file: Option<&Path>) -> String {
         match Settings::load(file) {
             Ok(_) => "<loaded without error>".to_owned(),
             Err(e) => format!("{e:#}"),
-        }
-    }
-
-    #[test]
-    fn parses_rates() {
-        assert_eq!(
-            Rate::parse("100/hour"),
-            Ok(Rate::new(100, Duration::from_secs(3600)))
-        );
-        assert_eq!(
-            Rate::parse("5/15min"),
-            Ok(Rate::new(5, Duration::from_secs(900)))
-        );
-        assert_eq!(
-            Rate::parse("10/s"),
-            Ok(Rate::new(10, Duration::from_secs(1)))
-        );
-        for bad in ["", "100", "0/hour", "x/hour", "100/fortnight", "100/0h"] {
-            assert!(Rate::parse(bad).is_err(), "{bad} accepted");
         }
     }
 
@@ -674,7 +654,10 @@ mod tests {
             let s = Settings::load(None).map_err(|e| e.to_string())?;
             assert!(s.is_embedded());
             assert_eq!(s.database_url.expose_secret(), "sqlite://stayafrica.db");
-            assert_eq!(s.throttles.login, Rate::new(5, Duration::from_secs(900)));
+            assert_eq!(
+                s.throttles.get(Action::Login),
+                Rate::new(5, Duration::from_secs(900))
+            );
             assert_eq!(s.memory_cache_bytes, 256 * 1024 * 1024);
             Ok(())
         });
@@ -690,26 +673,29 @@ mod tests {
             )?;
             let path = Path::new("stayafrica.toml");
             let s = Settings::load(Some(path)).map_err(|e| e.to_string())?;
-            assert_eq!(s.throttles.anon, Rate::new(7, Duration::from_secs(60)));
+            assert_eq!(
+                s.throttles.get(Action::Anon),
+                Rate::new(7, Duration::from_secs(60))
+            );
             assert_eq!(s.key_prefix, "sa2:");
             assert_eq!(s.view_flush_interval, Duration::from_secs(5));
             assert!(s.cookie_secure);
-            assert_eq!(s.trusted_proxies, vec![IpAddr::from([10, 0, 0, 1])]);
+            assert_eq!(s.trusted_proxies, vec![net("10.0.0.1/32")]);
             assert_eq!(s.memory_cache_bytes, 32 * 1024 * 1024);
             jail.set_env("STAYAFRICA_THROTTLE_ANON", "9/hour");
             jail.set_env("STAYAFRICA_COOKIE_SECURE", "false");
-            jail.set_env("STAYAFRICA_TRUSTED_PROXIES", "10.0.0.2, ::1");
+            jail.set_env("STAYAFRICA_TRUSTED_PROXIES", "10.0.0.2, ::1, 10.1.2.3/16");
             jail.set_env("STAYAFRICA_REQUEST_TIMEOUT_MS", "250");
             jail.set_env("STAYAFRICA_LOG_FORMAT", "json");
             let s = Settings::load(Some(path)).map_err(|e| e.to_string())?;
-            assert_eq!(s.throttles.anon, Rate::new(9, Duration::from_secs(3600)));
+            assert_eq!(
+                s.throttles.get(Action::Anon),
+                Rate::new(9, Duration::from_secs(3600))
+            );
             assert!(!s.cookie_secure);
             assert_eq!(
                 s.trusted_proxies,
-                vec![
-                    IpAddr::from([10, 0, 0, 2]),
-                    "::1".parse::<IpAddr>().map_err(|e| e.to_string())?
-                ]
+                vec![net("10.0.0.2/32"), net("::1/128"), net("10.1.0.0/16")]
             );
             assert_eq!(s.request_timeout, Duration::from_millis(250));
             Ok(())

@@ -34,13 +34,16 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("validation failed")]
     Validation(FieldErrors),
+    /// Over a limit: the decision that refused (its `Retry-After`, and the
+    /// `X-RateLimit-*` headers the middleware writes from it).
     #[error("too many requests")]
-    Throttled {
-        /// Seconds until a retry can succeed (at least 1).
-        retry_after: u64,
-    },
+    Throttled(crate::ratelimit::Decision),
     #[error("{0} is unavailable")]
     Unavailable(&'static str),
+    /// The service is saturated (a bounded resource stayed busy): 503 with
+    /// `Retry-After`, so a client backs off instead of retrying at once.
+    #[error("{0} is busy, retry shortly")]
+    Saturated(&'static str),
     #[error("internal error")]
     Internal(anyhow::Error),
 }
@@ -87,8 +90,8 @@ impl ApiError {
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) | ApiError::Saturated(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -106,8 +109,8 @@ impl ApiError {
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Validation(_) => "validation_failed",
-            ApiError::Throttled { .. } => "throttled",
-            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Throttled(_) => "throttled",
+            ApiError::Unavailable(_) | ApiError::Saturated(_) => "unavailable",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -128,12 +131,33 @@ impl IntoResponse for ApiError {
             error["details"] = json!(details);
         }
         let mut response = (status, axum::Json(json!({ "error": error }))).into_response();
-        if let ApiError::Throttled { retry_after } = self {
+        let retry_after = match self {
+            ApiError::Throttled(decision) => {
+                response.extensions_mut().insert(decision);
+                Some(decision.retry_after_secs())
+            }
+            ApiError::Saturated(_) => Some(SATURATED_RETRY_AFTER),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
+    }
+}
+
+/// `Retry-After` of a saturated answer: the bounded work it waited for
+/// takes milliseconds, so a second is enough to find a free turn.
+const SATURATED_RETRY_AFTER: u64 = 1;
+
+impl From<crate::passwords::HashError> for ApiError {
+    fn from(e: crate::passwords::HashError) -> Self {
+        match e {
+            crate::passwords::HashError::Busy => ApiError::Saturated("password hashing"),
+            crate::passwords::HashError::Failed(e) => ApiError::Internal(e),
+        }
     }
 }
 

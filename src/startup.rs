@@ -116,6 +116,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<Jo
         limiter,
         jobs,
         metrics: telemetry::metrics_handle(),
+        hasher: crate::passwords::Hasher::per_core(crate::passwords::TURN_WAIT),
     });
     Ok((state, ctx))
 }

@@ -28,6 +28,12 @@ pub const MARKER: [u8; 2] = [0xFF, b'R'];
 /// is a few bytes and the headers cost more.
 pub const COMPRESS_ABOVE: usize = 1024;
 
+/// Bodies larger than this get no compressed variants either: compressing
+/// them would hold a blocking thread for a long time and the stored entry
+/// would triple. No response of the API comes near it (the largest, a
+/// page of 100 properties or the 100 featured ones, is under 600 KiB).
+pub const COMPRESS_AT_MOST: usize = 2 * 1024 * 1024;
+
 /// gzip level used at fill time (the zlib default: good ratio, a few ms on
 /// the featured list).
 const GZIP_LEVEL: u32 = 6;
@@ -84,9 +90,11 @@ pub fn etag_of(body: &[u8]) -> Bytes {
 impl CachedResponse {
     /// Builds the entry for `body`: its tag and, above [`COMPRESS_ABOVE`]
     /// bytes, its gzip and br variants (the only time they are compressed).
+    /// Runs on the calling thread: see [`CachedResponse::build_off_thread`]
+    /// for the request path.
     pub fn build(body: Bytes) -> anyhow::Result<Self> {
         let etag = etag_of(&body);
-        let (gzip, br) = if body.len() > COMPRESS_ABOVE {
+        let (gzip, br) = if (COMPRESS_ABOVE + 1..=COMPRESS_AT_MOST).contains(&body.len()) {
             (Some(gzip(&body)?), Some(brotli(&body)?))
         } else {
             (None, None)
@@ -97,6 +105,17 @@ impl CachedResponse {
             gzip,
             br,
         })
+    }
+
+    /// [`CachedResponse::build`] for the request path: a body that will be
+    /// compressed is built on the blocking pool (gzip and br of a large
+    /// list take milliseconds, which must not stall an async worker thread
+    /// and every request queued on it).
+    pub async fn build_off_thread(body: Bytes) -> anyhow::Result<Self> {
+        if body.len() <= COMPRESS_ABOVE {
+            return Self::build(body);
+        }
+        tokio::task::spawn_blocking(move || Self::build(body)).await?
     }
 
     /// An uncompressed response with a given tag (a body that changes per
@@ -287,7 +306,7 @@ impl Cache {
                     record(self.stats(), family, "error");
                     tracing::warn!(family, error = %e, "cached entry is not a stored response; computing");
                     let compute = slot.ok_or(e)?;
-                    return CachedResponse::build(compute().await?);
+                    return CachedResponse::build_off_thread(compute().await?).await;
                 }
             },
         };
@@ -318,7 +337,7 @@ where
     let compute = compute
         .take()
         .ok_or_else(|| anyhow::anyhow!("cache computation called twice"))?;
-    let response = CachedResponse::build(compute().await?)?;
+    let response = CachedResponse::build_off_thread(compute().await?).await?;
     let framed = response.encode();
     *built = Some(response);
     Ok(framed)
@@ -369,6 +388,12 @@ mod tests {
         assert_eq!(small.gzip, None);
         assert_eq!(small.codings().collect::<Vec<_>>(), vec![Coding::Identity]);
         let big = CachedResponse::build(Bytes::from(vec![b'a'; 4096]))?;
+        let huge = CachedResponse::build(Bytes::from(vec![b'a'; COMPRESS_AT_MOST + 1]))?;
+        assert_eq!(
+            (huge.gzip, huge.br),
+            (None, None),
+            "over the bound: identity only"
+        );
         let tags: Vec<_> = big.codings().map(|c| big.etag_for(c)).collect();
         assert_eq!(tags.len(), 3);
         assert!(tags[0] != tags[1] && tags[1] != tags[2]);

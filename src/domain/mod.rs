@@ -2,11 +2,13 @@
 //! only hold valid values (`parse -> Result`), so handlers and repositories
 //! never re-check them.
 
+mod client;
 mod email;
 mod money;
 mod role;
 mod text;
 
+pub use client::{ClientAddr, DEFAULT_IPV6_PREFIX};
 pub use email::Email;
 pub use money::{MAX_PRICE_CENTS, Money};
 pub use role::Role;

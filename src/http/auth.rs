@@ -12,7 +12,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
+use super::client::Client;
 use super::extract::{ApiJson, AuthUser};
+use super::limits;
 use super::middleware::session_cookie;
 use super::openapi::ErrorBody;
 use crate::cache::OtpOutcome;
@@ -20,7 +22,7 @@ use crate::db::users::{NewUser, User};
 use crate::domain::{Email, Role, check_len, check_text};
 use crate::error::{ApiError, ApiResult, FieldErrors};
 use crate::jobs::Job;
-use crate::passwords::{self, Verified};
+use crate::passwords::Verified;
 use crate::ratelimit::Scope;
 use crate::sessions::{self, COOKIE};
 
@@ -38,23 +40,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(otp_request))
         .routes(routes!(otp_verify))
         .routes(routes!(me))
-}
-
-/// Counts one attempt in a sign-in scope (these fail closed): 503 when the
-/// limiter cannot decide, 429 when the attempt is over the limit.
-async fn enforce(state: &AppState, scope: &Scope) -> ApiResult<()> {
-    let decision = state
-        .limiter
-        .check(scope)
-        .await
-        .map_err(|_| ApiError::Unavailable("rate limiter"))?;
-    if decision.allowed {
-        Ok(())
-    } else {
-        Err(ApiError::Throttled {
-            retry_after: decision.retry_after_secs(),
-        })
-    }
 }
 
 /// Body of `POST /api/v1/auth/register`.
@@ -89,8 +74,11 @@ fn parse_email(raw: &str, errors: &mut FieldErrors) -> Option<Email> {
     ))]
 async fn register(
     State(state): State<AppState>,
+    Client(client): Client,
     ApiJson(body): ApiJson<RegisterBody>,
-) -> ApiResult<(StatusCode, Json<User>)> {
+) -> ApiResult<Response> {
+    // Every attempt counts, invalid ones included.
+    let decision = limits::enforce(&state, &[Scope::Register(client)]).await?;
     let mut errors = FieldErrors::new();
     let email = parse_email(&body.email, &mut errors);
     if let Err(m) = check_len(&body.password, 8, 128) {
@@ -102,10 +90,7 @@ async fn register(
     let Some(email) = email.filter(|_| errors.is_empty()) else {
         return Err(ApiError::Validation(errors));
     };
-    let password = body.password;
-    let hash = tokio::task::spawn_blocking(move || passwords::hash(&password))
-        .await
-        .map_err(anyhow::Error::from)??;
+    let hash = state.hasher.hash(body.password).await?;
     let user = state
         .db
         .create_user(&NewUser {
@@ -117,7 +102,10 @@ async fn register(
         })
         .await?
         .ok_or(ApiError::Conflict("this email is already registered"))?;
-    Ok((StatusCode::CREATED, Json(user)))
+    Ok(limits::noted(
+        (StatusCode::CREATED, Json(user)).into_response(),
+        decision,
+    ))
 }
 
 /// Body of `POST /api/v1/auth/login`.
@@ -141,29 +129,22 @@ struct LoginBody {
     ))]
 async fn login(
     State(state): State<AppState>,
+    Client(client): Client,
     headers: HeaderMap,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> ApiResult<Response> {
     let email = Email::parse(&body.email).map_err(|m| ApiError::field("email", m))?;
-    let scope = Scope::Login(email.clone());
-    enforce(&state, &scope).await?;
+    let scope = Scope::Login(email.clone(), client);
+    let decision =
+        limits::enforce_with_ceiling(&state, &scope, &Scope::LoginEmail(email.clone())).await?;
     // No account has a longer password: refuse without hashing megabytes.
     if body.password.chars().count() > 128 {
         return Err(ApiError::InvalidCredentials("wrong email or password"));
     }
     let row = state.db.user_by_email(&email).await?;
-    let password = body.password;
     let stored = row.as_ref().map(|r| r.password_hash.clone());
     // Same work whether or not the email is registered.
-    let verified = tokio::task::spawn_blocking(move || match stored {
-        Some(h) => passwords::verify(&password, &h),
-        None => {
-            passwords::verify_dummy(&password);
-            Ok(Verified::No)
-        }
-    })
-    .await
-    .map_err(anyhow::Error::from)??;
+    let verified = state.hasher.verify(body.password, stored).await?;
     let row = match (row, verified) {
         (Some(row), Verified::Yes) => row,
         (Some(row), Verified::YesRehash(new_hash)) => {
@@ -172,9 +153,12 @@ async fn login(
         }
         _ => return Err(ApiError::InvalidCredentials("wrong email or password")),
     };
-    // Failures before a success no longer count against the user.
+    // Failures before a success no longer count against this client.
     state.limiter.reset(&scope).await;
-    start_session(&state, &headers, row.into_user()).await
+    Ok(limits::noted(
+        start_session(&state, &headers, row.into_user()).await?,
+        decision,
+    ))
 }
 
 /// Issues a fresh session (never reusing the one the client had) and
@@ -285,25 +269,23 @@ struct PasswordBody {
 async fn change_password(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
+    Client(client): Client,
     ApiJson(body): ApiJson<PasswordBody>,
 ) -> ApiResult<Response> {
     check_len(&body.new_password, 8, 128).map_err(|m| ApiError::field("new_password", m))?;
     let email =
         Email::parse(&user.email).map_err(|m| anyhow::anyhow!("stored email invalid: {m}"))?;
-    let scope = Scope::Login(email.clone());
-    enforce(&state, &scope).await?;
+    let scope = Scope::Login(email.clone(), client);
+    limits::enforce_with_ceiling(&state, &scope, &Scope::LoginEmail(email.clone())).await?;
     let row = state
         .db
         .user_by_email(&email)
         .await?
         .ok_or(ApiError::NotAuthenticated)?;
-    let (current, new) = (body.current_password, body.new_password);
-    let (verified, new_hash) = tokio::task::spawn_blocking(move || {
-        let verified = passwords::verify(&current, &row.password_hash)?;
-        anyhow::Ok((verified, passwords::hash(&new)?))
-    })
-    .await
-    .map_err(anyhow::Error::from)??;
+    let (verified, new_hash) = state
+        .hasher
+        .verify_and_hash(body.current_password, row.password_hash, body.new_password)
+        .await?;
     if verified == Verified::No {
         return Err(ApiError::InvalidCredentials("wrong current password"));
     }
@@ -335,10 +317,17 @@ struct OtpBody {
     ))]
 async fn otp_request(
     State(state): State<AppState>,
+    Client(client): Client,
     ApiJson(body): ApiJson<OtpBody>,
 ) -> ApiResult<StatusCode> {
     let email = Email::parse(&body.email).map_err(|m| ApiError::field("email", m))?;
-    enforce(&state, &Scope::OtpRequest(email.clone())).await?;
+    limits::enforce(&state, &[Scope::OtpClient(client)]).await?;
+    limits::enforce_with_ceiling(
+        &state,
+        &Scope::OtpEmailClient(email.clone(), client),
+        &Scope::OtpEmail(email.clone()),
+    )
+    .await?;
     state
         .jobs
         .enqueue(&Job::SendOtp {

@@ -15,6 +15,7 @@ use time::{Date, OffsetDateTime};
 
 use super::AppState;
 use super::extract::{ApiJson, ApiQuery, AuthUser, IdPath};
+use super::limits;
 use super::openapi::ErrorBody;
 use crate::cache::Event;
 use crate::db::bookings::{Booking, BookingRefused, NewBooking};
@@ -123,22 +124,12 @@ async fn create(
     ApiJson(body): ApiJson<BookingBody>,
 ) -> ApiResult<Response> {
     // Every attempt counts, failed ones included.
-    let decision = state
-        .limiter
-        .check(&Scope::Booking(user.id))
-        .await
-        .map_err(|_| ApiError::Unavailable("rate limiter"))?;
-    let mut response = if decision.allowed {
-        create_checked(&state, &user, body).await.into_response()
-    } else {
-        ApiError::Throttled {
-            retry_after: decision.retry_after_secs(),
-        }
-        .into_response()
-    };
+    let decision = limits::enforce(&state, &[Scope::Booking(user.id)]).await?;
     // The middleware shows whichever limit has the least remaining.
-    response.extensions_mut().insert(decision);
-    Ok(response)
+    Ok(limits::noted(
+        create_checked(&state, &user, body).await.into_response(),
+        decision,
+    ))
 }
 
 /// How often a booking refused as not bookable is tried again when the

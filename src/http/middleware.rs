@@ -7,13 +7,16 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
+use axum::http::{HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum_extra::extract::cookie::Cookie;
 
 use super::AppState;
+use super::client::client_ip;
 use super::extract::Caller;
+use super::limits::set_limit_headers;
+use crate::domain::ClientAddr;
 use crate::error::ApiError;
 use crate::ratelimit::{Decision, Scope};
 use crate::sessions::{self, COOKIE};
@@ -33,26 +36,6 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
         .last()
         .map(|c| c.value().to_owned())
         .filter(|v| sessions::looks_like_id(v))
-}
-
-/// The client address: the socket peer, unless the peer is a trusted proxy,
-/// in which case the nearest untrusted address of `X-Forwarded-For`.
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
-    if !trusted.contains(&peer) {
-        return peer;
-    }
-    let forwarded: Vec<IpAddr> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
-    forwarded
-        .into_iter()
-        .rev()
-        .find(|ip| !trusted.contains(ip))
-        .unwrap_or(peer)
 }
 
 /// Resolves the caller and applies the anonymous or per-user limit to every
@@ -81,20 +64,19 @@ async fn identify_and_throttle(state: AppState, mut req: Request, next: Next) ->
     if !req.uri().path().starts_with("/api/") {
         return next.run(req).await;
     }
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let client = ClientAddr::new(
+        client_ip(peer, req.headers(), &state.settings.trusted_proxies),
+        state.settings.ipv6_client_prefix,
+    );
+    req.extensions_mut().insert(client);
     let scope = match caller {
         Caller::User(id) => Scope::User(id),
-        _ => {
-            let peer = req
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip())
-                .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-            Scope::Anon(client_ip(
-                peer,
-                req.headers(),
-                &state.settings.trusted_proxies,
-            ))
-        }
+        _ => Scope::Anon(client),
     };
     let speculative = req.method() == Method::GET && is_pure_read(req.uri().path());
     let (decision, response) = if speculative {
@@ -123,10 +105,7 @@ async fn identify_and_throttle(state: AppState, mut req: Request, next: Next) ->
     };
     let mut response = match response {
         Some(r) if decision.allowed => r,
-        _ => ApiError::Throttled {
-            retry_after: decision.retry_after_secs(),
-        }
-        .into_response(),
+        _ => ApiError::Throttled(decision).into_response(),
     };
     let shown = match response.extensions().get::<Decision>() {
         Some(other) if other.remaining < decision.remaining => *other,
@@ -147,17 +126,6 @@ fn is_pure_read(path: &str) -> bool {
             | "/api/v1/bookings"
             | "/api/v1/me"
     )
-}
-
-const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-const RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-
-/// Writes the `X-RateLimit-*` headers of a decision.
-pub fn set_limit_headers(headers: &mut HeaderMap, d: &Decision) {
-    headers.insert(RATELIMIT_LIMIT, HeaderValue::from(d.limit));
-    headers.insert(RATELIMIT_REMAINING, HeaderValue::from(d.remaining));
-    headers.insert(RATELIMIT_RESET, HeaderValue::from(d.reset_after_secs()));
 }
 
 /// What the API's [`guard`] needs: the application and the request metrics.
@@ -280,24 +248,4 @@ pub async fn record_metrics(
     let response = next.run(req).await;
     metrics.finish(route.as_ref(), &method, &response, started);
     response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn forwarded_for_is_used_only_behind_trusted_proxies() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            "x-forwarded-for",
-            HeaderValue::from_static("6.6.6.6, 10.0.0.1"),
-        );
-        let proxy: IpAddr = "10.0.0.2".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        let client: IpAddr = "10.0.0.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        // Untrusted peer: the header is ignored.
-        assert_eq!(client_ip(proxy, &h, &[]), proxy);
-        // Trusted peer: the nearest untrusted hop, not the spoofable first one.
-        assert_eq!(client_ip(proxy, &h, &[proxy]), client);
-    }
 }

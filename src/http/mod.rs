@@ -6,8 +6,10 @@
 pub mod auth;
 pub mod bookings;
 pub mod caching;
+pub mod client;
 pub mod dashboard;
 pub mod extract;
+pub mod limits;
 pub mod middleware;
 pub mod openapi;
 pub mod ops;

@@ -9,6 +9,7 @@ use crate::cache::Cache;
 use crate::config::Settings;
 use crate::db::Db;
 use crate::jobs::JobQueue;
+use crate::passwords::Hasher;
 use crate::ratelimit::RateLimiter;
 use crate::sessions::SessionStore;
 use crate::sessions::identity::Identities;
@@ -28,6 +29,8 @@ pub struct Inner {
     pub limiter: RateLimiter,
     pub jobs: JobQueue,
     pub metrics: PrometheusHandle,
+    /// Password hashing and checks, bounded process-wide.
+    pub hasher: Hasher,
 }
 
 impl AppState {

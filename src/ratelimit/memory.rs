@@ -30,8 +30,8 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use super::LimiterBackend;
+use super::Rate;
 use super::gcra::{self, Decision};
-use crate::config::Rate;
 
 /// Bound on the limiter's state, in bytes of key plus timestamp and map
 /// overhead (a few hundred thousand live clients at typical key lengths).

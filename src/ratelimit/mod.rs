@@ -6,79 +6,18 @@
 
 pub mod gcra;
 pub mod memory;
+mod rate;
 pub mod redis;
+mod scope;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::config::{Rate, Throttles};
-use crate::domain::Email;
-use crate::kv::keys::{Keys, email_tag};
+use crate::kv::keys::Keys;
 pub use gcra::Decision;
-
-/// What is being limited, and per what.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Scope {
-    /// Every `/api/` request of a client without a session, per client IP.
-    Anon(std::net::IpAddr),
-    /// Every `/api/` request of a signed-in user.
-    User(i64),
-    /// Booking attempts per user.
-    Booking(i64),
-    /// One-time code requests per email.
-    OtpRequest(Email),
-    /// Password login failures per email.
-    Login(Email),
-}
-
-impl Scope {
-    /// Stable: part of the state's key and of the `scope` metric label.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Scope::Anon(_) => "anon",
-            Scope::User(_) => "user",
-            Scope::Booking(_) => "booking",
-            Scope::OtpRequest(_) => "otp",
-            Scope::Login(_) => "login",
-        }
-    }
-
-    fn subject(&self) -> String {
-        match self {
-            Scope::Anon(std::net::IpAddr::V4(ip)) => {
-                // Without `Display`, whose padding support cost more than
-                // the rest of the key; same text.
-                let mut s = String::with_capacity(15);
-                for (i, octet) in ip.octets().iter().enumerate() {
-                    if i > 0 {
-                        s.push('.');
-                    }
-                    s.push_str(itoa::Buffer::new().format(*octet));
-                }
-                s
-            }
-            Scope::Anon(ip) => ip.to_string(),
-            Scope::User(id) | Scope::Booking(id) => itoa::Buffer::new().format(*id).to_owned(),
-            Scope::OtpRequest(e) | Scope::Login(e) => email_tag(e),
-        }
-    }
-
-    /// True where an unavailable limiter should let requests through.
-    pub fn fails_open(&self) -> bool {
-        matches!(self, Scope::Anon(_) | Scope::User(_))
-    }
-
-    fn rate(&self, t: &Throttles) -> Rate {
-        match self {
-            Scope::Anon(_) => t.anon,
-            Scope::User(_) => t.user,
-            Scope::Booking(_) => t.booking,
-            Scope::OtpRequest(_) => t.otp,
-            Scope::Login(_) => t.login,
-        }
-    }
-}
+pub use rate::Rate;
+pub use scope::{Action, Scope, Spec, Throttles};
 
 /// Keeps GCRA state per key.
 #[async_trait]
@@ -121,7 +60,7 @@ impl RateLimiter {
 
     /// Counts one request in `scope` and decides on it.
     pub async fn check(&self, scope: &Scope) -> Result<Decision, LimiterUnavailable> {
-        let rate = scope.rate(&self.rates);
+        let rate = self.rates.get(scope.action());
         let key = self.keys.ratelimit(scope.name(), &scope.subject());
         let name = scope.name();
         match self.backend.check(&key, rate).await {
@@ -154,6 +93,43 @@ impl RateLimiter {
         }
     }
 
+    /// Counts one attempt in every scope of `scopes` (all of them, also
+    /// after a refusal, so that every attempt counts everywhere) and
+    /// returns the decision that binds: the first refusal, else the one
+    /// with the least remaining.
+    pub async fn check_all(&self, scopes: &[Scope]) -> Result<Decision, LimiterUnavailable> {
+        let mut binding: Option<Decision> = None;
+        for scope in scopes {
+            let d = self.check(scope).await?;
+            binding = Some(match binding {
+                Some(b) if !b.allowed || (d.allowed && b.remaining <= d.remaining) => b,
+                _ => d,
+            });
+        }
+        Ok(binding.unwrap_or_else(|| Decision::open(0)))
+    }
+
+    /// A per-(subject, client) limit under a looser per-subject ceiling
+    /// that cannot be used to lock anybody out: both count the attempt,
+    /// but the ceiling binds only a client that has attempts of its own in
+    /// the window (its pair bucket was not full before this one). A victim
+    /// signing in from an address the attacker does not hold is judged by
+    /// its own bucket alone; an attacker spreading over many addresses
+    /// gets one attempt per address and window once over the ceiling.
+    pub async fn check_with_ceiling(
+        &self,
+        pair: &Scope,
+        ceiling: &Scope,
+    ) -> Result<Decision, LimiterUnavailable> {
+        let own = self.check(pair).await?;
+        let shared = self.check(ceiling).await?;
+        let fresh = own.allowed && own.remaining.saturating_add(1) >= own.limit;
+        if !own.allowed || fresh || shared.allowed {
+            return Ok(own);
+        }
+        Ok(shared)
+    }
+
     /// Whether the backend answers (for `/health`).
     pub async fn ping(&self) -> anyhow::Result<()> {
         self.backend.ping().await
@@ -180,25 +156,5 @@ impl RateLimiter {
             Ok(d) => !d.allowed,
             Err(_) => true,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn subjects_are_the_displayed_addresses_and_ids() {
-        for ip in [
-            "0.0.0.0",
-            "10.0.0.1",
-            "192.168.100.255",
-            "::1",
-            "2001:db8::7",
-        ] {
-            let addr: std::net::IpAddr = ip.parse().unwrap_or(std::net::IpAddr::from([1, 1, 1, 1]));
-            assert_eq!(Scope::Anon(addr).subject(), ip);
-        }
-        assert_eq!(Scope::User(-12).subject(), "-12");
     }
 }

@@ -12,8 +12,8 @@
 use async_trait::async_trait;
 
 use super::LimiterBackend;
+use super::Rate;
 use super::gcra::Decision;
-use crate::config::Rate;
 use crate::kv::RedisRole;
 use crate::kv::coalesce::Coalescer;
 

@@ -18,8 +18,10 @@ async fn setup(db: TestDb) -> anyhow::Result<(crate::helpers::TestApp, reqwest::
     let app = spawn_app_with(TestOptions {
         db,
         tweak: Box::new(|s| {
-            s.throttles.booking =
-                stayafrica::config::Rate::new(1000, std::time::Duration::from_secs(3600))
+            s.throttles.set(
+                stayafrica::ratelimit::Action::Booking,
+                stayafrica::ratelimit::Rate::new(1000, std::time::Duration::from_secs(3600)),
+            )
         }),
         ..TestOptions::default()
     })

@@ -1249,7 +1249,10 @@ async fn otp_app_on(base: &str, otp_ttl: Duration) -> anyhow::Result<TestApp> {
         redis: Some(base.into()),
         tweak: Box::new(move |s| {
             s.otp_ttl = otp_ttl;
-            s.throttles.otp = stayafrica::config::Rate::new(1000, Duration::from_secs(3600));
+            s.throttles.set_setting(
+                "throttle_otp",
+                stayafrica::ratelimit::Rate::new(1000, Duration::from_secs(3600)),
+            );
         }),
         ..TestOptions::default()
     })

@@ -168,8 +168,10 @@ async fn wrong_methods_get_the_error_body() -> anyhow::Result<()> {
 async fn middleware_answers_carry_the_request_id() -> anyhow::Result<()> {
     let app = spawn_app_with(TestOptions {
         tweak: Box::new(|s| {
-            s.throttles.anon =
-                stayafrica::config::Rate::new(2, std::time::Duration::from_secs(3600))
+            s.throttles.set(
+                stayafrica::ratelimit::Action::Anon,
+                stayafrica::ratelimit::Rate::new(2, std::time::Duration::from_secs(3600)),
+            )
         }),
         ..TestOptions::default()
     })

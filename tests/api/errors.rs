@@ -63,8 +63,10 @@ async fn error_bodies_and_limits() -> anyhow::Result<()> {
 async fn anonymous_throttle_is_exact_with_headers() -> anyhow::Result<()> {
     let app = spawn_app_with(TestOptions {
         tweak: Box::new(|s| {
-            s.throttles.anon =
-                stayafrica::config::Rate::new(50, std::time::Duration::from_secs(3600))
+            s.throttles.set(
+                stayafrica::ratelimit::Action::Anon,
+                stayafrica::ratelimit::Rate::new(50, std::time::Duration::from_secs(3600)),
+            )
         }),
         ..TestOptions::default()
     })

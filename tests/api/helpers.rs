@@ -251,8 +251,14 @@ pub async fn spawn_on(
     settings.key_prefix = format!("satest:{}:", uuid::Uuid::new_v4().simple());
     settings.email = stayafrica::config::EmailSetting::File(email_dir.clone());
     // Generous general limits so that tests of other things are not throttled.
-    settings.throttles.anon = stayafrica::config::Rate::new(100_000, Duration::from_secs(3600));
-    settings.throttles.user = stayafrica::config::Rate::new(100_000, Duration::from_secs(3600));
+    settings.throttles.set(
+        stayafrica::ratelimit::Action::Anon,
+        stayafrica::ratelimit::Rate::new(100_000, Duration::from_secs(3600)),
+    );
+    settings.throttles.set(
+        stayafrica::ratelimit::Action::User,
+        stayafrica::ratelimit::Rate::new(100_000, Duration::from_secs(3600)),
+    );
     // Test sessions left in the shared Redis expire within the hour.
     settings.session_ttl = Duration::from_secs(3600);
     tweak(&mut settings);

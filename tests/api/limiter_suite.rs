@@ -2,18 +2,17 @@
 //! (in-process and Redis), the failure policy per scope with Redis down,
 //! and the HTTP limits against real Redis, across two API instances too.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Client, Response};
 use serde_json::json;
-use stayafrica::config::{Rate, Throttles};
-use stayafrica::domain::Email;
+use stayafrica::domain::{ClientAddr, Email};
 use stayafrica::kv::keys::Keys;
 use stayafrica::kv::{RedisRole, Role};
 use stayafrica::ratelimit::memory::MemoryLimiter;
 use stayafrica::ratelimit::redis::RedisLimiter;
+use stayafrica::ratelimit::{Action, Rate, Throttles};
 use stayafrica::ratelimit::{LimiterBackend, RateLimiter, Scope};
 
 use crate::helpers::{
@@ -262,21 +261,33 @@ async fn failure_policy_per_scope_with_redis_down() -> anyhow::Result<()> {
         throttles(),
     );
     let email = Email::parse("policy@example.com").map_err(anyhow::Error::msg)?;
-    assert!(limiter.check(&Scope::Login(email.clone())).await.is_ok());
+    let ip = ClientAddr::new([192, 0, 2, 1].into(), 64);
+    assert!(
+        limiter
+            .check(&Scope::Login(email.clone(), ip))
+            .await
+            .is_ok()
+    );
     server.stop();
-    let ip: IpAddr = [192, 0, 2, 1].into();
     for _ in 0..5 {
         let anon = limiter.check(&Scope::Anon(ip)).await;
         assert!(anon.is_ok_and(|d| d.allowed), "anonymous fails open");
         let user = limiter.check(&Scope::User(1)).await;
         assert!(user.is_ok_and(|d| d.allowed), "per user fails open");
-        assert!(limiter.check(&Scope::Login(email.clone())).await.is_err());
         assert!(
             limiter
-                .check(&Scope::OtpRequest(email.clone()))
+                .check(&Scope::Login(email.clone(), ip))
                 .await
                 .is_err()
         );
+        assert!(
+            limiter
+                .check(&Scope::OtpEmail(email.clone()))
+                .await
+                .is_err()
+        );
+        assert!(limiter.check(&Scope::Register(ip)).await.is_err());
+        assert!(limiter.check(&Scope::PropertyCreate(1)).await.is_err());
         assert!(limiter.check(&Scope::Booking(1)).await.is_err());
     }
     assert!(limiter.ping().await.is_err());
@@ -336,7 +347,8 @@ async fn redis_app_on(
     spawn_app_with(TestOptions {
         redis: Some(base.into()),
         tweak: Box::new(move |s| {
-            s.throttles.anon = Rate::new(anon, HOUR);
+            s.throttles
+                .set(stayafrica::ratelimit::Action::Anon, Rate::new(anon, HOUR));
             tweak(s);
         }),
         ..TestOptions::default()
@@ -508,7 +520,10 @@ async fn spoofed_forwarded_for_does_not_change_the_bucket() -> anyhow::Result<()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_a_trusted_proxy_each_client_has_its_bucket() -> anyhow::Result<()> {
-    let app = redis_app_with(50, |s| s.trusted_proxies = vec![[127, 0, 0, 1].into()]).await?;
+    let app = redis_app_with(50, |s| {
+        s.trusted_proxies = vec![std::net::IpAddr::from([127, 0, 0, 1]).into()]
+    })
+    .await?;
     for _ in 0..50 {
         assert_eq!(get_from(&app, "203.0.113.1").await?, 200);
     }
@@ -532,7 +547,7 @@ async fn redis_down_anonymous_passes_login_refused_then_recovers() -> anyhow::Re
     let mut server = RedisServer::start().await?;
     let app = spawn_app_with(TestOptions {
         redis: Some(server.url()),
-        tweak: Box::new(|s| s.throttles.anon = Rate::new(50, HOUR)),
+        tweak: Box::new(|s| s.throttles.set(Action::Anon, Rate::new(50, HOUR))),
         ..TestOptions::default()
     })
     .await?;

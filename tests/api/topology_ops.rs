@@ -92,7 +92,7 @@ async fn sessions_and_rate_limits_spread_over_every_master() -> anyhow::Result<(
     let limiter = stayafrica::ratelimit::redis::RedisLimiter::new(
         RedisRole::connect(Role::RateLimit, &url).await?,
     );
-    let rate = stayafrica::config::Rate::new(10, Duration::from_secs(60));
+    let rate = stayafrica::ratelimit::Rate::new(10, Duration::from_secs(60));
     for ip in 0..300 {
         let key = keys.ratelimit("anon", &format!("10.0.{}.{}", ip / 256, ip % 256));
         stayafrica::ratelimit::LimiterBackend::check(&limiter, &key, rate).await?;

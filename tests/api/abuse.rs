@@ -1,0 +1,229 @@
+//! Abuse by clients that follow every rule the limits enforce: lock-outs
+//! of other people's accounts, IPv6 clients with a whole /64, IPv4 clients
+//! through an IPv4-mapped listener behind a CIDR-trusted proxy, floods of
+//! registrations from one address.
+
+use std::net::IpAddr;
+
+use reqwest::{Client, StatusCode};
+use serde_json::json;
+use stayafrica::ratelimit::{Action, Rate};
+
+use crate::helpers::{TestApp, TestDb, TestOptions, spawn_app_with};
+use crate::on_each_setup;
+
+on_each_setup!(
+    an_attacker_at_the_limits_does_not_lock_the_victim_out,
+    ipv6_clients_are_limited_per_prefix,
+    registrations_are_limited_per_client,
+);
+
+const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// A client whose connections leave from `local` (a loopback address:
+/// Linux answers on all of 127.0.0.0/8).
+fn client_from(local: IpAddr) -> anyhow::Result<Client> {
+    Ok(Client::builder()
+        .cookie_store(true)
+        .local_address(local)
+        .build()?)
+}
+
+async fn app(
+    db: TestDb,
+    tweak: impl FnOnce(&mut stayafrica::config::Settings) + Send + 'static,
+) -> anyhow::Result<TestApp> {
+    spawn_app_with(TestOptions {
+        db,
+        tweak: Box::new(tweak),
+        ..TestOptions::default()
+    })
+    .await
+}
+
+fn code_in(email: &str) -> Option<String> {
+    email
+        .split_whitespace()
+        .map(|w| w.trim_matches(|c: char| !c.is_ascii_digit()))
+        .find(|w| w.len() == 6 && w.chars().all(|c| c.is_ascii_digit()))
+        .map(str::to_owned)
+}
+
+async fn an_attacker_at_the_limits_does_not_lock_the_victim_out(db: TestDb) -> anyhow::Result<()> {
+    let app = app(db, |_| {}).await?;
+    let victim_email = "victim@example.com";
+    let victim = client_from([127, 0, 0, 200].into())?;
+    victim
+        .post(app.url("/api/v1/auth/register"))
+        .json(&json!({"email": victim_email, "password": "password123", "full_name": "Victim", "role": "guest"}))
+        .send()
+        .await?
+        .error_for_status()?;
+
+    // The attacker holds 20 addresses and uses each until it is refused:
+    // wrong passwords and code requests for the victim's email.
+    let mut refused_logins = 0;
+    let mut refused_codes = 0;
+    for a in 1..=20u8 {
+        let attacker = client_from([127, 0, 1, a].into())?;
+        for _ in 0..8 {
+            let r = attacker
+                .post(app.url("/api/v1/auth/login"))
+                .json(&json!({"email": victim_email, "password": "wrong-password"}))
+                .send()
+                .await?;
+            match r.status() {
+                StatusCode::UNAUTHORIZED => {}
+                StatusCode::TOO_MANY_REQUESTS => refused_logins += 1,
+                other => anyhow::bail!("attacker's login answered {other}"),
+            }
+        }
+        for _ in 0..7 {
+            let r = attacker
+                .post(app.url("/api/v1/auth/otp"))
+                .json(&json!({"email": victim_email}))
+                .send()
+                .await?;
+            match r.status() {
+                StatusCode::ACCEPTED => {}
+                StatusCode::TOO_MANY_REQUESTS => refused_codes += 1,
+                other => anyhow::bail!("attacker's code request answered {other}"),
+            }
+        }
+    }
+    // The limits did bite the attacker: 5 logins per (email, address),
+    // the 50-per-email ceiling, 5 code requests per email.
+    assert!(
+        refused_logins >= 20 * 3,
+        "attacker's logins refused: {refused_logins}"
+    );
+    assert!(
+        refused_codes >= 20 * 2,
+        "attacker's code requests refused: {refused_codes}"
+    );
+
+    // The victim, from its own address, signs in on the first try.
+    let r = victim
+        .post(app.url("/api/v1/auth/login"))
+        .json(&json!({"email": victim_email, "password": "password123"}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200, "password login of the victim");
+
+    // And with a mailed code, on the first try.
+    app.drain_jobs().await?;
+    let before = app.emails().len();
+    let r = victim
+        .post(app.url("/api/v1/auth/otp"))
+        .json(&json!({"email": victim_email}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 202, "code request of the victim");
+    app.drain_jobs().await?;
+    let mails = app.emails();
+    assert!(mails.len() > before, "a code was mailed to the victim");
+    let code = mails
+        .last()
+        .and_then(|m| code_in(m))
+        .ok_or_else(|| anyhow::anyhow!("no code in the victim's mail"))?;
+    let r = victim
+        .post(app.url("/api/v1/auth/otp/verify"))
+        .json(&json!({"email": victim_email, "otp": code}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200, "code login of the victim");
+    Ok(())
+}
+
+async fn ipv6_clients_are_limited_per_prefix(db: TestDb) -> anyhow::Result<()> {
+    let app = app(db, |s| {
+        s.bind = "[::1]:0".parse().unwrap_or(s.bind);
+        s.trusted_proxies = vec![
+            "::1/128"
+                .parse()
+                .unwrap_or_else(|_| IpAddr::from([0, 0, 0, 0]).into()),
+        ];
+        s.throttles.set(Action::Anon, Rate::new(100, HOUR));
+    })
+    .await?;
+    assert!(app.addr.is_ipv6(), "listening on [::1]");
+    let from = |xff: String| {
+        app.client
+            .get(app.url("/api/v1/properties/featured"))
+            .header("x-forwarded-for", xff)
+            .send()
+    };
+    // 101 addresses of one /64: one client, one budget of 100.
+    for i in 0..100u32 {
+        let r = from(format!("2001:db8:aa:1:{:x}::{:x}", i / 7, i + 1)).await?;
+        assert_eq!(r.status(), 200, "request {i} of the /64");
+    }
+    let r = from("2001:db8:aa:1:ffff:ffff:ffff:1".into()).await?;
+    assert_eq!(r.status(), 429, "the 101st address of the same /64");
+    // Another /64 has its own budget.
+    let r = from("2001:db8:aa:2::1".into()).await?;
+    assert_eq!(r.status(), 200, "a neighbouring /64");
+    Ok(())
+}
+
+async fn registrations_are_limited_per_client(db: TestDb) -> anyhow::Result<()> {
+    let app = app(db, |s| {
+        s.throttles.set(Action::Register, Rate::new(3, HOUR));
+    })
+    .await?;
+    let register = |c: &Client, n: u32| {
+        c.post(app.url("/api/v1/auth/register"))
+            .json(&json!({"email": format!("r{n}@example.com"), "password": "password123", "full_name": "R", "role": "guest"}))
+            .send()
+    };
+    let one = client_from([127, 0, 2, 1].into())?;
+    for n in 0..3 {
+        assert_eq!(register(&one, n).await?.status(), 201);
+    }
+    let r = register(&one, 3).await?;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().get("retry-after").is_some());
+    assert_eq!(
+        r.headers()
+            .get("x-ratelimit-limit")
+            .and_then(|v| v.to_str().ok()),
+        Some("3"),
+        "the headers describe the registration limit"
+    );
+    // Another address registers.
+    let other = client_from([127, 0, 2, 2].into())?;
+    assert_eq!(register(&other, 4).await?.status(), 201);
+    Ok(())
+}
+
+/// A listener on `[::]` sees IPv4 peers as `::ffff:a.b.c.d`: they are
+/// matched against an IPv4 CIDR range of trusted proxies all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv4_through_a_mapped_listener_matches_a_cidr_range() -> anyhow::Result<()> {
+    let app = app(TestDb::Sqlite, |s| {
+        s.bind = "[::]:0".parse().unwrap_or(s.bind);
+        s.trusted_proxies = vec![
+            "127.0.0.0/8"
+                .parse()
+                .unwrap_or_else(|_| IpAddr::from([0, 0, 0, 0]).into()),
+        ];
+        s.throttles.set(Action::Anon, Rate::new(2, HOUR));
+    })
+    .await?;
+    let url = format!(
+        "http://127.0.0.1:{}/api/v1/properties/featured",
+        app.addr.port()
+    );
+    let from = |xff: &'static str| app.client.get(&url).header("x-forwarded-for", xff).send();
+    // Each forwarded client has its own budget of 2: the proxy is trusted.
+    for xff in [
+        "198.51.100.1",
+        "198.51.100.1",
+        "198.51.100.2",
+        "198.51.100.2",
+    ] {
+        assert_eq!(from(xff).await?.status(), 200, "{xff}");
+    }
+    assert_eq!(from("198.51.100.1").await?.status(), 429);
+    Ok(())
+}
