@@ -107,6 +107,23 @@ pub struct NewProperty {
     pub updated_at: OffsetDateTime,
 }
 
+/// Featured properties a host may have at once: the featured list is
+/// shared by every visitor, so no host may fill it.
+pub const HOST_FEATURED_MAX: i64 = 5;
+
+/// Length of the featured list (the first by id): a bound on the size of
+/// the response and of its cached entry whatever hosts do.
+pub const FEATURED_LIST_MAX: i64 = 100;
+
+/// The outcome of an update.
+#[derive(Debug)]
+pub enum Updated {
+    Saved(Property),
+    NotFound,
+    /// It would make a sixth featured property of its host.
+    FeaturedQuotaFull,
+}
+
 /// Why a delete did not happen.
 #[derive(Debug, PartialEq, Eq)]
 pub enum DeleteOutcome {
@@ -149,13 +166,36 @@ impl Db {
         Ok((count, rows.into_iter().map(Property::from).collect()))
     }
 
-    /// Every featured property, ordered by id.
+    /// The first [`FEATURED_LIST_MAX`] featured properties by id.
     pub async fn featured_properties(&self) -> anyhow::Result<Vec<Property>> {
         let sql = format!(
-            "SELECT {COLS} FROM properties WHERE is_featured AND deleted_at IS NULL ORDER BY id"
+            "SELECT {COLS} FROM properties WHERE is_featured AND deleted_at IS NULL
+             ORDER BY id LIMIT $1"
         );
         let rows = with_pool!(self, p => sqlx::query_as::<_, PropertyRow>(sqlx::AssertSqlSafe(sql))
-            .fetch_all(p).await)?;
+            .bind(FEATURED_LIST_MAX).fetch_all(p).await)?;
+        Ok(rows.into_iter().map(Property::from).collect())
+    }
+
+    /// Up to `n` featured properties `guest_id` has no confirmed booking
+    /// of: those in the cities of the guest's confirmed bookings first,
+    /// then by id (the dashboard's recommendations). Reads the featured
+    /// properties through the partial order of the index on `id`, never the
+    /// cached featured response.
+    pub async fn recommended_for(&self, guest_id: i64, n: i64) -> anyhow::Result<Vec<Property>> {
+        let sql = format!(
+            "SELECT {COLS} FROM properties
+             WHERE is_featured AND deleted_at IS NULL
+               AND NOT EXISTS (SELECT 1 FROM bookings b
+                 WHERE b.property_id = properties.id AND b.guest_id = $1
+                   AND b.status = 'confirmed')
+             ORDER BY CASE WHEN city IN (SELECT p.city FROM bookings b
+                 JOIN properties p ON p.id = b.property_id
+                 WHERE b.guest_id = $1 AND b.status = 'confirmed') THEN 0 ELSE 1 END, id
+             LIMIT $2"
+        );
+        let rows = with_pool!(self, p => sqlx::query_as::<_, PropertyRow>(sqlx::AssertSqlSafe(sql))
+            .bind(guest_id).bind(n).fetch_all(p).await)?;
         Ok(rows.into_iter().map(Property::from).collect())
     }
 
@@ -167,28 +207,84 @@ impl Db {
         Ok(row.map(Property::from))
     }
 
-    /// Inserts a property and returns it as stored, with its new id.
+    /// Inserts a property and returns it as stored, with its new id (the
+    /// seeder and importer: no quota).
     pub async fn create_property(&self, n: &NewProperty) -> anyhow::Result<Property> {
+        self.insert_property(n, None)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("insert returned no row"))
+    }
+
+    /// Inserts a host's property unless it is featured and the host already
+    /// has [`HOST_FEATURED_MAX`] featured ones (`None` then).
+    pub async fn create_host_property(&self, n: &NewProperty) -> anyhow::Result<Option<Property>> {
+        self.insert_property(n, Some(HOST_FEATURED_MAX)).await
+    }
+
+    async fn insert_property(
+        &self,
+        n: &NewProperty,
+        featured_max: Option<i64>,
+    ) -> anyhow::Result<Option<Property>> {
+        // The quota is checked by the insert itself; on PostgreSQL the
+        // host's row is locked first, so two concurrent inserts of one host
+        // cannot both see room for one more (SQLite has one writer).
         let sql = format!(
             "INSERT INTO properties (host_id, title, description, city, country, price_cents,
                max_guests, is_featured, view_count, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {COLS}"
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11
+             WHERE NOT $8 OR $12 IS NULL OR (
+               SELECT count(*) FROM properties
+               WHERE host_id = $1 AND is_featured AND deleted_at IS NULL) < $12
+             RETURNING {COLS}"
         );
-        let row = with_pool!(self, p => sqlx::query_as::<_, PropertyRow>(sqlx::AssertSqlSafe(sql))
-            .bind(n.host_id).bind(&n.title).bind(&n.description).bind(&n.city).bind(&n.country)
-            .bind(n.price_per_night.cents()).bind(n.max_guests).bind(n.is_featured)
-            .bind(n.view_count).bind(n.created_at).bind(n.updated_at)
-            .fetch_one(p).await)?;
-        Ok(row.into())
+        macro_rules! insert {
+            ($q:expr) => {
+                sqlx::query_as::<_, PropertyRow>(sqlx::AssertSqlSafe(sql))
+                    .bind(n.host_id)
+                    .bind(&n.title)
+                    .bind(&n.description)
+                    .bind(&n.city)
+                    .bind(&n.country)
+                    .bind(n.price_per_night.cents())
+                    .bind(n.max_guests)
+                    .bind(n.is_featured)
+                    .bind(n.view_count)
+                    .bind(n.created_at)
+                    .bind(n.updated_at)
+                    .bind(featured_max)
+                    .fetch_optional($q)
+                    .await?
+            };
+        }
+        let row = match self {
+            Db::Sqlite(p) => insert!(p),
+            Db::Postgres(p) => {
+                let mut tx = p.begin().await?;
+                if n.is_featured && featured_max.is_some() {
+                    sqlx::query("SELECT id FROM users WHERE id = $1 FOR UPDATE")
+                        .bind(n.host_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let row = insert!(&mut *tx);
+                tx.commit().await?;
+                row
+            }
+        };
+        Ok(row.map(Property::from))
     }
 
-    /// Applies the fields that are set; `None` when there is no such property.
+    /// Applies the fields that are set, unless that makes the property
+    /// featured while its host already has [`HOST_FEATURED_MAX`] featured
+    /// ones (checked by the update itself, the host's row locked first on
+    /// PostgreSQL as for an insert).
     pub async fn update_property(
         &self,
         id: i64,
         f: &PropertyFields,
         now: OffsetDateTime,
-    ) -> anyhow::Result<Option<Property>> {
+    ) -> anyhow::Result<Updated> {
         let sql = format!(
             "UPDATE properties SET
                title = COALESCE($2, title),
@@ -199,15 +295,55 @@ impl Db {
                max_guests = COALESCE($7, max_guests),
                is_featured = COALESCE($8, is_featured),
                updated_at = $9
-             WHERE id = $1 AND deleted_at IS NULL RETURNING {COLS}"
+             WHERE id = $1 AND deleted_at IS NULL
+               AND (NOT COALESCE($8, FALSE) OR is_featured OR (
+                 SELECT count(*) FROM properties q
+                 WHERE q.host_id = properties.host_id AND q.is_featured
+                   AND q.deleted_at IS NULL) < $10)
+             RETURNING {COLS}"
         );
-        let row = with_pool!(self, p => sqlx::query_as::<_, PropertyRow>(sqlx::AssertSqlSafe(sql))
-            .bind(id).bind(f.title.as_deref()).bind(f.description.as_deref())
-            .bind(f.city.as_deref()).bind(f.country.as_deref())
-            .bind(f.price_per_night.map(Money::cents)).bind(f.max_guests).bind(f.is_featured)
-            .bind(now)
-            .fetch_optional(p).await)?;
-        Ok(row.map(Property::from))
+        macro_rules! update {
+            ($q:expr) => {
+                sqlx::query_as::<_, PropertyRow>(sqlx::AssertSqlSafe(sql))
+                    .bind(id)
+                    .bind(f.title.as_deref())
+                    .bind(f.description.as_deref())
+                    .bind(f.city.as_deref())
+                    .bind(f.country.as_deref())
+                    .bind(f.price_per_night.map(Money::cents))
+                    .bind(f.max_guests)
+                    .bind(f.is_featured)
+                    .bind(now)
+                    .bind(HOST_FEATURED_MAX)
+                    .fetch_optional($q)
+                    .await?
+            };
+        }
+        let row = match self {
+            Db::Sqlite(p) => update!(p),
+            Db::Postgres(p) => {
+                let mut tx = p.begin().await?;
+                if f.is_featured == Some(true) {
+                    sqlx::query(
+                        "SELECT u.id FROM users u JOIN properties p ON p.host_id = u.id
+                         WHERE p.id = $1 FOR UPDATE OF u",
+                    )
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                let row = update!(&mut *tx);
+                tx.commit().await?;
+                row
+            }
+        };
+        Ok(match row {
+            Some(row) => Updated::Saved(row.into()),
+            None if f.is_featured == Some(true) && self.property(id).await?.is_some() => {
+                Updated::FeaturedQuotaFull
+            }
+            None => Updated::NotFound,
+        })
     }
 
     /// Soft-deletes a property unless a confirmed booking of it has not ended.

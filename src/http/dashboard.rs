@@ -2,8 +2,6 @@
 //! user for an hour and keyed by both the properties generation and the
 //! user's own, so a booking change or a property change makes it stale.
 
-use std::collections::HashSet;
-
 use axum::extract::State;
 use axum::response::Response;
 use bytes::Bytes;
@@ -16,12 +14,14 @@ use super::AppState;
 use super::caching::{self, Audience, Conditional};
 use super::extract::AuthUser;
 use super::openapi::ErrorBody;
-use super::properties::featured_list;
 use crate::cache::Entry;
 use crate::db::bookings::Booking;
 use crate::db::properties::Property;
 use crate::domain::Money;
 use crate::error::ApiResult;
+
+/// Recommendations a dashboard shows.
+const RECOMMENDATIONS: i64 = 5;
 
 /// Route of `/api/v1/dashboard` (signed-in users only).
 pub fn router() -> OpenApiRouter<AppState> {
@@ -69,15 +69,7 @@ async fn compute(state: &AppState, user_id: i64) -> anyhow::Result<Dashboard> {
             .sum(),
         total_spent: spent.to_string(),
     };
-    let booked: HashSet<i64> = stays.iter().map(|s| s.property_id).collect();
-    let cities: HashSet<&str> = stays.iter().map(|s| s.city.as_str()).collect();
-    let mut recommendations: Vec<Property> = featured_list(state)
-        .await?
-        .into_iter()
-        .filter(|p| !booked.contains(&p.id))
-        .collect();
-    recommendations.sort_by_key(|p| (!cities.contains(p.city.as_str()), p.id));
-    recommendations.truncate(5);
+    let recommendations = state.db.recommended_for(user_id, RECOMMENDATIONS).await?;
     Ok(Dashboard {
         bookings,
         stats,

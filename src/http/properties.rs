@@ -5,7 +5,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -16,12 +16,17 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::caching::{self, Audience, Conditional};
 use super::extract::{ApiJson, ApiQuery, AuthUser, IdPath, non_null};
+use super::limits;
 use super::openapi::ErrorBody;
 use crate::cache::response::CachedResponse;
 use crate::cache::{Entry, Event};
-use crate::db::properties::{DeleteOutcome, NewProperty, Property, PropertyFields, PropertyFilter};
+use crate::db::properties::{
+    DeleteOutcome, HOST_FEATURED_MAX, NewProperty, Property, PropertyFields, PropertyFilter,
+    Updated,
+};
 use crate::domain::{MAX_PRICE_CENTS, Money, Role, check_text};
 use crate::error::{ApiError, ApiResult, FieldErrors};
+use crate::ratelimit::Scope;
 
 /// Routes of `/api/v1/properties`: public reads, host writes, each with
 /// its description.
@@ -174,7 +179,7 @@ async fn list(
 }
 
 /// The featured list as stored: tag and compressed variants made once at
-/// fill time (the dashboard reads the same entry typed).
+/// fill time.
 async fn featured_entry(state: &AppState) -> anyhow::Result<CachedResponse> {
     let db = state.db.clone();
     state
@@ -185,14 +190,6 @@ async fn featured_entry(state: &AppState) -> anyhow::Result<CachedResponse> {
             )?))
         })
         .await
-}
-
-/// Every featured property (cache-aside, 1 hour), decoded for callers that
-/// compute with it (the dashboard's recommendations, on its miss path).
-pub async fn featured_list(state: &AppState) -> anyhow::Result<Vec<Property>> {
-    Ok(serde_json::from_slice(
-        &featured_entry(state).await?.identity,
-    )?)
 }
 
 /// The featured list: a hit sends the stored bytes, never decoding and
@@ -410,10 +407,11 @@ async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     ApiJson(body): ApiJson<NewPropertyBody>,
-) -> ApiResult<(StatusCode, Json<Property>)> {
+) -> ApiResult<Response> {
     if user.role != Role::Host {
         return Err(ApiError::Forbidden);
     }
+    let decision = limits::enforce(&state, &[Scope::PropertyCreate(user.id)]).await?;
     let f = PropertyBody::from(body).validate(true)?;
     let now = OffsetDateTime::now_utc();
     let (Some(title), Some(description), Some(city), Some(country), Some(price), Some(max_guests)) = (
@@ -428,7 +426,7 @@ async fn create(
     };
     let property = state
         .db
-        .create_property(&NewProperty {
+        .create_host_property(&NewProperty {
             host_id: user.id,
             title,
             description,
@@ -441,9 +439,21 @@ async fn create(
             created_at: now,
             updated_at: now,
         })
-        .await?;
+        .await?
+        .ok_or_else(featured_quota_full)?;
     state.cache.happened(Event::PropertyChanged).await;
-    Ok((StatusCode::CREATED, Json(property)))
+    Ok(limits::noted(
+        (StatusCode::CREATED, Json(property)).into_response(),
+        decision,
+    ))
+}
+
+/// The 422 of a sixth featured property of one host.
+fn featured_quota_full() -> ApiError {
+    ApiError::field(
+        "is_featured",
+        format!("a host may have at most {HOST_FEATURED_MAX} featured properties"),
+    )
 }
 
 /// Loads a live property and checks that `user` is its host.
@@ -475,11 +485,15 @@ async fn update(
 ) -> ApiResult<Json<Property>> {
     owned(&state, id, user.id).await?;
     let fields = body.validate(false)?;
-    let updated = state
+    let updated = match state
         .db
         .update_property(id, &fields, OffsetDateTime::now_utc())
         .await?
-        .ok_or(ApiError::NotFound)?;
+    {
+        Updated::Saved(p) => p,
+        Updated::NotFound => return Err(ApiError::NotFound),
+        Updated::FeaturedQuotaFull => return Err(featured_quota_full()),
+    };
     state.cache.happened(Event::PropertyChanged).await;
     let pending = state.cache.views().pending(id).await.unwrap_or(0);
     Ok(Json(Property {

@@ -9,13 +9,14 @@ use reqwest::{Client, StatusCode};
 use serde_json::json;
 use stayafrica::ratelimit::{Action, Rate};
 
-use crate::helpers::{TestApp, TestDb, TestOptions, spawn_app_with};
+use crate::helpers::{TestApp, TestDb, TestOptions, error_code, property_body, spawn_app_with};
 use crate::on_each_setup;
 
 on_each_setup!(
     an_attacker_at_the_limits_does_not_lock_the_victim_out,
     ipv6_clients_are_limited_per_prefix,
     registrations_are_limited_per_client,
+    featured_properties_are_bounded,
 );
 
 const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -225,5 +226,110 @@ async fn ipv4_through_a_mapped_listener_matches_a_cidr_range() -> anyhow::Result
         assert_eq!(from(xff).await?.status(), 200, "{xff}");
     }
     assert_eq!(from("198.51.100.1").await?.status(), 429);
+    Ok(())
+}
+
+async fn featured_properties_are_bounded(db: TestDb) -> anyhow::Result<()> {
+    let app = app(db, |s| {
+        s.throttles.set(Action::PropertyCreate, Rate::new(8, HOUR));
+    })
+    .await?;
+    let host = app.new_client();
+    let me = app
+        .signup_with(&host, "busy.host@example.com", "host")
+        .await?;
+    let host_id = me["id"].as_i64().unwrap_or_default();
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let p = app
+            .create_property_with(&host, property_body("Nairobi", "50.00", true))
+            .await?;
+        ids.push(p["id"].as_i64().unwrap_or_default());
+    }
+    // A sixth featured property, by create or by PATCH, is refused.
+    let r = host
+        .post(app.url("/api/v1/properties"))
+        .json(&property_body("Nairobi", "50.00", true))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 422);
+    let body: serde_json::Value = r.json().await?;
+    assert!(
+        body["error"]["details"]["is_featured"].is_string(),
+        "{body}"
+    );
+    let plain = app
+        .create_property_with(&host, property_body("Nairobi", "50.00", false))
+        .await?;
+    let plain_id = plain["id"].as_i64().unwrap_or_default();
+    let r = host
+        .patch(app.url(&format!("/api/v1/properties/{plain_id}")))
+        .json(&json!({"is_featured": true}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 422);
+    assert_eq!(error_code(r).await?, "validation_failed");
+    // Un-featuring one makes room again; a featured one stays editable.
+    let r = host
+        .patch(app.url(&format!("/api/v1/properties/{}", ids[0])))
+        .json(&json!({"is_featured": false}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let r = host
+        .patch(app.url(&format!("/api/v1/properties/{plain_id}")))
+        .json(&json!({"is_featured": true, "title": "Now featured"}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let r = host
+        .patch(app.url(&format!("/api/v1/properties/{}", ids[1])))
+        .json(&json!({"is_featured": true, "title": "Still featured"}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200, "re-saving a featured property is no sixth");
+
+    // Creation is limited per host: 7 attempts so far, the 8th passes,
+    // the 9th is 429.
+    let r = host
+        .post(app.url("/api/v1/properties"))
+        .json(&property_body("Nairobi", "50.00", false))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 201);
+    let r = host
+        .post(app.url("/api/v1/properties"))
+        .json(&property_body("Nairobi", "50.00", false))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 429);
+
+    // However many featured properties exist (imported ones bypass the
+    // per-host quota), the list holds the first 100 by id.
+    let now = time::OffsetDateTime::now_utc();
+    for i in 0..150 {
+        app.db()
+            .create_property(&stayafrica::db::properties::NewProperty {
+                host_id,
+                title: format!("Imported {i}"),
+                description: "x".repeat(100),
+                city: "Kigali".into(),
+                country: "Rwanda".into(),
+                price_per_night: stayafrica::domain::Money::from_cents(5_000),
+                max_guests: 2,
+                is_featured: true,
+                view_count: 0,
+                created_at: now,
+                updated_at: now,
+            })
+            .await?;
+    }
+    let list: Vec<serde_json::Value> = app.get("/api/v1/properties/featured").await?.json().await?;
+    assert_eq!(list.len(), 100);
+    let got: Vec<i64> = list.iter().filter_map(|p| p["id"].as_i64()).collect();
+    let mut sorted = got.clone();
+    sorted.sort_unstable();
+    assert_eq!(got, sorted, "ordered by id");
+    assert_eq!(got.first(), Some(&ids[1]), "the first featured by id");
     Ok(())
 }
