@@ -108,7 +108,7 @@ echo "== seeding $DB_URL"
 env -u REDIS_URL DATABASE_URL="$DB_URL" "$BIN" seed >"$OUT/seed.log" 2>&1
 
 OURS_PORT=$(free_port)
-env DATABASE_URL="$DB_URL" REDIS_URL="redis://127.0.0.1:$REDIS_PORT" RUST_LOG=warn \
+env DATABASE_URL="$DB_URL" REDIS_URL="redis://127.0.0.1:$REDIS_PORT" STAYAFRICA_EMAIL=log RUST_LOG=warn \
   "$BIN" serve --no-worker --bind "127.0.0.1:$OURS_PORT" >"$OUT/serve.log" 2>&1 &
 OURS_PID=$!
 PIDS+=($OURS_PID)

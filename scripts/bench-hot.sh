@@ -108,7 +108,7 @@ run_setup() {
   echo "== $setup: seeding $db_url"
   env -u REDIS_URL DATABASE_URL="$db_url" "$BIN" seed >"$WORK/seed-$setup.log" 2>&1
   env -u REDIS_URL DATABASE_URL="$db_url" "${env_extra[@]}" \
-    STAYAFRICA_THROTTLE_ANON=1000000000/hour STAYAFRICA_THROTTLE_USER=1000000000/hour \
+    STAYAFRICA_THROTTLE_ANON=1000000000/hour STAYAFRICA_THROTTLE_USER=1000000000/hour STAYAFRICA_EMAIL=log \
     RUST_LOG=warn "$BIN" serve --no-worker --bind "127.0.0.1:$sport" >"$WORK/serve-$setup.log" 2>&1 &
   local serve_pid=$!
   PIDS+=($serve_pid)

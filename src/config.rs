@@ -54,6 +54,8 @@ use crate::ratelimit::{Action, Rate, Throttles};
 #[serde(deny_unknown_fields, default)]
 struct RawSettings {
     bind: SocketAddr,
+    #[serde(deserialize_with = "opt_bind")]
+    metrics_bind: Option<SocketAddr>,
     #[serde(deserialize_with = "database_url")]
     database_url: SecretString,
     #[serde(deserialize_with = "opt_redis_url")]
@@ -83,7 +85,8 @@ struct RawSettings {
     throttle_otp_client: Rate,
     throttle_register: Rate,
     throttle_property_create: Rate,
-    email: EmailSetting,
+    email: Option<EmailSetting>,
+    email_log_codes: bool,
     #[serde(deserialize_with = "positive_secs")]
     session_ttl_secs: Duration,
     cookie_secure: bool,
@@ -109,6 +112,7 @@ struct RawSettings {
 /// are not settings and are not an error.
 const KEYS: &[&str] = &[
     "bind",
+    "metrics_bind",
     "database_url",
     "redis_url",
     "redis_cache_url",
@@ -129,6 +133,7 @@ const KEYS: &[&str] = &[
     "throttle_register",
     "throttle_property_create",
     "email",
+    "email_log_codes",
     "session_ttl_secs",
     "cookie_secure",
     "trusted_proxies",
@@ -145,6 +150,7 @@ impl Default for RawSettings {
     fn default() -> Self {
         RawSettings {
             bind: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            metrics_bind: None,
             database_url: SecretString::from("sqlite://stayafrica.db"),
             redis_url: None,
             redis_cache_url: None,
@@ -164,7 +170,8 @@ impl Default for RawSettings {
             throttle_otp_client: Action::OtpClient.spec().default,
             throttle_register: Action::Register.spec().default,
             throttle_property_create: Action::PropertyCreate.spec().default,
-            email: EmailSetting::Log,
+            email: None,
+            email_log_codes: false,
             session_ttl_secs: Duration::from_secs(1_209_600),
             cookie_secure: false,
             trusted_proxies: Vec::new(),
@@ -206,6 +213,20 @@ fn opt_redis_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>
         Ok(_) => Ok(Some(SecretString::from(url))),
         Err(m) => Err(de::Error::custom(m)),
     }
+}
+
+/// A listen address; empty means unset.
+fn opt_bind<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(|_| {
+        de::Error::custom(format!(
+            "expected an address like `127.0.0.1:9100`, got `{s}`"
+        ))
+    })
 }
 
 /// A file path; empty means unset.
@@ -349,6 +370,9 @@ pub struct RedisSettings {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub bind: SocketAddr,
+    /// Where `/metrics` is served instead of the API's listener (`None`:
+    /// on the API's listener).
+    pub metrics_bind: Option<SocketAddr>,
     /// `sqlite://PATH` or `postgres://…` (may hold a password).
     pub database_url: SecretString,
     /// `None`: in-process backends (the embedded default).
@@ -360,7 +384,11 @@ pub struct Settings {
     /// Prefix of every Redis key, so several deployments or tests can share a Redis.
     pub key_prefix: String,
     pub throttles: Throttles,
-    pub email: EmailSetting,
+    /// Where e-mail goes; `None`: not set (see [`Settings::email_backend`]).
+    pub email: Option<EmailSetting>,
+    /// The `log` e-mail backend writes one-time codes in clear (development
+    /// only: whoever reads the log can sign in as anyone).
+    pub email_log_codes: bool,
     /// Sliding lifetime of a session: each request that uses it moves its expiry this far ahead.
     pub session_ttl: Duration,
     /// Mark the session cookie `Secure` (HTTPS only); set it in production.
@@ -558,8 +586,10 @@ impl Settings {
             }
         }
         let redis_tls = TlsConfig::load(&tls_files, tls_name)?;
+
         Ok(Settings {
             bind: raw.bind,
+            metrics_bind: raw.metrics_bind,
             database_url: raw.database_url,
             redis,
             redis_tls,
@@ -582,6 +612,7 @@ impl Settings {
                 t
             },
             email: raw.email,
+            email_log_codes: raw.email_log_codes,
             session_ttl: raw.session_ttl_secs,
             cookie_secure: raw.cookie_secure,
             trusted_proxies: raw.trusted_proxies,
@@ -598,6 +629,32 @@ impl Settings {
     /// True when no Redis is configured: every backend then runs in-process.
     pub fn is_embedded(&self) -> bool {
         self.redis.is_none()
+    }
+
+    /// True outside the embedded default: a PostgreSQL database or Redis,
+    /// where development defaults must not apply silently.
+    pub fn is_production(&self) -> bool {
+        !self.is_embedded()
+            || !self
+                .database_url
+                .expose_secret()
+                .trim()
+                .starts_with("sqlite:")
+    }
+
+    /// Where the processes that send e-mail (`serve`, `worker`) send it.
+    /// Unset, that is the log on the embedded default; outside it, an
+    /// error: the log backend would quietly deliver nothing to anyone, so
+    /// it has to be chosen (`STAYAFRICA_EMAIL=log`).
+    pub fn email_backend(&self) -> anyhow::Result<EmailSetting> {
+        match &self.email {
+            Some(e) => Ok(e.clone()),
+            None if self.is_production() => bail!(
+                "STAYAFRICA_EMAIL (not set): with a PostgreSQL database or Redis, choose where \
+                 e-mail goes (`smtp://…`, `file:DIR`, or `log` to only log it)"
+            ),
+            None => Ok(EmailSetting::Log),
+        }
     }
 }
 

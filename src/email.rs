@@ -15,6 +15,10 @@ pub struct Email {
     pub to: String,
     pub subject: String,
     pub body: String,
+    /// A credential the body carries (a one-time code): the log backend
+    /// writes it only when `STAYAFRICA_EMAIL_LOG_CODES` asks for it, since
+    /// whoever reads the log could sign in with it.
+    pub secret: Option<String>,
 }
 
 /// Where email goes.
@@ -23,8 +27,9 @@ pub enum Mailer {
     /// Each message becomes one `.eml` file in this directory.
     File(PathBuf),
     /// Each message is logged under the `stayafrica::email` target
-    /// (development: the log then holds one-time codes).
-    Log,
+    /// (development only), its [`Email::secret`] withheld unless
+    /// `codes` (`STAYAFRICA_EMAIL_LOG_CODES=true`).
+    Log { codes: bool },
     /// Each message is sent through this SMTP transport.
     Smtp(AsyncSmtpTransport<Tokio1Executor>),
 }
@@ -34,7 +39,7 @@ const FROM: &str = "StayAfrica <no-reply@stayafrica.example>";
 impl Mailer {
     /// Builds the configured backend without connecting; fails on a directory that
     /// cannot be created or an invalid SMTP URL.
-    pub fn from_settings(s: &EmailSetting) -> anyhow::Result<Mailer> {
+    pub fn from_settings(s: &EmailSetting, log_codes: bool) -> anyhow::Result<Mailer> {
         Ok(match s {
             EmailSetting::File(dir) => {
                 std::fs::create_dir_all(dir).with_context(|| {
@@ -45,7 +50,7 @@ impl Mailer {
                 })?;
                 Mailer::File(dir.clone())
             }
-            EmailSetting::Log => Mailer::Log,
+            EmailSetting::Log => Mailer::Log { codes: log_codes },
             EmailSetting::Smtp(url) => Mailer::Smtp(
                 AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose_secret())
                     .context("STAYAFRICA_EMAIL: invalid smtp:// URL")?
@@ -76,9 +81,15 @@ impl Mailer {
                     .await
                     .context("renaming email file")?;
             }
-            Mailer::Log => {
+            Mailer::Log { codes } => {
+                let body = match &email.secret {
+                    Some(secret) if !codes && !secret.is_empty() => {
+                        email.body.replace(secret.as_str(), "[withheld]")
+                    }
+                    _ => email.body.clone(),
+                };
                 tracing::info!(target: "stayafrica::email", to = %email.to, subject = %email.subject,
-                    body = %email.body, "email (log backend)");
+                    body = %body, "email (log backend)");
             }
             Mailer::Smtp(transport) => {
                 let msg = Message::builder()

@@ -99,7 +99,11 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<Jo
         None => Tallies::sql(db.clone()),
     };
     let jobs = JobQueue::new(queue).with_tallies(tallies);
-    let mailer = Mailer::from_settings(&settings.email)?;
+    let email = settings
+        .email
+        .clone()
+        .unwrap_or(crate::config::EmailSetting::Log);
+    let mailer = Mailer::from_settings(&email, settings.email_log_codes)?;
     let ctx = Arc::new(JobContext {
         db: db.clone(),
         cache: cache.clone(),
@@ -117,8 +121,24 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<Jo
         jobs,
         metrics: telemetry::metrics_handle(),
         hasher: crate::passwords::Hasher::per_core(crate::passwords::TURN_WAIT),
+        health: http::ops::HealthCache::default(),
     });
     Ok((state, ctx))
+}
+
+/// What `serve` and `worker` check before they start outside the embedded
+/// default (a PostgreSQL database or Redis): e-mail must go somewhere
+/// chosen ([`Settings::email_backend`]), and a session cookie without
+/// `Secure` is worth a warning (behind HTTPS it should be set).
+pub fn refuse_development_defaults(settings: &Settings) -> anyhow::Result<()> {
+    settings.email_backend()?;
+    if settings.is_production() && !settings.cookie_secure {
+        tracing::warn!(
+            "STAYAFRICA_COOKIE_SECURE is false: the session cookie is sent over plain HTTP too; \
+             set it when the service is reached over HTTPS"
+        );
+    }
+    Ok(())
 }
 
 /// The job queue's partition count when `STAYAFRICA_JOB_PARTITIONS` is
@@ -166,6 +186,7 @@ pub struct Application {
 impl Application {
     /// Builds the state and binds `settings.bind` (port 0 picks a free port).
     pub async fn build(settings: Settings, options: ServeOptions) -> anyhow::Result<Application> {
+        refuse_development_defaults(&settings)?;
         let bind = settings.bind;
         let (state, ctx) = build_state(settings).await?;
         let listener = TcpListener::bind(bind)
@@ -205,6 +226,24 @@ impl Application {
             tokio::spawn(w.run(self.options.worker_concurrency, stop_rx.clone()))
         });
         let app = http::router(self.state.clone());
+        if let Some(bind) = self.state.settings.metrics_bind {
+            let listener = TcpListener::bind(bind)
+                .await
+                .with_context(|| format!("cannot bind the metrics listener {bind}"))?;
+            tracing::info!(addr = %listener.local_addr()?, "serving /metrics");
+            let metrics = http::ops::metrics_router(self.state.clone());
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let served = axum::serve(listener, metrics)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.changed().await;
+                    })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "metrics listener failed");
+                }
+            });
+        }
         tracing::info!(addr = %self.listener.local_addr()?, embedded = self.state.settings.is_embedded(),
             workers = self.options.with_worker, "serving");
         let mut stop_wait = stop_rx.clone();

@@ -98,6 +98,7 @@ async fn run_here(settings: Settings, args: Args) -> anyhow::Result<()> {
     } else {
         5000
     }));
+    crate::startup::refuse_development_defaults(&settings)?;
     let (state, ctx) = build_state(settings).await?;
     let worker = Worker::new(state.jobs.clone(), ctx)
         .with_grace(grace)

@@ -34,10 +34,10 @@ impl Db {
     }
 
     /// Ends one session; idempotent (an unknown hash is not an error).
-    pub async fn session_delete(&self, id_hash: &str) -> anyhow::Result<()> {
-        with_pool!(self, p => sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
+    pub async fn session_delete(&self, id_hash: &str) -> anyhow::Result<bool> {
+        let n = with_pool!(self, p => sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
             .bind(id_hash).execute(p).await.map(|r| r.rows_affected()))?;
-        Ok(())
+        Ok(n > 0)
     }
 
     /// Ends every session of a user; returns how many there were.

@@ -107,12 +107,50 @@ fn header(description: &str, schema: Value, required: bool) -> Value {
     json!({"description": description, "required": required, "schema": schema})
 }
 
+/// Appends the catalogue of limits (`crate::ratelimit::Action`) to the
+/// document's description, and as `x-rate-limits` (name, setting, default
+/// rate, whether it fails open) for tools: the same source as enforcement.
+fn describe_limits(doc: &mut Value) {
+    use crate::ratelimit::Action;
+    let mut text = String::from(
+        "\n\nRate limits (defaults; each setting is `STAYAFRICA_` + its name in upper case):\n\n\
+         | limit | setting | default |\n|---|---|---|\n",
+    );
+    let mut list = Vec::new();
+    for a in Action::ALL {
+        let spec = a.spec();
+        let secs = spec.default.period.as_secs();
+        text.push_str(&format!(
+            "| {} | `{}` | {}/{}s |\n",
+            spec.describe, spec.setting, spec.default.limit, secs
+        ));
+        list.push(json!({
+            "name": spec.name,
+            "setting": spec.setting,
+            "limit": spec.default.limit,
+            "period_seconds": secs,
+            "fails_open": spec.fails_open,
+            "description": spec.describe,
+        }));
+    }
+    if let Some(info) = doc.get_mut("info").and_then(Value::as_object_mut) {
+        let description = info
+            .get("description")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        info.insert("description".into(), Value::from(description + &text));
+        info.insert("x-rate-limits".into(), Value::Array(list));
+    }
+}
+
 /// The document as served: `spec` (paths from the routers) plus what every
 /// operation shares, the answers of the middleware (body limit, media type,
 /// rate limits, deadline) and the headers every response carries, written
 /// once here rather than on every handler.
 pub fn finish(spec: Spec) -> Value {
     let mut doc = serde_json::to_value(&spec).unwrap_or_else(|_| json!({}));
+    describe_limits(&mut doc);
     let request_id = header(
         "Id of this request (the client's own when it sent one), also in the server's logs",
         json!({"type": "string", "minLength": 1}),

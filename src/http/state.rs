@@ -31,6 +31,8 @@ pub struct Inner {
     pub metrics: PrometheusHandle,
     /// Password hashing and checks, bounded process-wide.
     pub hasher: Hasher,
+    /// The last `/health` result (see `ops`).
+    pub health: super::ops::HealthCache,
 }
 
 impl AppState {

@@ -378,6 +378,7 @@ impl Worker {
                         body: format!(
                             "Your sign-in code is {code}. It is valid for {minutes} minutes and can be used once."
                         ),
+                        secret: Some(code.clone()),
                     })
                     .await?;
                 // Best effort: failing the job now would mail yet another code.
@@ -417,6 +418,7 @@ impl Worker {
                             "Hello {}, your stay at property #{} from {} to {} for {} guest(s) is confirmed. Total: {}.",
                             guest.full_name, b.property_id, b.check_in, b.check_out, b.guests, b.total_price
                         ),
+                        secret: None,
                     })
                     .await?;
                 ctx.db

@@ -92,13 +92,20 @@ impl SessionStore for SqlSessionStore {
     }
 
     async fn delete(&self, id_hash: &str) -> anyhow::Result<()> {
-        self.db.session_delete(id_hash).await?;
-        self.ended()
+        // A cookie that matches no session (made up, or already ended)
+        // ends nothing: no mark in the change file, so no process drops
+        // the sessions it holds because of it.
+        if self.db.session_delete(id_hash).await? {
+            self.ended()?;
+        }
+        Ok(())
     }
 
     async fn delete_user(&self, user_id: i64) -> anyhow::Result<u64> {
         let n = self.db.session_delete_user(user_id).await?;
-        self.ended()?;
+        if n > 0 {
+            self.ended()?;
+        }
         Ok(n)
     }
 

@@ -333,3 +333,115 @@ async fn featured_properties_are_bounded(db: TestDb) -> anyhow::Result<()> {
     assert_eq!(got.first(), Some(&ids[1]), "the first featured by id");
     Ok(())
 }
+
+/// 300 registrations and 300 logins with unknown emails at once from 30
+/// addresses, against the real binary on PostgreSQL and Redis: memory
+/// stays flat (hashing is bounded), every answer is one a client expects,
+/// and a cached GET from another address keeps answering meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_sign_ins_keeps_memory_flat_and_reads_answered() -> anyhow::Result<()> {
+    use crate::chaos_support::Env;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let (db_url, _db) = crate::helpers::fresh_database(TestDb::Postgres).await?;
+    let env = Env::new(
+        &db_url,
+        &[("REDIS_URL", crate::helpers::SHARED_REDIS.into())],
+    )?;
+    let s = Arc::new(env.serve().await?);
+    let reader = client_from([127, 0, 4, 1].into())?;
+    let list = s.url("/api/v1/properties/featured");
+    assert_eq!(reader.get(&list).send().await?.status(), 200);
+    let baseline = s.rss_bytes()?;
+
+    let done = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(baseline));
+    let sampler = {
+        let (s, done, peak) = (s.clone(), done.clone(), peak.clone());
+        tokio::spawn(async move {
+            while !done.load(Ordering::Relaxed) {
+                if let Ok(rss) = s.rss_bytes() {
+                    peak.fetch_max(rss, Ordering::Relaxed);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let reads = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            while !done.load(Ordering::Relaxed) {
+                let started = std::time::Instant::now();
+                let status = reader.get(&list).send().await.map(|r| r.status().as_u16());
+                got.push((status.unwrap_or(0), started.elapsed()));
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            got
+        })
+    };
+
+    let mut flood = Vec::new();
+    for a in 1..=30u8 {
+        let c = client_from([127, 0, 3, a].into())?;
+        for n in 0..10 {
+            let (rc, url) = (c.clone(), s.url("/api/v1/auth/register"));
+            flood.push(tokio::spawn(async move {
+                rc.post(url)
+                    .json(&json!({"email": format!("flood{a}-{n}@example.com"), "password": "password123", "full_name": "F", "role": "guest"}))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            }));
+            let (lc, url) = (c.clone(), s.url("/api/v1/auth/login"));
+            flood.push(tokio::spawn(async move {
+                lc.post(url)
+                    .json(&json!({"email": format!("nobody{a}-{n}@example.com"), "password": "password123"}))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            }));
+        }
+    }
+    let mut statuses = std::collections::BTreeMap::new();
+    for f in flood {
+        let status = f.await??;
+        *statuses.entry(status).or_insert(0) += 1;
+    }
+    done.store(true, Ordering::Relaxed);
+    sampler.await?;
+    let reads = reads.await?;
+    let peak = peak.load(Ordering::Relaxed);
+    eprintln!(
+        "flood answers {statuses:?}; RSS {} MiB before, peak {} MiB; {} reads",
+        baseline >> 20,
+        peak >> 20,
+        reads.len()
+    );
+    for status in statuses.keys() {
+        assert!(
+            [201, 409, 401, 429, 503].contains(status),
+            "unexpected answer {status} in {statuses:?}"
+        );
+    }
+    assert!(
+        statuses.get(&201).is_some_and(|n| *n > 0),
+        "some registrations went through"
+    );
+    assert!(peak < 300 << 20, "peak RSS {} MiB", peak >> 20);
+    assert!(!reads.is_empty());
+    assert!(
+        reads.iter().all(|(status, _)| *status == 200),
+        "a cached read failed during the flood: {reads:?}"
+    );
+    let mut latencies: Vec<_> = reads.iter().map(|(_, d)| *d).collect();
+    latencies.sort_unstable();
+    let median = latencies[latencies.len() / 2];
+    assert!(
+        median < std::time::Duration::from_millis(100),
+        "median cached read {median:?} during the flood (max {:?})",
+        latencies.last()
+    );
+    Ok(())
+}

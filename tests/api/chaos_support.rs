@@ -428,6 +428,15 @@ impl Env {
             ("STAYAFRICA_THROTTLE_ANON".into(), "10000000/hour".into()),
             ("STAYAFRICA_THROTTLE_USER".into(), "10000000/hour".into()),
             ("STAYAFRICA_THROTTLE_OTP".into(), "100000/hour".into()),
+            (
+                "STAYAFRICA_THROTTLE_OTP_CLIENT".into(),
+                "100000/hour".into(),
+            ),
+            ("STAYAFRICA_THROTTLE_REGISTER".into(), "100000/hour".into()),
+            (
+                "STAYAFRICA_THROTTLE_PROPERTY_CREATE".into(),
+                "100000/hour".into(),
+            ),
             ("STAYAFRICA_VIEW_FLUSH_SECS".into(), "1".into()),
             ("RUST_LOG".into(), "warn,stayafrica=info".into()),
         ];
@@ -513,6 +522,18 @@ impl Service {
     /// Whether its log contains `needle`.
     pub fn log_contains(&self, needle: &str) -> bool {
         std::fs::read_to_string(&self.log).is_ok_and(|t| t.contains(needle))
+    }
+
+    /// Its resident memory now, from `/proc` (bytes).
+    pub fn rss_bytes(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .context("no VmRSS")?;
+        Ok(kib * 1024)
     }
 
     /// Still running (it must never exit on its own).

@@ -249,16 +249,23 @@ pub async fn spawn_on(
     settings.bind = "127.0.0.1:0".parse()?;
     settings.database_url = db_url.into();
     settings.key_prefix = format!("satest:{}:", uuid::Uuid::new_v4().simple());
-    settings.email = stayafrica::config::EmailSetting::File(email_dir.clone());
+    settings.email = Some(stayafrica::config::EmailSetting::File(email_dir.clone()));
     // Generous general limits so that tests of other things are not throttled.
     settings.throttles.set(
         stayafrica::ratelimit::Action::Anon,
         stayafrica::ratelimit::Rate::new(100_000, Duration::from_secs(3600)),
     );
-    settings.throttles.set(
+    for action in [
         stayafrica::ratelimit::Action::User,
-        stayafrica::ratelimit::Rate::new(100_000, Duration::from_secs(3600)),
-    );
+        stayafrica::ratelimit::Action::Register,
+        stayafrica::ratelimit::Action::PropertyCreate,
+        stayafrica::ratelimit::Action::OtpClient,
+    ] {
+        settings.throttles.set(
+            action,
+            stayafrica::ratelimit::Rate::new(100_000, Duration::from_secs(3600)),
+        );
+    }
     // Test sessions left in the shared Redis expire within the hour.
     settings.session_ttl = Duration::from_secs(3600);
     tweak(&mut settings);

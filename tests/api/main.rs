@@ -26,6 +26,7 @@ mod openapi;
 mod ops;
 mod properties;
 mod restart;
+mod safe_defaults;
 mod seed_import;
 mod session_suite;
 mod shutdown;

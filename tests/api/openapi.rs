@@ -248,3 +248,36 @@ async fn the_viewer_is_html_served_from_the_binary() -> anyhow::Result<()> {
     assert!(!html.contains("https://"), "{html}");
     Ok(())
 }
+
+/// Every limit of the catalogue is described in the served document and in
+/// the README's settings table, from the one source enforcement uses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rate_limit_is_documented() -> anyhow::Result<()> {
+    let app = spawn_app(TestDb::Sqlite).await?;
+    let doc = spec(&app).await?;
+    let listed = doc["info"]["x-rate-limits"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))?;
+    let description = doc["info"]["description"].as_str().unwrap_or_default();
+    assert_eq!(listed.len(), stayafrica::ratelimit::Action::ALL.len());
+    for action in stayafrica::ratelimit::Action::ALL {
+        let spec = action.spec();
+        assert!(
+            listed
+                .iter()
+                .any(|l| l["name"] == spec.name && l["setting"] == spec.setting),
+            "{} not in x-rate-limits",
+            spec.name
+        );
+        assert!(
+            description.contains(spec.setting),
+            "{} not described",
+            spec.setting
+        );
+        let var = format!("`STAYAFRICA_{}`", spec.setting.to_uppercase());
+        assert!(readme.contains(&var), "{var} not in the README");
+    }
+    Ok(())
+}
