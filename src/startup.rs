@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::cache::Cache;
+use crate::cache::otp::OtpSealKey;
 use crate::config::Settings;
 use crate::db::Db;
 use crate::email::Mailer;
@@ -109,6 +110,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<Jo
         cache: cache.clone(),
         mailer,
         otp_ttl: settings.otp_ttl,
+        otp_seal: OtpSealKey::new(db.secret("otp_seal").await?),
         view_flush_interval: settings.view_flush_interval,
     });
     let state = AppState::new(Inner {

@@ -26,9 +26,6 @@ use crate::passwords::Verified;
 use crate::ratelimit::Scope;
 use crate::sessions::{self, COOKIE};
 
-/// Wrong tries before a one-time code is dead.
-pub const OTP_MAX_ATTEMPTS: u32 = 5;
-
 /// Routes of `/api/v1/auth/*` and `/api/v1/me`, each with its description.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -364,6 +361,7 @@ struct OtpVerifyBody {
     ))]
 async fn otp_verify(
     State(state): State<AppState>,
+    Client(client): Client,
     headers: HeaderMap,
     ApiJson(body): ApiJson<OtpVerifyBody>,
 ) -> ApiResult<Response> {
@@ -373,7 +371,7 @@ async fn otp_verify(
     }
     let outcome = state
         .cache
-        .otp_attempt(&email, body.otp.trim(), OTP_MAX_ATTEMPTS)
+        .otp_attempt(&email, body.otp.trim())
         .await
         .map_err(ApiError::unavailable("cache"))?;
     if outcome != OtpOutcome::Accepted {
@@ -384,6 +382,13 @@ async fn otp_verify(
         .user_by_email(&email)
         .await?
         .ok_or(ApiError::InvalidCredentials("wrong or expired code"))?;
+    // Signed in: this client's requests for the email no longer count
+    // against it (so the per-email ceiling an attacker fills does not bind
+    // the owner's next request).
+    state
+        .limiter
+        .reset(&Scope::OtpEmailClient(email, client))
+        .await;
     start_session(&state, &headers, user.into_user()).await
 }
 

@@ -24,7 +24,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rand::{Rng, TryRngCore};
+use rand::Rng;
+
+use crate::cache::otp::OtpSealKey;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
@@ -41,6 +43,8 @@ pub struct JobContext {
     pub mailer: Mailer,
     /// Lifetime of the one-time codes that `SendOtp` issues.
     pub otp_ttl: Duration,
+    /// Seals the one-time codes kept for mailing again.
+    pub otp_seal: OtpSealKey,
     /// Period of the `FlushViews` job.
     pub view_flush_interval: Duration,
 }
@@ -362,15 +366,15 @@ impl Worker {
                 {
                     return Ok(Some("already sent".into()));
                 }
-                let code = format!(
-                    "{:06}",
-                    rand::rngs::OsRng.unwrap_err().random_range(0..1_000_000u32)
-                );
-                ctx.cache
-                    .otp_put(&email, &code, ctx.otp_ttl)
+                // The live code again if there is one: a new request must
+                // not void the code in the user's inbox.
+                let issued = ctx
+                    .cache
+                    .otp_issue(&email, &ctx.otp_seal, ctx.otp_ttl)
                     .await
-                    .context("storing the code")?;
-                let minutes = ctx.otp_ttl.as_secs().div_ceil(60);
+                    .context("issuing the code")?;
+                let code = issued.code;
+                let minutes = issued.valid_for.as_secs().div_ceil(60).max(1);
                 ctx.mailer
                     .send(&email::Email {
                         to: email.to_string(),

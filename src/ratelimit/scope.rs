@@ -23,7 +23,8 @@ pub enum Action {
     OtpEmail,
     /// One-time code requests for an email from one client: a client with
     /// none in the window is not held to [`Action::OtpEmail`] (see
-    /// [`super::RateLimiter::check_with_ceiling`]).
+    /// [`super::RateLimiter::check_with_ceiling`]); a sign-in with a code
+    /// clears it.
     OtpEmailClient,
     /// One-time code requests from one client (any email).
     OtpClient,

@@ -61,6 +61,20 @@ async fn an_attacker_at_the_limits_does_not_lock_the_victim_out(db: TestDb) -> a
         .await?
         .error_for_status()?;
 
+    // The victim asks for a code and has it in its inbox.
+    let r = victim
+        .post(app.url("/api/v1/auth/otp"))
+        .json(&json!({"email": victim_email}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 202);
+    app.drain_jobs().await?;
+    let inbox = app
+        .emails()
+        .last()
+        .and_then(|m| code_in(m))
+        .ok_or_else(|| anyhow::anyhow!("no code in the victim's mail"))?;
+
     // The attacker holds 20 addresses and uses each until it is refused:
     // wrong passwords and code requests for the victim's email.
     let mut refused_logins = 0;
@@ -111,7 +125,27 @@ async fn an_attacker_at_the_limits_does_not_lock_the_victim_out(db: TestDb) -> a
         .await?;
     assert_eq!(r.status(), 200, "password login of the victim");
 
-    // And with a mailed code, on the first try.
+    // The code in its inbox was mailed again to it, never voided.
+    app.drain_jobs().await?;
+    assert!(
+        app.emails()
+            .iter()
+            .filter_map(|m| code_in(m))
+            .all(|c| c == inbox),
+        "every mail carries the victim's live code"
+    );
+    let r = victim
+        .post(app.url("/api/v1/auth/otp/verify"))
+        .json(&json!({"email": victim_email, "otp": inbox}))
+        .send()
+        .await?;
+    assert_eq!(
+        r.status(),
+        200,
+        "the code in the victim's inbox still works"
+    );
+
+    // And asking for a new code works on the first try too.
     app.drain_jobs().await?;
     let before = app.emails().len();
     let r = victim

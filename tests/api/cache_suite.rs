@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::{Value, json};
+use stayafrica::cache::otp::OtpSealKey;
 use stayafrica::cache::{Cache, Entry, Event, Namespace, OtpOutcome};
 use stayafrica::domain::Email;
 use stayafrica::kv::keys::Keys;
@@ -119,6 +120,7 @@ on_every_store!(
     otp_five_wrong_tries_kill_it,
     otp_replaced_by_a_new_code,
     otp_expires,
+    otp_issue_mails_the_live_code_again,
     views_incr_take_ack,
     take_without_ack_is_returned_again,
     concurrent_flushers_count_every_view_once,
@@ -387,32 +389,17 @@ fn email(s: &str) -> anyhow::Result<Email> {
 async fn otp_single_use(cache: Cache) -> anyhow::Result<()> {
     let e = email("nia@example.com")?;
     let ttl = Duration::from_secs(60);
-    assert_eq!(
-        cache.otp_attempt(&e, "123456", 5).await?,
-        OtpOutcome::Missing
-    );
+    assert_eq!(cache.otp_attempt(&e, "123456").await?, OtpOutcome::Missing);
     cache.otp_put(&e, "123456", ttl).await?;
-    assert_eq!(
-        cache.otp_attempt(&e, "654321", 5).await?,
-        OtpOutcome::Rejected
-    );
-    assert_eq!(
-        cache.otp_attempt(&e, "123456", 5).await?,
-        OtpOutcome::Accepted
-    );
-    assert_eq!(
-        cache.otp_attempt(&e, "123456", 5).await?,
-        OtpOutcome::Missing
-    );
+    assert_eq!(cache.otp_attempt(&e, "654321").await?, OtpOutcome::Rejected);
+    assert_eq!(cache.otp_attempt(&e, "123456").await?, OtpOutcome::Accepted);
+    assert_eq!(cache.otp_attempt(&e, "123456").await?, OtpOutcome::Missing);
     // Another email's code is another code.
     let other = email("other@example.com")?;
     cache.otp_put(&other, "111111", ttl).await?;
+    assert_eq!(cache.otp_attempt(&e, "111111").await?, OtpOutcome::Missing);
     assert_eq!(
-        cache.otp_attempt(&e, "111111", 5).await?,
-        OtpOutcome::Missing
-    );
-    assert_eq!(
-        cache.otp_attempt(&other, "111111", 5).await?,
+        cache.otp_attempt(&other, "111111").await?,
         OtpOutcome::Accepted
     );
     Ok(())
@@ -422,26 +409,16 @@ async fn otp_five_wrong_tries_kill_it(cache: Cache) -> anyhow::Result<()> {
     let e = email("nia@example.com")?;
     cache.otp_put(&e, "123456", Duration::from_secs(60)).await?;
     for _ in 0..5 {
-        assert_eq!(
-            cache.otp_attempt(&e, "000000", 5).await?,
-            OtpOutcome::Rejected
-        );
+        assert_eq!(cache.otp_attempt(&e, "000000").await?, OtpOutcome::Rejected);
     }
-    assert_eq!(
-        cache.otp_attempt(&e, "123456", 5).await?,
-        OtpOutcome::Missing
-    );
+    assert_eq!(cache.otp_attempt(&e, "123456").await?, OtpOutcome::Missing);
 
     // Concurrent guesses cannot exceed the limit either.
     cache.otp_put(&e, "123456", Duration::from_secs(60)).await?;
     let tries = futures::future::join_all((0..20).map(|i| {
         let cache = cache.clone();
         let e = e.clone();
-        async move {
-            cache
-                .otp_attempt(&e, &format!("{:06}", i + 200_000), 5)
-                .await
-        }
+        async move { cache.otp_attempt(&e, &format!("{:06}", i + 200_000)).await }
     }))
     .await;
     let rejected = tries
@@ -449,10 +426,7 @@ async fn otp_five_wrong_tries_kill_it(cache: Cache) -> anyhow::Result<()> {
         .filter(|r| matches!(r, Ok(OtpOutcome::Rejected)))
         .count();
     assert_eq!(rejected, 5);
-    assert_eq!(
-        cache.otp_attempt(&e, "123456", 5).await?,
-        OtpOutcome::Missing
-    );
+    assert_eq!(cache.otp_attempt(&e, "123456").await?, OtpOutcome::Missing);
     Ok(())
 }
 
@@ -461,27 +435,64 @@ async fn otp_replaced_by_a_new_code(cache: Cache) -> anyhow::Result<()> {
     let ttl = Duration::from_secs(60);
     cache.otp_put(&e, "111111", ttl).await?;
     for _ in 0..4 {
-        assert_eq!(
-            cache.otp_attempt(&e, "000000", 5).await?,
-            OtpOutcome::Rejected
-        );
+        assert_eq!(cache.otp_attempt(&e, "000000").await?, OtpOutcome::Rejected);
     }
     cache.otp_put(&e, "222222", ttl).await?;
     // The old code is gone and the attempt count starts again.
-    assert_eq!(
-        cache.otp_attempt(&e, "111111", 5).await?,
-        OtpOutcome::Rejected
-    );
+    assert_eq!(cache.otp_attempt(&e, "111111").await?, OtpOutcome::Rejected);
     for _ in 0..3 {
+        assert_eq!(cache.otp_attempt(&e, "000000").await?, OtpOutcome::Rejected);
+    }
+    assert_eq!(cache.otp_attempt(&e, "222222").await?, OtpOutcome::Accepted);
+    Ok(())
+}
+
+async fn otp_issue_mails_the_live_code_again(cache: Cache) -> anyhow::Result<()> {
+    let e = email("nia@example.com")?;
+    let seal = OtpSealKey::new(rand::random());
+    let ttl = Duration::from_secs(60);
+    let first = cache.otp_issue(&e, &seal, ttl).await?;
+    assert!(first.fresh);
+    assert_eq!(first.code.len(), 6);
+    // Asked again while live (wrong tries included, short of the last):
+    // the same code, not a new one.
+    for _ in 0..4 {
         assert_eq!(
-            cache.otp_attempt(&e, "000000", 5).await?,
+            cache.otp_attempt(&e, "999999x").await?,
+            OtpOutcome::Rejected
+        );
+        let again = cache.otp_issue(&e, &seal, ttl).await?;
+        assert!(!again.fresh);
+        assert_eq!(again.code, first.code);
+        assert!(again.valid_for <= ttl);
+    }
+    assert_eq!(
+        cache.otp_attempt(&e, &first.code).await?,
+        OtpOutcome::Accepted
+    );
+    // Used: the next request makes a new code.
+    let second = cache.otp_issue(&e, &seal, ttl).await?;
+    assert!(second.fresh);
+    // Dead after the last wrong try: a new code as well.
+    for _ in 0..5 {
+        assert_eq!(
+            cache.otp_attempt(&e, "999999x").await?,
             OtpOutcome::Rejected
         );
     }
+    let third = cache.otp_issue(&e, &seal, ttl).await?;
+    assert!(third.fresh);
     assert_eq!(
-        cache.otp_attempt(&e, "222222", 5).await?,
+        cache.otp_attempt(&e, &third.code).await?,
         OtpOutcome::Accepted
     );
+    // Concurrent requests agree on one code.
+    let codes = futures::future::join_all((0..10).map(|_| cache.otp_issue(&e, &seal, ttl))).await;
+    let codes: HashSet<String> = codes
+        .into_iter()
+        .map(|r| r.map(|c| c.code))
+        .collect::<anyhow::Result<_>>()?;
+    assert_eq!(codes.len(), 1, "{codes:?}");
     Ok(())
 }
 
@@ -491,10 +502,7 @@ async fn otp_expires(cache: Cache) -> anyhow::Result<()> {
         .otp_put(&e, "123456", Duration::from_millis(300))
         .await?;
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(
-        cache.otp_attempt(&e, "123456", 5).await?,
-        OtpOutcome::Missing
-    );
+    assert_eq!(cache.otp_attempt(&e, "123456").await?, OtpOutcome::Missing);
     Ok(())
 }
 
