@@ -29,7 +29,10 @@ pub async fn enforce_with_ceiling(
     verdict(state.limiter.check_with_ceiling(pair, ceiling).await)
 }
 
-fn verdict(decided: Result<Decision, LimiterUnavailable>) -> ApiResult<Decision> {
+/// The answer to a decision taken elsewhere (the middleware's, which
+/// overlaps its check with a pure read): the decision when the request may
+/// go on, else the 429 or 503.
+pub fn verdict(decided: Result<Decision, LimiterUnavailable>) -> ApiResult<Decision> {
     match decided {
         Ok(d) if d.allowed => Ok(d),
         Ok(d) => Err(ApiError::Throttled(d)),

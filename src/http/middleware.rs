@@ -15,7 +15,7 @@ use axum_extra::extract::cookie::Cookie;
 use super::AppState;
 use super::client::client_ip;
 use super::extract::Caller;
-use super::limits::set_limit_headers;
+use super::limits::{self, set_limit_headers};
 use crate::domain::ClientAddr;
 use crate::error::ApiError;
 use crate::ratelimit::{Decision, Scope};
@@ -99,13 +99,12 @@ async fn identify_and_throttle(state: AppState, mut req: Request, next: Next) ->
             other => (other, None),
         }
     };
-    let decision = match decision {
-        Ok(d) => d,
-        Err(_) => return ApiError::Unavailable("rate limiter").into_response(),
-    };
-    let mut response = match response {
-        Some(r) if decision.allowed => r,
-        _ => ApiError::Throttled(decision).into_response(),
+    let (decision, mut response) = match (limits::verdict(decision), response) {
+        (Ok(d), Some(r)) => (d, r),
+        // Not reached: an allowed request has run its handler.
+        (Ok(d), None) => (d, ApiError::Throttled(d).into_response()),
+        (Err(e @ ApiError::Throttled(d)), _) => (d, e.into_response()),
+        (Err(e), _) => return e.into_response(),
     };
     let shown = match response.extensions().get::<Decision>() {
         Some(other) if other.remaining < decision.remaining => *other,
