@@ -12,6 +12,7 @@
 //!   repositories; double booking is prevented by the database itself.
 //! - [`http`]: the HTTP API of `API.md`: routers, extractors, middleware.
 //! - [`error`]: [`error::ApiError`], the one error type at the HTTP edge.
+//! - [`idempotency`]: answers kept for `Idempotency-Key` retries.
 //! - Backends, each behind a small trait with an in-process implementation
 //!   (the embedded default) and a Redis one: [`cache`], [`sessions`],
 //!   [`ratelimit`], [`jobs`]; plus [`email`].
@@ -30,6 +31,7 @@ pub mod domain;
 pub mod email;
 pub mod error;
 pub mod http;
+pub mod idempotency;
 pub mod import;
 pub mod jobs;
 pub mod kv;

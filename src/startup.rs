@@ -20,6 +20,9 @@ use crate::config::Settings;
 use crate::db::Db;
 use crate::email::Mailer;
 use crate::http::{self, AppState, Inner};
+use crate::idempotency::IdempotencyStore;
+use crate::idempotency::redis::RedisIdempotency;
+use crate::idempotency::sql::SqlIdempotency;
 use crate::jobs::redis::{MAX_PARTITIONS, RedisQueue};
 use crate::jobs::sql::SqlQueue;
 use crate::jobs::worker::{JobContext, Worker, flush_views};
@@ -46,6 +49,13 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<Jo
     let broker = match &settings.redis {
         Some(r) => Some(RedisRole::connect(Role::Broker, r.broker.expose_secret()).await?),
         None => None,
+    };
+    let idempotency: Arc<dyn IdempotencyStore> = match &settings.redis {
+        // On the sessions role: never evicted, unlike the cache.
+        Some(r) => Arc::new(RedisIdempotency::new(
+            RedisRole::connect(Role::Sessions, r.sessions.expose_secret()).await?,
+        )),
+        None => Arc::new(SqlIdempotency::new(db.clone())),
     };
     let Backends {
         cache,
@@ -124,6 +134,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<Jo
         metrics: telemetry::metrics_handle(),
         hasher: crate::passwords::Hasher::per_core(crate::passwords::TURN_WAIT),
         health: http::ops::HealthCache::default(),
+        idempotency,
     });
     Ok((state, ctx))
 }

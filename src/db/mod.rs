@@ -8,6 +8,7 @@
 
 pub mod bookings;
 pub mod bulk;
+pub mod idempotency;
 pub mod jobs;
 pub mod properties;
 pub mod secrets;

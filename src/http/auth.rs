@@ -63,6 +63,7 @@ fn parse_email(raw: &str, errors: &mut FieldErrors) -> Option<Email> {
 }
 
 #[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth",
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 printable ASCII characters: a retry with the same key and body within 24 hours gets the first answer again (`Idempotent-Replayed: true`) and changes nothing; another body is 422, a retry while the first runs 409")),
     request_body = RegisterBody,
     responses(
         (status = 201, description = "The new user", body = User),

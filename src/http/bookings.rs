@@ -110,6 +110,7 @@ pub async fn invalidate_dashboard(state: &AppState, user_id: i64) {
 
 /// Books a stay; at most 5 attempts per user per hour.
 #[utoipa::path(post, path = "/api/v1/bookings", tag = "bookings",
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 printable ASCII characters: a retry with the same key and body within 24 hours gets the first answer again (`Idempotent-Replayed: true`) and changes nothing; another body is 422, a retry while the first runs 409")),
     request_body = BookingBody,
     security(("sessionid" = [])),
     responses(

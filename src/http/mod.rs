@@ -9,6 +9,7 @@ pub mod caching;
 pub mod client;
 pub mod dashboard;
 pub mod extract;
+pub mod idempotency;
 pub mod limits;
 pub mod middleware;
 pub mod openapi;
@@ -76,6 +77,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::idempotent,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             middleware::GuardState {
                 app: state.clone(),

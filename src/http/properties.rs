@@ -395,6 +395,7 @@ impl PropertyBody {
 
 /// A new listing of the signed-in host.
 #[utoipa::path(post, path = "/api/v1/properties", tag = "properties",
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 printable ASCII characters: a retry with the same key and body within 24 hours gets the first answer again (`Idempotent-Replayed: true`) and changes nothing; another body is 422, a retry while the first runs 409")),
     request_body = NewPropertyBody,
     security(("sessionid" = [])),
     responses(

@@ -8,6 +8,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::cache::Cache;
 use crate::config::Settings;
 use crate::db::Db;
+use crate::idempotency::IdempotencyStore;
 use crate::jobs::JobQueue;
 use crate::passwords::Hasher;
 use crate::ratelimit::RateLimiter;
@@ -31,6 +32,8 @@ pub struct Inner {
     pub metrics: PrometheusHandle,
     /// Password hashing and checks, bounded process-wide.
     pub hasher: Hasher,
+    /// Answers kept for `Idempotency-Key` retries.
+    pub idempotency: Arc<dyn IdempotencyStore>,
     /// The last `/health` result (see `ops`).
     pub health: super::ops::HealthCache,
 }

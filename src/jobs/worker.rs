@@ -620,6 +620,7 @@ impl Worker {
                 last_purge = Instant::now();
                 let _ = self.queue.backend().purge(RESULT_TTL).await;
                 let _ = self.ctx.db.session_purge_expired().await;
+                let _ = self.ctx.db.idempotency_purge().await;
             }
         }
     }

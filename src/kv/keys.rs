@@ -399,6 +399,24 @@ impl Keys {
         format!("{}user:{user_id}", self.session_ns())
     }
 
+    // ---- Idempotency records, on the sessions role (src/idempotency) ----
+    //
+    // One hash per (caller, key), named by the SHA-256 of both: the key is
+    // the client's own text (up to 255 characters) and the caller may be an
+    // address, so neither appears in the key itself. Every script touches
+    // one key: no hash tag.
+
+    /// The record of the `Idempotency-Key` `key` sent by `caller`.
+    pub fn idempotency(&self, caller: &str, key: &str) -> String {
+        let digest = Sha256::new()
+            .chain_update(caller)
+            .chain_update([0u8])
+            .chain_update(key)
+            .finalize();
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        cat(&[&self.prefix, "idem:", &hex])
+    }
+
     // ---- Rate-limit role (src/ratelimit/redis.rs) ----
     //
     // One key per (scope, subject), and every script touches one key: no

@@ -15,6 +15,7 @@ mod cli_cache;
 mod contract;
 mod errors;
 mod http_caching;
+mod idempotency;
 mod jobs_cluster;
 mod jobs_partitions;
 mod jobs_suite;
