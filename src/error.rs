@@ -40,6 +40,11 @@ pub enum ApiError {
     Throttled(crate::ratelimit::Decision),
     #[error("{0} is unavailable")]
     Unavailable(&'static str),
+    /// A write was stored but could not yet be made visible on every
+    /// instance: 503 with `details.stored = true` (API.md); the outbox
+    /// makes it visible within seconds, no retry needed.
+    #[error("the change is stored and will be visible within seconds")]
+    Stored,
     /// The service is saturated (a bounded resource stayed busy): 503 with
     /// `Retry-After`, so a client backs off instead of retrying at once.
     #[error("{0} is busy, retry shortly")]
@@ -91,7 +96,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) | ApiError::Saturated(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Saturated(_) | ApiError::Stored => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -110,7 +117,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Validation(_) => "validation_failed",
             ApiError::Throttled(_) => "throttled",
-            ApiError::Unavailable(_) | ApiError::Saturated(_) => "unavailable",
+            ApiError::Unavailable(_) | ApiError::Saturated(_) | ApiError::Stored => "unavailable",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -129,6 +136,9 @@ impl IntoResponse for ApiError {
         let mut error = json!({ "code": self.code(), "message": message });
         if let ApiError::Validation(details) = &self {
             error["details"] = json!(details);
+        }
+        if let ApiError::Stored = &self {
+            error["details"] = json!({ "stored": true });
         }
         let mut response = (status, axum::Json(json!({ "error": error }))).into_response();
         let retry_after = match self {
@@ -151,6 +161,12 @@ impl IntoResponse for ApiError {
 /// `Retry-After` of a saturated answer: the bounded work it waited for
 /// takes milliseconds, so a second is enough to find a free turn.
 const SATURATED_RETRY_AFTER: u64 = 1;
+
+impl From<crate::outbox::NotYetVisible> for ApiError {
+    fn from(_: crate::outbox::NotYetVisible) -> Self {
+        ApiError::Stored
+    }
+}
 
 impl From<crate::passwords::HashError> for ApiError {
     fn from(e: crate::passwords::HashError) -> Self {

@@ -13,6 +13,8 @@
 //! - [`http`]: the HTTP API of `API.md`: routers, extractors, middleware.
 //! - [`error`]: [`error::ApiError`], the one error type at the HTTP edge.
 //! - [`idempotency`]: answers kept for `Idempotency-Key` retries.
+//! - [`outbox`]: what a write causes outside its transaction, recorded in
+//!   it and applied at least once.
 //! - Backends, each behind a small trait with an in-process implementation
 //!   (the embedded default) and a Redis one: [`cache`], [`sessions`],
 //!   [`ratelimit`], [`jobs`]; plus [`email`].
@@ -35,6 +37,7 @@ pub mod idempotency;
 pub mod import;
 pub mod jobs;
 pub mod kv;
+pub mod outbox;
 pub mod passwords;
 pub mod ratelimit;
 pub mod seed;

@@ -29,6 +29,7 @@ use crate::jobs::worker::{JobContext, Worker, flush_views};
 use crate::jobs::{JobQueue, QueueBackend, Tallies};
 use crate::kv::keys::Keys;
 use crate::kv::{RedisRole, Role};
+use crate::outbox::Outbox;
 use crate::ratelimit::memory::MemoryLimiter;
 use crate::ratelimit::redis::RedisLimiter;
 use crate::ratelimit::{LimiterBackend, RateLimiter};
@@ -123,6 +124,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<Jo
         otp_seal: OtpSealKey::new(db.secret("otp_seal").await?),
         view_flush_interval: settings.view_flush_interval,
     });
+    let outbox = Outbox::new(db.clone(), cache.clone(), jobs.clone());
     let state = AppState::new(Inner {
         settings,
         identities: Identities::new(db.clone()),
@@ -134,6 +136,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<Jo
         metrics: telemetry::metrics_handle(),
         hasher: crate::passwords::Hasher::per_core(crate::passwords::TURN_WAIT),
         health: http::ops::HealthCache::default(),
+        outbox,
         idempotency,
     });
     Ok((state, ctx))
@@ -236,6 +239,8 @@ impl Application {
         let (stop_tx, stop_rx) = watch::channel(false);
         let worker = self.options.with_worker.then(|| {
             let w = self.worker();
+            // The in-process worker relays the outbox as well.
+            tokio::spawn(self.state.outbox.clone().run_relay(stop_rx.clone()));
             tokio::spawn(w.run(self.options.worker_concurrency, stop_rx.clone()))
         });
         let app = http::router(self.state.clone());

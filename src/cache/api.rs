@@ -90,9 +90,10 @@ impl Cache {
     }
 
     /// The guide's `invalidate_user_cache(user_id)`: everything cached for
-    /// that user (dashboard, user data) becomes stale, in O(1).
-    pub async fn invalidate_user_cache(&self, user_id: i64) {
-        self.invalidate(Namespace::User(user_id)).await;
+    /// that user (dashboard, user data) becomes stale, in O(1); an error
+    /// when the store cannot be reached.
+    pub async fn invalidate_user_cache(&self, user_id: i64) -> anyhow::Result<()> {
+        self.invalidate(Namespace::User(user_id)).await
     }
 
     /// The guide's `cache_temporary_data(name, value, timeout)`.

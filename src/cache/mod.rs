@@ -354,25 +354,25 @@ impl Cache {
         }
     }
 
-    /// Makes every cached entry of a namespace stale, in O(1). If the store
-    /// cannot be reached, the bump is retried in the background until it
-    /// succeeds, and meanwhile this process does not use the namespace's
-    /// cache (other processes cannot reach the store either, or will see the
-    /// bump when it lands).
+    /// Makes every cached entry of a namespace stale, in O(1); an error
+    /// when the store cannot be reached. Then this process does not use the
+    /// namespace's cache until a bump of its own lands (retried in the
+    /// background for that purpose only: what makes the change visible on
+    /// every instance is the outbox's relay, `crate::outbox`).
     ///
     /// The bump runs in a task of its own and this waits for it: a request
     /// cancelled after its write (client gone, deadline) still invalidates.
-    pub async fn invalidate(&self, ns: Namespace) {
+    pub async fn invalidate(&self, ns: Namespace) -> anyhow::Result<()> {
         let this = self.clone();
         let task = tokio::spawn(async move { this.invalidate_now(ns).await });
-        if let Err(e) = task.await {
-            tracing::error!(error = %e, "cache invalidation task failed");
-        }
+        task.await
+            .map_err(|e| anyhow::anyhow!("cache invalidation task failed: {e}"))?
     }
 
-    async fn invalidate_now(&self, ns: Namespace) {
+    async fn invalidate_now(&self, ns: Namespace) -> anyhow::Result<()> {
         let key = self.keys.generation(ns);
-        if let Err(e) = self.store.bump(&key).await {
+        let bumped = self.store.bump(&key).await;
+        if let Err(e) = &bumped {
             record(&self.stats, "generation", "error");
             tracing::error!(
                 ?ns,
@@ -395,6 +395,7 @@ impl Cache {
                 });
             }
         }
+        bumped.map(|_| ())
     }
 
     /// Deletes every cache entry whose logical key matches the glob

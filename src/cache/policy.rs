@@ -57,7 +57,7 @@ impl Entry<'_> {
 }
 
 /// Something that happened which cached entries may show the old state of.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Event {
     /// A property was created, changed or deleted: lists, featured,
     /// details, dashboards' recommendations.
@@ -96,9 +96,11 @@ impl Cache {
     }
 
     /// Makes every entry that may show the state before `event` stale, on
-    /// every instance, before returning (retried in the background if the
-    /// store is down; see [`Cache::invalidate`]).
-    pub async fn happened(&self, event: Event) {
-        self.invalidate(event.namespace()).await;
+    /// every instance, before returning `Ok`; an error means it could not
+    /// be done now (this process then bypasses those entries until it is:
+    /// see [`Cache::invalidate`]). Writes reach this through the outbox
+    /// (`crate::outbox`), which applies it again later if it failed.
+    pub async fn happened(&self, event: Event) -> anyhow::Result<()> {
+        self.invalidate(event.namespace()).await
     }
 }

@@ -105,10 +105,13 @@ async fn run_here(settings: Settings, args: Args) -> anyhow::Result<()> {
         .with_poll_interval(poll)
         .with_batch(args.batch);
     let (tx, rx) = watch::channel(false);
+    // Every worker also relays what writes left in the outbox.
+    let relay = tokio::spawn(state.outbox.clone().run_relay(rx.clone()));
     let handle = tokio::spawn(worker.run(args.concurrency, rx));
     shutdown_signal().await;
     let _ = tx.send(true);
     let _ = handle.await;
+    let _ = relay.await;
     state.db.close().await;
     Ok(())
 }

@@ -93,9 +93,22 @@ impl Db {
     /// (`BEGIN IMMEDIATE`), so what the load reads first (is the database
     /// empty?) cannot change before it writes.
     pub async fn begin_bulk(&self) -> anyhow::Result<BulkTx> {
+        // The load records nothing in the outbox (see its migration).
         Ok(match self {
-            Db::Sqlite(p) => BulkTx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
-            Db::Postgres(p) => BulkTx::Postgres(p.begin().await?),
+            Db::Sqlite(p) => {
+                let mut t = p.begin_with("BEGIN IMMEDIATE").await?;
+                sqlx::query("INSERT INTO outbox_paused (paused) VALUES (1)")
+                    .execute(&mut *t)
+                    .await?;
+                BulkTx::Sqlite(t)
+            }
+            Db::Postgres(p) => {
+                let mut t = p.begin().await?;
+                sqlx::query("SELECT set_config('stayafrica.bulk_load', 'on', true)")
+                    .execute(&mut *t)
+                    .await?;
+                BulkTx::Postgres(t)
+            }
         })
     }
 
@@ -205,7 +218,12 @@ impl BulkTx {
     /// id, so that rows created later get ids above the loaded ones.
     pub async fn commit(self) -> anyhow::Result<()> {
         match self {
-            BulkTx::Sqlite(t) => t.commit().await?,
+            BulkTx::Sqlite(mut t) => {
+                sqlx::query("DELETE FROM outbox_paused")
+                    .execute(&mut *t)
+                    .await?;
+                t.commit().await?;
+            }
             BulkTx::Postgres(mut t) => {
                 for table in ["users", "properties", "bookings"] {
                     let sql = format!(

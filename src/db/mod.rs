@@ -10,6 +10,7 @@ pub mod bookings;
 pub mod bulk;
 pub mod idempotency;
 pub mod jobs;
+pub mod outbox;
 pub mod properties;
 pub mod secrets;
 pub mod sessions;

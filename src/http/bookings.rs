@@ -17,13 +17,12 @@ use super::AppState;
 use super::extract::{ApiJson, ApiQuery, AuthUser, IdPath};
 use super::limits;
 use super::openapi::ErrorBody;
-use crate::cache::Event;
 use crate::db::bookings::{Booking, BookingRefused, NewBooking};
 use crate::db::properties::Property;
 use crate::db::users::User;
 use crate::domain::BookingStatus;
 use crate::error::{ApiError, ApiResult, FieldErrors};
-use crate::jobs::Job;
+use crate::outbox::Fact;
 use crate::ratelimit::Scope;
 
 /// Longest stay that can be booked.
@@ -98,14 +97,6 @@ struct BookingBody {
 fn parse_date(s: &str) -> Option<Date> {
     let fmt = time::macros::format_description!("[year]-[month]-[day]");
     Date::parse(s, &fmt).ok()
-}
-
-/// Makes the user's cached dashboard stale.
-pub async fn invalidate_dashboard(state: &AppState, user_id: i64) {
-    state
-        .cache
-        .happened(Event::BookingChanged { guest_id: user_id })
-        .await;
 }
 
 /// Books a stay; at most 5 attempts per user per hour.
@@ -232,22 +223,15 @@ async fn create_checked(
             }
         }
     };
-    // Independent steps: one round trip of latency for both.
-    let job = Job::BookingConfirmation {
-        booking_id: booking.id,
-    };
-    let ((), queued) = tokio::join!(
-        invalidate_dashboard(state, user.id),
-        state.jobs.enqueue(&job)
-    );
-    if let Err(e) = queued {
-        // The booking stands; only its email is late. Operators see this.
-        tracing::error!(
-            booking_id = booking.id,
-            error = format!("{e:#}"),
-            "confirmation email not queued"
-        );
-    }
+    // The guest's dashboard before the answer; the confirmation job now
+    // if the queue takes it, else by the outbox's relay once it does.
+    state
+        .outbox
+        .settle(&[
+            Fact::BookingChanged { guest_id: user.id },
+            Fact::BookingCreated(booking.id),
+        ])
+        .await?;
     Ok((StatusCode::CREATED, Json(booking)))
 }
 
@@ -279,6 +263,11 @@ async fn cancel(
         .cancel_booking(id)
         .await?
         .ok_or(ApiError::Conflict("the booking is already cancelled"))?;
-    invalidate_dashboard(&state, cancelled.guest_id).await;
+    state
+        .outbox
+        .settle(&[Fact::BookingChanged {
+            guest_id: cancelled.guest_id,
+        }])
+        .await?;
     Ok(Json(cancelled))
 }

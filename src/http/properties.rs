@@ -18,14 +18,15 @@ use super::caching::{self, Audience, Conditional};
 use super::extract::{ApiJson, ApiQuery, AuthUser, IdPath, non_null};
 use super::limits;
 use super::openapi::ErrorBody;
+use crate::cache::Entry;
 use crate::cache::response::CachedResponse;
-use crate::cache::{Entry, Event};
 use crate::db::properties::{
     DeleteOutcome, HOST_FEATURED_MAX, NewProperty, Property, PropertyFields, PropertyFilter,
     Updated,
 };
 use crate::domain::{MAX_PRICE_CENTS, Money, Role, check_text};
 use crate::error::{ApiError, ApiResult, FieldErrors};
+use crate::outbox::Fact;
 use crate::ratelimit::Scope;
 
 /// Routes of `/api/v1/properties`: public reads, host writes, each with
@@ -442,7 +443,10 @@ async fn create(
         })
         .await?
         .ok_or_else(featured_quota_full)?;
-    state.cache.happened(Event::PropertyChanged).await;
+    state
+        .outbox
+        .settle(&[Fact::PropertyChanged(property.id)])
+        .await?;
     Ok(limits::noted(
         (StatusCode::CREATED, Json(property)).into_response(),
         decision,
@@ -495,7 +499,7 @@ async fn update(
         Updated::NotFound => return Err(ApiError::NotFound),
         Updated::FeaturedQuotaFull => return Err(featured_quota_full()),
     };
-    state.cache.happened(Event::PropertyChanged).await;
+    state.outbox.settle(&[Fact::PropertyChanged(id)]).await?;
     let pending = state.cache.views().pending(id).await.unwrap_or(0);
     Ok(Json(Property {
         view_count: updated.view_count + pending,
@@ -523,7 +527,7 @@ async fn remove(
     let now = OffsetDateTime::now_utc();
     match state.db.delete_property(id, now.date(), now).await? {
         DeleteOutcome::Deleted => {
-            state.cache.happened(Event::PropertyChanged).await;
+            state.outbox.settle(&[Fact::PropertyChanged(id)]).await?;
             Ok(StatusCode::NO_CONTENT)
         }
         DeleteOutcome::NotFound => Err(ApiError::NotFound),

@@ -10,6 +10,7 @@ use crate::config::Settings;
 use crate::db::Db;
 use crate::idempotency::IdempotencyStore;
 use crate::jobs::JobQueue;
+use crate::outbox::Outbox;
 use crate::passwords::Hasher;
 use crate::ratelimit::RateLimiter;
 use crate::sessions::SessionStore;
@@ -32,6 +33,8 @@ pub struct Inner {
     pub metrics: PrometheusHandle,
     /// Password hashing and checks, bounded process-wide.
     pub hasher: Hasher,
+    /// Applies what writes cause outside their transaction.
+    pub outbox: Outbox,
     /// Answers kept for `Idempotency-Key` retries.
     pub idempotency: Arc<dyn IdempotencyStore>,
     /// The last `/health` result (see `ops`).

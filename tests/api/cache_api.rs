@@ -86,12 +86,12 @@ async fn suite(cache: Cache) -> anyhow::Result<()> {
         Some(stats.clone())
     );
     assert_eq!(cache.get_user_data::<Stats>(8, "stats").await?, None);
-    cache.invalidate_user_cache(8).await;
+    cache.invalidate_user_cache(8).await?;
     assert_eq!(
         cache.get_user_data::<Stats>(7, "stats").await?,
         Some(stats.clone())
     );
-    cache.invalidate_user_cache(7).await;
+    cache.invalidate_user_cache(7).await?;
     assert_eq!(cache.get_user_data::<Stats>(7, "stats").await?, None);
 
     // Query results: computed once, recomputed after a property change.
@@ -107,7 +107,7 @@ async fn suite(cache: Cache) -> anyhow::Result<()> {
         assert_eq!(v, vec![1, 2, 3]);
     }
     assert_eq!(runs.load(Ordering::SeqCst), 1);
-    cache.invalidate(Namespace::Properties).await;
+    cache.invalidate(Namespace::Properties).await?;
     let r = runs.clone();
     let _: Vec<i64> = cache
         .cache_query_result("featured_ids", Duration::from_secs(60), || async move {

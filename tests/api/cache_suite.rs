@@ -283,7 +283,7 @@ async fn generations_bump_and_templates_follow(cache: Cache) -> anyhow::Result<(
         Some(g0),
         "stable"
     );
-    cache.invalidate(Namespace::Properties).await;
+    cache.invalidate(Namespace::Properties).await?;
     let g1 = cache
         .generation(Namespace::Properties)
         .await
@@ -317,7 +317,7 @@ async fn generations_bump_and_templates_follow(cache: Cache) -> anyhow::Result<(
     );
 
     // A bump makes it unreachable at once; the next read computes again.
-    cache.invalidate(Namespace::Properties).await;
+    cache.invalidate(Namespace::Properties).await?;
     cache
         .get_or_compute_bytes_in("test", &template, ttl, compute)
         .await?;
@@ -338,12 +338,12 @@ async fn generations_bump_and_templates_follow(cache: Cache) -> anyhow::Result<(
         .get_or_compute_bytes_in("test", &dash, ttl, compute)
         .await?;
     assert_eq!(n.load(Ordering::SeqCst), 1);
-    cache.invalidate(user_ns).await;
+    cache.invalidate(user_ns).await?;
     cache
         .get_or_compute_bytes_in("test", &dash, ttl, compute)
         .await?;
     assert_eq!(n.load(Ordering::SeqCst), 2);
-    cache.invalidate(Namespace::Properties).await;
+    cache.invalidate(Namespace::Properties).await?;
     cache
         .get_or_compute_bytes_in("test", &dash, ttl, compute)
         .await?;
@@ -727,7 +727,7 @@ async fn a_response_held_near_costs_one_command_and_no_payload() -> anyhow::Resu
     assert_eq!(sent.len(), 1, "{sent:#?}");
     assert!(sent[0].contains("\"MGET\""), "{sent:#?}");
     // After a bump the old copy is not served: the next read computes.
-    cache.happened(Event::PropertyChanged).await;
+    cache.happened(Event::PropertyChanged).await?;
     let fresh = cache
         .response(entry, || async { Ok(Bytes::from_static(b"page 2")) })
         .await?;
@@ -754,9 +754,9 @@ async fn lost_generation_counter_never_revives_old_entries() -> anyhow::Result<(
         };
         // Cached under g0, then invalidated and cached under g0+1 …
         assert_eq!(&serve(b"v1").await?[..], b"v1");
-        cache.invalidate(Namespace::Properties).await;
+        cache.invalidate(Namespace::Properties).await?;
         assert_eq!(&serve(b"v2").await?[..], b"v2");
-        cache.invalidate(Namespace::Properties).await;
+        cache.invalidate(Namespace::Properties).await?;
         let before = cache
             .generation(Namespace::Properties)
             .await

@@ -524,6 +524,12 @@ impl Service {
         std::fs::read_to_string(&self.log).is_ok_and(|t| t.contains(needle))
     }
 
+    /// Kills it with SIGKILL (no shutdown of any kind) and reaps it.
+    pub fn kill_now(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Its resident memory now, from `/proc` (bytes).
     pub fn rss_bytes(&self) -> anyhow::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;

@@ -25,6 +25,7 @@ mod logs;
 mod near_cache;
 mod openapi;
 mod ops;
+mod outbox;
 mod properties;
 mod restart;
 mod safe_defaults;
