@@ -239,7 +239,9 @@ pub fn finish(spec: Spec) -> Value {
                 add(
                     "503",
                     error_response(
-                        "`unavailable`: a backing service needed for this request is down",
+                        "`unavailable`: a backing service needed for this request is down, or the \
+                         service is saturated (with `Retry-After`); for a write that was stored but \
+                         is not yet visible everywhere, `details` is `{\"stored\": true}`",
                     ),
                 );
             }

@@ -402,6 +402,7 @@ impl PropertyBody {
     responses(
         (status = 201, description = "The new property", body = Property),
         (status = 401, description = "`not_authenticated`", body = ErrorBody),
+        (status = 409, description = "`conflict`: a request with this `Idempotency-Key` is still being processed", body = ErrorBody),
         (status = 403, description = "`forbidden`: only hosts list properties", body = ErrorBody),
         (status = 422, description = "`validation_failed`: a value breaks a rule (`details` per field)", body = ErrorBody),
     ))]

@@ -9,7 +9,9 @@ use reqwest::{Client, StatusCode};
 use serde_json::json;
 use stayafrica::ratelimit::{Action, Rate};
 
-use crate::helpers::{TestApp, TestDb, TestOptions, error_code, property_body, spawn_app_with};
+use crate::helpers::{
+    TestApp, TestDb, TestOptions, code_in, error_code, property_body, spawn_app_with,
+};
 use crate::on_each_setup;
 
 on_each_setup!(
@@ -40,14 +42,6 @@ async fn app(
         ..TestOptions::default()
     })
     .await
-}
-
-fn code_in(email: &str) -> Option<String> {
-    email
-        .split_whitespace()
-        .map(|w| w.trim_matches(|c: char| !c.is_ascii_digit()))
-        .find(|w| w.len() == 6 && w.chars().all(|c| c.is_ascii_digit()))
-        .map(str::to_owned)
 }
 
 async fn an_attacker_at_the_limits_does_not_lock_the_victim_out(db: TestDb) -> anyhow::Result<()> {

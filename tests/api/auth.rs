@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 use stayafrica::passwords;
 
-use crate::helpers::{TestDb, error_code, spawn_app};
+use crate::helpers::{TestDb, code_in, error_code, spawn_app};
 use crate::on_each_setup;
 
 on_each_setup!(
@@ -166,14 +166,6 @@ async fn duplicate_email_conflicts(db: TestDb) -> anyhow::Result<()> {
         .await?;
     assert_eq!(r.status(), 400);
     Ok(())
-}
-
-fn code_in(email: &str) -> Option<String> {
-    email
-        .split_whitespace()
-        .map(|w| w.trim_matches(|c: char| !c.is_ascii_digit()))
-        .find(|w| w.len() == 6 && w.chars().all(|c| c.is_ascii_digit()))
-        .map(str::to_owned)
 }
 
 async fn otp_login_flow(db: TestDb) -> anyhow::Result<()> {

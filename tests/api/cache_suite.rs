@@ -19,7 +19,7 @@ use stayafrica::kv::keys::Keys;
 use stayafrica::kv::{RedisRole, Role};
 
 use crate::helpers::{
-    RedisServer, SHARED_REDIS, TestApp, TestDb, TestOptions, property_body, spawn_app_with,
+    RedisServer, SHARED_REDIS, TestApp, TestDb, TestOptions, code_in, property_body, spawn_app_with,
 };
 
 // ---------------------------------------------------------------------------
@@ -1235,14 +1235,6 @@ async fn views_under_concurrency_crashed_and_parallel_flushes() -> anyhow::Resul
     .await;
     cleanup_app(&app).await;
     result
-}
-
-fn code_in(email: &str) -> Option<String> {
-    email
-        .split_whitespace()
-        .map(|w| w.trim_matches(|c: char| !c.is_ascii_digit()))
-        .find(|w| w.len() == 6 && w.chars().all(|c| c.is_ascii_digit()))
-        .map(str::to_owned)
 }
 
 async fn otp_app(otp_ttl: Duration) -> anyhow::Result<TestApp> {

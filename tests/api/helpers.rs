@@ -497,3 +497,12 @@ pub fn parse_commandstats(info: &str) -> Vec<(String, u64)> {
         })
         .collect()
 }
+
+/// The six-digit one-time code in a mail, if any.
+pub fn code_in(email: &str) -> Option<String> {
+    email
+        .split_whitespace()
+        .map(|w| w.trim_matches(|c: char| !c.is_ascii_digit()))
+        .find(|w| w.len() == 6 && w.chars().all(|c| c.is_ascii_digit()))
+        .map(str::to_owned)
+}
