@@ -89,6 +89,22 @@ impl KeyTemplate {
         &self.generation_keys
     }
 
+    /// Not a store key: the in-process single-flight name of this entry
+    /// computed without the store (its generations cannot be read), after
+    /// `writes` invalidations of this process. `~` cannot start a rendered
+    /// key (they start with the prefix), so the two never share a flight
+    /// unless the prefix is `~`-led, which only merges two computations of
+    /// the same entry.
+    pub fn uncached_flight(&self, writes: u64) -> String {
+        let mut name = String::from("~");
+        name.push_str(itoa::Buffer::new().format(writes));
+        for part in &self.parts {
+            name.push(':');
+            name.push_str(part);
+        }
+        name
+    }
+
     /// The key for these generations (one per generation key).
     pub fn render(&self, generations: &[u64]) -> String {
         let mut key = String::with_capacity(self.parts.iter().map(String::len).sum::<usize>() + 40);
