@@ -1,6 +1,7 @@
 //! The cache role: cache-aside with single flight, whole-response caching,
-//! generation-based invalidation, one-time codes and view counters, over a
-//! [`CacheStore`] (in-process or Redis).
+//! generation-based invalidation and one-time codes, over a [`CacheStore`]
+//! (in-process or Redis). View counters live on the cache role's Redis too,
+//! but belong to [`crate::views`].
 //!
 //! Invalidation never walks the keyspace: keys embed the generation of
 //! their namespace, and a write bumps that generation before it answers, so
@@ -13,8 +14,7 @@
 //! Parts: [`policy`] (what is cached, for how long, and what each domain
 //! event makes stale: the API handlers use), [`store::CacheStore`] (values
 //! and generations) with [`memory`] (in-process, the embedded default) and
-//! [`redis`]; [`otp`] (one-time codes) and [`views`] (view counters), each
-//! a trait with both implementations; [`near`] (the coherent in-process
+//! [`redis`]; [`otp`] (one-time codes), a trait with both implementations; [`near`] (the coherent in-process
 //! copy of hot stored responses in front of Redis); [`codec`] (the byte
 //! format the stores hold: header byte, LZ4 above a threshold);
 //! [`response`] (whole responses as sent: ETag and compressed variants made
@@ -32,7 +32,6 @@ pub mod redis;
 pub mod response;
 pub mod stats;
 pub mod store;
-pub mod views;
 
 use foldhash::{HashMap, HashSet};
 use std::future::Future;
@@ -48,7 +47,6 @@ use crate::kv::keys::{KeyTemplate, Keys};
 pub use otp::{OtpOutcome, OtpStore};
 pub use policy::{Entry, Event};
 pub use store::CacheStore;
-pub use views::{ViewBatch, ViewCounter};
 
 /// How long a cross-process compute lock lives if its holder never releases
 /// it (crashed): longer than any computation should take.
@@ -67,7 +65,6 @@ const LOCK_POLL: Duration = Duration::from_millis(20);
 pub struct Cache {
     store: Arc<dyn CacheStore>,
     otps: Arc<dyn otp::OtpStore>,
-    views: Arc<dyn views::ViewCounter>,
     keys: Keys,
     flights: Arc<Flights>,
     /// Invalidations this process has started: part of the single-flight
@@ -234,18 +231,16 @@ impl Drop for FlightShare<'_> {
 }
 
 impl Cache {
-    /// A cache over its three stores; clones share them, the single
+    /// A cache over its two stores; clones share them, the single
     /// flight, pending bumps and hit stats.
     pub fn from_parts(
         store: Arc<dyn CacheStore>,
         otps: Arc<dyn otp::OtpStore>,
-        views: Arc<dyn views::ViewCounter>,
         keys: Keys,
     ) -> Self {
         Cache {
             store,
             otps,
-            views,
             keys,
             flights: Arc::default(),
             writes: Arc::default(),
@@ -261,7 +256,6 @@ impl Cache {
         Cache::from_parts(
             Arc::new(memory::MemoryStore::new(max_bytes)),
             Arc::new(otp::MemoryOtps::default()),
-            Arc::new(views::MemoryViews::default()),
             keys,
         )
     }
@@ -271,8 +265,7 @@ impl Cache {
     pub fn redis(role: crate::kv::RedisRole, keys: Keys) -> Self {
         Cache::from_parts(
             Arc::new(redis::RedisStore::new(role.clone(), keys.clone())),
-            Arc::new(otp::RedisOtps::new(role.clone())),
-            Arc::new(views::RedisViews::new(role, keys.clone())),
+            Arc::new(otp::RedisOtps::new(role)),
             keys,
         )
     }
@@ -307,11 +300,6 @@ impl Cache {
     /// The raw store: no codec, metrics or single flight (health checks, tests).
     pub fn store(&self) -> &Arc<dyn CacheStore> {
         &self.store
-    }
-
-    /// The view counters.
-    pub fn views(&self) -> &Arc<dyn views::ViewCounter> {
-        &self.views
     }
 
     /// The decoded value of `key`, without metrics.
@@ -840,7 +828,6 @@ mod tests {
         let down = Cache::from_parts(
             Arc::new(DownStore),
             Arc::new(otp::MemoryOtps::default()),
-            Arc::new(views::MemoryViews::default()),
             Keys::new("test:"),
         );
         assert_eq!(concurrent_misses(&down, false, 20).await?, (0, 1));

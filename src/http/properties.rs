@@ -22,6 +22,7 @@ use crate::cache::{Entry, Event};
 use crate::db::properties::{DeleteOutcome, NewProperty, Property, PropertyFields, PropertyFilter};
 use crate::domain::{MAX_PRICE_CENTS, Money, Role, check_text};
 use crate::error::{ApiError, ApiResult, FieldErrors};
+use crate::views;
 
 /// Routes of `/api/v1/properties`: public reads, host writes, each with
 /// its description.
@@ -206,16 +207,17 @@ async fn featured(State(state): State<AppState>, headers: Conditional) -> ApiRes
     Ok(caching::respond(&headers, &entry, Audience::Public))
 }
 
-/// The stored detail of `id`: the property's JSON (`null` for no such
-/// property) with the view count as of the fill.
-async fn cached_property(state: &AppState, id: i64) -> anyhow::Result<CachedResponse> {
+/// The stored detail of `id`: the property's JSON without its view count
+/// (`null` for no such property; see `views::stored_detail`).
+async fn cached_property(state: &AppState, id: i64) -> anyhow::Result<Bytes> {
     let db = state.db.clone();
-    state
+    let entry = state
         .cache
         .response(Entry::PropertyDetail(id), || async move {
-            Ok(Bytes::from(serde_json::to_vec(&db.property(id).await?)?))
+            views::stored_detail(db.property(id).await?.as_ref())
         })
-        .await
+        .await?;
+    Ok(entry.identity)
 }
 
 /// One property; counts one view, and shows stored plus not yet flushed views.
@@ -230,23 +232,13 @@ async fn detail(
     headers: Conditional,
     IdPath(id): IdPath,
 ) -> ApiResult<Response> {
-    // The lookup and the view count are independent: run them together, one
-    // round trip of latency instead of two. A view of an unknown id is
-    // counted but touches no row when flushed.
-    let (entry, pending) = tokio::join!(cached_property(&state, id), state.cache.views().incr(id));
-    let entry = entry?;
-    if &entry.identity[..] == b"null" {
-        return Err(ApiError::NotFound);
-    }
-    let pending = pending.unwrap_or_else(|e| {
-        tracing::warn!(
-            error = format!("{e:#}"),
-            "view not counted: cache unavailable"
-        );
-        0
-    });
-    let live = caching::with_view_count(&entry.identity, pending)
-        .ok_or_else(|| anyhow::anyhow!("stored property without a view count"))?;
+    // The views module counts the view (only of a property that exists)
+    // and joins the live count to the stored detail.
+    let live = state
+        .views
+        .detail(id, cached_property(&state, id))
+        .await?
+        .ok_or(ApiError::NotFound)?;
     Ok(caching::respond(&headers, &live, Audience::Public))
 }
 
@@ -481,9 +473,9 @@ async fn update(
         .await?
         .ok_or(ApiError::NotFound)?;
     state.cache.happened(Event::PropertyChanged).await;
-    let pending = state.cache.views().pending(id).await.unwrap_or(0);
+    let view_count = state.views.shown(id).await?.unwrap_or(updated.view_count);
     Ok(Json(Property {
-        view_count: updated.view_count + pending,
+        view_count,
         ..updated
     }))
 }
@@ -509,6 +501,7 @@ async fn remove(
     match state.db.delete_property(id, now.date(), now).await? {
         DeleteOutcome::Deleted => {
             state.cache.happened(Event::PropertyChanged).await;
+            state.views.forget(id).await;
             Ok(StatusCode::NO_CONTENT)
         }
         DeleteOutcome::NotFound => Err(ApiError::NotFound),

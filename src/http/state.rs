@@ -12,6 +12,7 @@ use crate::jobs::JobQueue;
 use crate::ratelimit::RateLimiter;
 use crate::sessions::SessionStore;
 use crate::sessions::identity::Identities;
+use crate::views::Views;
 
 /// Shared, cheaply cloneable application state.
 #[derive(Clone)]
@@ -22,6 +23,8 @@ pub struct Inner {
     pub settings: Settings,
     pub db: Db,
     pub cache: Cache,
+    /// View counting: counts, the live count of a detail, the flush.
+    pub views: Views,
     pub sessions: Arc<dyn SessionStore>,
     /// Who the user of a session is (cached; see [`Identities`]).
     pub identities: Identities,
