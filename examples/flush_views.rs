@@ -146,7 +146,32 @@ async fn main() -> anyhow::Result<()> {
         None => 0,
     };
     let started = Instant::now();
-    let flushed = views.flush().await.context("the flush failed")?;
+    let flushed = if std::env::var_os("FLUSH_STEPS").is_some() {
+        // The flush's steps one by one, timed (where the time goes).
+        let (mut take, mut apply, mut ack) = (0.0, 0.0, 0.0);
+        let mut done = stayafrica::views::Flushed::default();
+        let mut start_round = true;
+        loop {
+            let t = Instant::now();
+            let Some(batch) = store.take(stayafrica::views::FLUSH_CHUNK, start_round).await? else {
+                break;
+            };
+            start_round = false;
+            take += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            db.apply_view_deltas(&batch.flush_id, &batch.deltas).await?;
+            apply += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            store.ack(&batch.flush_id).await?;
+            ack += t.elapsed().as_secs_f64();
+            done.views += batch.deltas.iter().map(|(_, d)| d).sum::<i64>();
+            done.chunks += 1;
+        }
+        eprintln!("take {take:.3}s apply {apply:.3}s ack {ack:.3}s");
+        done
+    } else {
+        views.flush().await.context("the flush failed")?
+    };
     let elapsed = started.elapsed();
     let calls = match &redis_url {
         Some(u) => redis_calls(u).await? - calls_before,

@@ -351,6 +351,12 @@ impl Keys {
         self.cache(&format!("views:{VIEWS_TAG}:draining"))
     }
 
+    /// Where the next view batch continues the HSCAN of the round being
+    /// flushed (a cursor string).
+    pub fn views_cursor(&self) -> String {
+        self.cache(&format!("views:{VIEWS_TAG}:cursor"))
+    }
+
     /// The view count each property's detail shows (a hash: property id to
     /// the database's count plus every view not yet in it).
     pub fn views_shown(&self) -> String {

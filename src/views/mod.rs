@@ -35,10 +35,11 @@ use crate::kv::RedisRole;
 use crate::kv::keys::Keys;
 pub use store::{SeedBasis, Seeded, Snapshot, ViewBatch, ViewStore};
 
-/// Properties per flush chunk: one take, one `UPDATE` and one ack each. A
-/// chunk of this size is a few milliseconds of Redis and of the database,
-/// well inside the cache role's timeout, and 100,000 viewed properties are
-/// 100 chunks rather than 100,000 statements.
+/// Properties per flush chunk (Redis may add about a tenth: it scans by
+/// pages): one take, one `UPDATE` and one ack each. A chunk of this size is
+/// a few milliseconds of Redis and of the database, well inside the cache
+/// role's timeout, and 100,000 viewed properties are about 100 chunks
+/// rather than 100,000 statements.
 pub const FLUSH_CHUNK: usize = 1000;
 
 /// Tries at seeding a shown count while flush steps keep moving batches

@@ -162,6 +162,7 @@ impl ViewStore for RedisViews {
             k.views_batch(&new_id),
             k.views_draining(),
             k.views_epoch(),
+            k.views_cursor(),
         ];
         let reply: Option<Vec<String>> = self
             .role

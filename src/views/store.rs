@@ -22,7 +22,7 @@
 //! which of the batches then in flight the database had applied, and is
 //! refused (with a fresh snapshot) if the epoch moved meanwhile.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -91,8 +91,8 @@ pub trait ViewStore: Send + Sync + 'static {
     /// Counts a view that could not be shown exactly (seeding kept being
     /// refused): it still reaches the database.
     async fn count_unshown(&self, id: i64) -> anyhow::Result<()>;
-    /// The oldest unacknowledged batch; else up to `max` properties of the
-    /// round being flushed; else, when `start_round`, a new round made of
+    /// The oldest unacknowledged batch; else about `max` properties of the
+    /// round being flushed (Redis may add up to a tenth: it scans by pages); else, when `start_round`, a new round made of
     /// every pending count (then its first batch); else `None`.
     async fn take(&self, max: usize, start_round: bool) -> anyhow::Result<Option<ViewBatch>>;
     /// Forgets a batch once the database has it.
@@ -104,7 +104,10 @@ pub trait ViewStore: Send + Sync + 'static {
 #[derive(Default)]
 struct State {
     pending: HashMap<i64, i64>,
-    draining: HashMap<i64, i64>,
+    /// Ordered, so that a batch is cut from its front in O(batch): a hash
+    /// map keeps the buckets of what was taken, and walking past them made
+    /// each batch cost the size of the whole round.
+    draining: BTreeMap<i64, i64>,
     /// Batches taken but not acknowledged, oldest first.
     in_flight: Vec<ViewBatch>,
     shown: HashMap<i64, i64>,
@@ -182,15 +185,16 @@ impl ViewStore for MemoryViews {
             if !start_round || s.pending.is_empty() {
                 return Ok(None);
             }
-            s.draining = std::mem::take(&mut s.pending);
+            s.draining = std::mem::take(&mut s.pending).into_iter().collect();
         }
-        let ids: Vec<i64> = s.draining.keys().take(max.max(1)).copied().collect();
-        let mut deltas: Vec<(i64, i64)> = ids
+        let rest = match s.draining.keys().nth(max.max(1)).copied() {
+            Some(first_left) => s.draining.split_off(&first_left),
+            None => BTreeMap::new(),
+        };
+        let deltas: Vec<(i64, i64)> = std::mem::replace(&mut s.draining, rest)
             .into_iter()
-            .filter_map(|id| s.draining.remove(&id).map(|n| (id, n)))
             .filter(|(_, n)| *n != 0)
             .collect();
-        deltas.sort_unstable();
         let batch = ViewBatch {
             flush_id: uuid::Uuid::new_v4().to_string(),
             deltas,
