@@ -153,7 +153,10 @@ async fn main() -> anyhow::Result<()> {
         let mut start_round = true;
         loop {
             let t = Instant::now();
-            let Some(batch) = store.take(stayafrica::views::FLUSH_CHUNK, start_round).await? else {
+            let Some(batch) = store
+                .take(stayafrica::views::FLUSH_CHUNK, start_round)
+                .await?
+            else {
                 break;
             };
             start_round = false;

@@ -635,6 +635,21 @@ async fn crashed_and_parallel_flushes(app: &TestApp) -> anyhow::Result<()> {
     app.state.views.flush().await?;
     assert_eq!(stored_counts(app).await?.get(&id), Some(&(start + 35)));
     views(1).await?;
+    // The database refuses the apply (its flush-id table is gone): the
+    // flush fails with its batch kept, and the retry once the table is
+    // back applies it once.
+    let rename = |from: &'static str, to: &'static str| async move {
+        let sql = sqlx::AssertSqlSafe(format!("ALTER TABLE {from} RENAME TO {to}"));
+        stayafrica::with_pool!(app.db(), p => sqlx::query(sql).execute(p).await.map(|_| ()))
+    };
+    rename("view_flushes", "view_flushes_away").await?;
+    let failed = app.state.views.flush().await;
+    rename("view_flushes_away", "view_flushes").await?;
+    anyhow::ensure!(failed.is_err(), "the flush applied without its table");
+    views(4).await?;
+    app.state.views.flush().await?;
+    assert_eq!(stored_counts(app).await?.get(&id), Some(&(start + 40)));
+    views(1).await?;
     // Two flushers at once while views keep coming (concurrent GETs).
     let flusher = || async {
         for _ in 0..10 {
@@ -651,9 +666,9 @@ async fn crashed_and_parallel_flushes(app: &TestApp) -> anyhow::Result<()> {
     b?;
     c?;
     app.state.views.flush().await?;
-    assert_eq!(stored_counts(app).await?.get(&id), Some(&(start + 136)));
+    assert_eq!(stored_counts(app).await?.get(&id), Some(&(start + 141)));
     let d: Value = app.get(&path).await?.json().await?;
-    assert_eq!(d["view_count"], start + 137);
+    assert_eq!(d["view_count"], start + 142);
     Ok(())
 }
 
