@@ -326,6 +326,18 @@ impl Db {
         Ok(fresh)
     }
 
+    /// Forgets the flush ids applied before `before_ms` (ms since the
+    /// epoch); returns how many. Safe once no batch that old can still be
+    /// retried (see `views::FLUSH_ID_KEEP`).
+    pub async fn prune_view_flushes(&self, before_ms: i64) -> anyhow::Result<u64> {
+        const SQL: &str = "DELETE FROM view_flushes WHERE applied_at < $1";
+        Ok(with_pool!(self, p => sqlx::query(SQL)
+            .bind(before_ms)
+            .execute(p)
+            .await?
+            .rows_affected()))
+    }
+
     /// The stored `view_count` of a property that exists.
     pub async fn view_count(&self, id: i64) -> anyhow::Result<Option<i64>> {
         const SQL: &str = "SELECT view_count FROM properties WHERE id = $1 AND deleted_at IS NULL";

@@ -42,6 +42,12 @@ pub use store::{SeedBasis, Seeded, Snapshot, ViewBatch, ViewStore};
 /// rather than 100,000 statements.
 pub const FLUSH_CHUNK: usize = 1000;
 
+/// How long the database remembers an applied flush id. A batch is retried
+/// with its id only while it is in flight, i.e. until the next flush that
+/// reaches the database (a minute apart); 30 days leaves room for any
+/// outage, and bounds the table (one row per chunk) all the same.
+pub const FLUSH_ID_KEEP: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
 /// Tries at seeding a shown count while flush steps keep moving batches
 /// under it; each try is one database read and one script, and a flush
 /// step takes longer than that, so a second try almost always lands.
@@ -203,6 +209,12 @@ impl Views {
             self.store.ack(&batch.flush_id).await?;
             done.views += batch.deltas.iter().map(|(_, d)| d).sum::<i64>();
             done.chunks += 1;
+        }
+        if done.chunks > 0 {
+            let keep = i64::try_from(FLUSH_ID_KEEP.as_millis()).unwrap_or(i64::MAX);
+            self.db
+                .prune_view_flushes(crate::db::now_ms().saturating_sub(keep))
+                .await?;
         }
         Ok(done)
     }
