@@ -19,8 +19,8 @@ pub enum Entry<'a> {
     PropertyList { query: &'a str },
     /// Every featured property.
     Featured,
-    /// One property (or `null` for an unknown id), without its view count
-    /// (`views` joins the live one).
+    /// One property that exists, without its view count (`views` joins
+    /// the live one).
     PropertyDetail(i64),
     /// One user's dashboard.
     Dashboard(i64),

@@ -207,17 +207,32 @@ async fn featured(State(state): State<AppState>, headers: Conditional) -> ApiRes
     Ok(caching::respond(&headers, &entry, Audience::Public))
 }
 
+/// A detail lookup that found no property: an error, so that nothing is
+/// stored for it (ids that do not exist are for anyone to make up: a cached
+/// answer for each would be a key per id) while callers waiting on the same
+/// lookup still share it.
+#[derive(Debug, thiserror::Error)]
+#[error("no such property")]
+struct NoSuchProperty;
+
 /// The stored detail of `id`: the property's JSON without its view count
-/// (`null` for no such property; see `views::stored_detail`).
-async fn cached_property(state: &AppState, id: i64) -> anyhow::Result<Bytes> {
+/// (see `views::stored_detail`); `None` for no such property.
+async fn cached_property(state: &AppState, id: i64) -> anyhow::Result<Option<Bytes>> {
     let db = state.db.clone();
     let entry = state
         .cache
         .response(Entry::PropertyDetail(id), || async move {
-            views::stored_detail(db.property(id).await?.as_ref())
+            match db.property(id).await? {
+                Some(p) => views::stored_detail(&p),
+                None => Err(NoSuchProperty.into()),
+            }
         })
-        .await?;
-    Ok(entry.identity)
+        .await;
+    match entry {
+        Ok(entry) => Ok(Some(entry.identity)),
+        Err(e) if e.chain().any(|c| c.is::<NoSuchProperty>()) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// One property; counts one view, and shows stored plus not yet flushed views.

@@ -5,8 +5,9 @@
 //!
 //! - A detail request counts a view only for a property that exists: the
 //!   counting script writes nothing for an id whose shown count is not
-//!   known, and a count is seeded only once the detail entry says the
-//!   property exists. So a 404 creates no key and no flush work.
+//!   known, and a count is seeded only once the detail lookup found the
+//!   property. So a 404 creates no counter and no flush work (and the
+//!   HTTP layer caches no entry for it either).
 //! - The shown count lives beside the counters ([`store`]): the database's
 //!   count plus every view not yet in it. The cached detail holds no count
 //!   ([`stored_detail`]); [`Views::detail`] joins the live one. A flush
@@ -92,19 +93,18 @@ impl Views {
     }
 
     /// The detail of property `id` with this view counted: `stored` is the
-    /// cached detail ([`stored_detail`], `null` for no such property),
+    /// cached detail ([`stored_detail`]), `None` for no such property,
     /// looked up while the view is counted (one round trip of latency).
     /// `None` for a property that does not exist, and then nothing is
     /// counted.
     pub async fn detail<F>(&self, id: i64, stored: F) -> anyhow::Result<Option<CachedResponse>>
     where
-        F: Future<Output = anyhow::Result<Bytes>>,
+        F: Future<Output = anyhow::Result<Option<Bytes>>>,
     {
         let (stored, counted) = tokio::join!(stored, self.store.count(id));
-        let stored = stored?;
-        if &stored[..] == b"null" {
+        let Some(stored) = stored? else {
             return Ok(None);
-        }
+        };
         let shown = match counted {
             Ok(Some(shown)) => Some(shown),
             Ok(None) => self.seeded(id, 1).await,
@@ -221,8 +221,8 @@ impl Views {
 }
 
 /// The bytes the cache stores for a property's detail: its JSON without
-/// `view_count` (joined live by [`Views::detail`]), `null` for none.
-pub fn stored_detail(property: Option<&Property>) -> anyhow::Result<Bytes> {
+/// `view_count` (joined live by [`Views::detail`]).
+pub fn stored_detail(property: &Property) -> anyhow::Result<Bytes> {
     let mut value = serde_json::to_value(property)?;
     if let Some(fields) = value.as_object_mut() {
         fields.remove("view_count");

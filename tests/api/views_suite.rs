@@ -567,7 +567,7 @@ async fn unknown_ids_count_nothing(
     app: &TestApp,
     redis: Option<(&str, &str)>,
 ) -> anyhow::Result<()> {
-    let paths = (0..2_000)
+    let paths = (0..10_000)
         .map(|i| format!("/api/v1/properties/{}", 900_000_001 + i))
         .collect();
     for (status, body) in get_all(app, paths).await? {
@@ -575,8 +575,11 @@ async fn unknown_ids_count_nothing(
         assert_eq!(body["error"]["code"], "not_found");
     }
     if let Some((url, prefix)) = redis {
-        let keys = scan(url, &format!("{prefix}cache:views:*")).await?;
-        assert!(keys.is_empty(), "{keys:?}");
+        // No counter, and no cached answer either.
+        for family in ["views", "property"] {
+            let keys = scan(url, &format!("{prefix}cache:{family}:*")).await?;
+            assert!(keys.is_empty(), "{keys:?}");
+        }
     }
     let flushed = app.state.views.flush().await?;
     assert_eq!((flushed.views, flushed.chunks), (0, 0));
