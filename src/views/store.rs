@@ -26,6 +26,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use tokio::time::{Duration, Instant};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding the lock leaves plain counts behind, still
@@ -101,6 +102,13 @@ pub trait ViewStore: Send + Sync + 'static {
     async fn forget(&self, id: i64) -> anyhow::Result<()>;
 }
 
+/// How long the in-process store trusts a shown count before it seeds it
+/// again from the database. Within one process a seed is exact at any
+/// time; this is for several processes on one SQLite file (each counts
+/// into its own store): another process's flushed views reach this one's
+/// shown counts within this, as they reached its cached details before.
+pub const MEMORY_SHOWN_TTL: Duration = Duration::from_secs(600);
+
 #[derive(Default)]
 struct State {
     pending: HashMap<i64, i64>,
@@ -110,13 +118,18 @@ struct State {
     draining: BTreeMap<i64, i64>,
     /// Batches taken but not acknowledged, oldest first.
     in_flight: Vec<ViewBatch>,
-    shown: HashMap<i64, i64>,
+    /// Shown count and when it was seeded.
+    shown: HashMap<i64, (i64, Instant)>,
     epoch: u64,
 }
 
 impl State {
     fn add(&mut self, id: i64, views: i64) -> Option<i64> {
-        let shown = self.shown.get_mut(&id)?;
+        let (shown, seeded) = self.shown.get_mut(&id)?;
+        if seeded.elapsed() > MEMORY_SHOWN_TTL {
+            self.shown.remove(&id);
+            return None;
+        }
         *shown += views;
         let shown = *shown;
         if views != 0 {
@@ -164,7 +177,8 @@ impl ViewStore for MemoryViews {
         let not_stored = s.pending.get(&id).copied().unwrap_or(0)
             + s.draining.get(&id).copied().unwrap_or(0)
             + unapplied;
-        s.shown.insert(id, basis.stored + not_stored);
+        s.shown
+            .insert(id, (basis.stored + not_stored, Instant::now()));
         let shown = s.add(id, views);
         shown
             .map(Seeded::Shown)
@@ -213,6 +227,30 @@ impl ViewStore for MemoryViews {
 
     async fn forget(&self, id: i64) -> anyhow::Result<()> {
         lock(&self.state).shown.remove(&id);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shown_count_is_seeded_again_after_its_ttl() -> anyhow::Result<()> {
+        let s = MemoryViews::default();
+        let basis = |epoch, stored| SeedBasis {
+            epoch,
+            stored,
+            applied: vec![],
+        };
+        assert_eq!(s.seed(1, 1, Some(&basis(0, 10))).await?, Seeded::Shown(11));
+        tokio::time::advance(MEMORY_SHOWN_TTL / 2).await;
+        assert_eq!(s.count(1).await?, Some(12));
+        tokio::time::advance(MEMORY_SHOWN_TTL).await;
+        // Another process flushed 5 views meanwhile: the database says 15,
+        // plus the 2 views of this process still pending here.
+        assert_eq!(s.count(1).await?, None);
+        assert_eq!(s.seed(1, 1, Some(&basis(0, 15))).await?, Seeded::Shown(18));
         Ok(())
     }
 }
