@@ -18,6 +18,8 @@
 //! - Backends, each behind a small trait with an in-process implementation
 //!   (the embedded default) and a Redis one: [`cache`], [`sessions`],
 //!   [`ratelimit`], [`jobs`]; plus [`email`].
+//! - [`views`]: property views end to end: counting, the live count a
+//!   detail shows, the chunked flush into the database.
 //! - [`kv`]: Redis connections per role and [`kv::keys`], the only place keys
 //!   are built.
 //! - [`passwords`]: argon2id hashing and verification of imported Django hashes.
@@ -44,3 +46,4 @@ pub mod seed;
 pub mod sessions;
 pub mod startup;
 pub mod telemetry;
+pub mod views;

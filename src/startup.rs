@@ -25,7 +25,7 @@ use crate::idempotency::redis::RedisIdempotency;
 use crate::idempotency::sql::SqlIdempotency;
 use crate::jobs::redis::{MAX_PARTITIONS, RedisQueue};
 use crate::jobs::sql::SqlQueue;
-use crate::jobs::worker::{JobContext, Worker, flush_views};
+use crate::jobs::worker::{JobContext, Worker};
 use crate::jobs::{JobQueue, QueueBackend, Tallies};
 use crate::kv::keys::Keys;
 use crate::kv::{RedisRole, Role};
@@ -38,6 +38,7 @@ use crate::sessions::identity::Identities;
 use crate::sessions::redis::RedisSessionStore;
 use crate::sessions::sql::SqlSessionStore;
 use crate::telemetry;
+use crate::views::Views;
 
 /// Connects the database, applies migrations and builds every backend.
 pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<JobContext>)> {
@@ -60,46 +61,50 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<Jo
     };
     let Backends {
         cache,
+        views,
         limiter_backend,
         sessions,
         queue,
     } = match &settings.redis {
         None => Backends {
             cache: Cache::memory(settings.memory_cache_bytes, keys.clone()),
+            views: Views::memory(db.clone()),
             limiter_backend: Arc::new(MemoryLimiter::default()),
             sessions: Arc::new(SqlSessionStore::new(db.clone())),
             queue: Arc::new(SqlQueue::new(db.clone())),
         },
         // Production: each role on its own Redis connection (its own DB or
         // server), with the role's timeout and circuit breaker.
-        Some(r) => Backends {
-            // The store is remote: hot responses are kept near (cache::near).
-            cache: Cache::redis(
-                RedisRole::connect(Role::Cache, r.cache.expose_secret()).await?,
-                keys.clone(),
-            )
-            .with_near_cache(settings.near_cache_bytes),
-            // The limiter is handed keys already built by `RateLimiter`.
-            limiter_backend: Arc::new(RedisLimiter::new(
-                RedisRole::connect(Role::RateLimit, r.ratelimit.expose_secret()).await?,
-            )),
-            sessions: Arc::new(RedisSessionStore::new(
-                RedisRole::connect(Role::Sessions, r.sessions.expose_secret()).await?,
-                keys.clone(),
-            )),
-            queue: {
-                let broker = broker.clone().context("the broker role is connected")?;
-                let partitions = match settings.job_partitions {
-                    Some(n) => n,
-                    None => default_job_partitions(&broker).await?,
-                };
-                let queue = RedisQueue::new(broker, &keys)
-                    .with_partitions(partitions)
-                    .with_wakeups(r.broker.expose_secret())?;
-                queue.register().await?;
-                Arc::new(queue)
-            },
-        },
+        Some(r) => {
+            let cache_role = RedisRole::connect(Role::Cache, r.cache.expose_secret()).await?;
+            Backends {
+                // The store is remote: hot responses are kept near (cache::near).
+                cache: Cache::redis(cache_role.clone(), keys.clone())
+                    .with_near_cache(settings.near_cache_bytes),
+                // The view counters are cache-role data too (one role, one breaker).
+                views: Views::redis(cache_role, keys.clone(), db.clone()),
+                // The limiter is handed keys already built by `RateLimiter`.
+                limiter_backend: Arc::new(RedisLimiter::new(
+                    RedisRole::connect(Role::RateLimit, r.ratelimit.expose_secret()).await?,
+                )),
+                sessions: Arc::new(RedisSessionStore::new(
+                    RedisRole::connect(Role::Sessions, r.sessions.expose_secret()).await?,
+                    keys.clone(),
+                )),
+                queue: {
+                    let broker = broker.clone().context("the broker role is connected")?;
+                    let partitions = match settings.job_partitions {
+                        Some(n) => n,
+                        None => default_job_partitions(&broker).await?,
+                    };
+                    let queue = RedisQueue::new(broker, &keys)
+                        .with_partitions(partitions)
+                        .with_wakeups(r.broker.expose_secret())?;
+                    queue.register().await?;
+                    Arc::new(queue)
+                },
+            }
+        }
     };
     if settings.redis.is_some() {
         cache.spawn_stats_flusher(Duration::from_secs(5));
@@ -119,6 +124,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<Jo
     let ctx = Arc::new(JobContext {
         db: db.clone(),
         cache: cache.clone(),
+        views: views.clone(),
         mailer,
         otp_ttl: settings.otp_ttl,
         otp_seal: OtpSealKey::new(db.secret("otp_seal").await?),
@@ -130,6 +136,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<Jo
         identities: Identities::new(db.clone()),
         db,
         cache,
+        views,
         sessions,
         limiter,
         jobs,
@@ -177,6 +184,7 @@ pub async fn default_job_partitions(broker: &RedisRole) -> anyhow::Result<u16> {
 /// The four role backends, in-process or Redis.
 struct Backends {
     cache: Cache,
+    views: Views,
     limiter_backend: Arc<dyn LimiterBackend>,
     sessions: Arc<dyn SessionStore>,
     queue: Arc<dyn QueueBackend>,
@@ -284,7 +292,7 @@ impl Application {
         }
         // In-process view counters live in memory: write them out before exit.
         if self.state.settings.is_embedded()
-            && let Err(e) = flush_views(&self.state.db, &self.state.cache).await
+            && let Err(e) = self.state.views.flush().await
         {
             tracing::error!(error = format!("{e:#}"), "final view flush failed");
         }

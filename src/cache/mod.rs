@@ -1,6 +1,7 @@
 //! The cache role: cache-aside with single flight, whole-response caching,
-//! generation-based invalidation, one-time codes and view counters, over a
-//! [`CacheStore`] (in-process or Redis).
+//! generation-based invalidation and one-time codes, over a [`CacheStore`]
+//! (in-process or Redis). View counters live on the cache role's Redis too,
+//! but belong to [`crate::views`].
 //!
 //! Invalidation never walks the keyspace: keys embed the generation of
 //! their namespace, and a write bumps that generation before it answers, so
@@ -13,8 +14,7 @@
 //! Parts: [`policy`] (what is cached, for how long, and what each domain
 //! event makes stale: the API handlers use), [`store::CacheStore`] (values
 //! and generations) with [`memory`] (in-process, the embedded default) and
-//! [`redis`]; [`otp`] (one-time codes) and [`views`] (view counters), each
-//! a trait with both implementations; [`near`] (the coherent in-process
+//! [`redis`]; [`otp`] (one-time codes), a trait with both implementations; [`near`] (the coherent in-process
 //! copy of hot stored responses in front of Redis); [`codec`] (the byte
 //! format the stores hold: header byte, LZ4 above a threshold);
 //! [`response`] (whole responses as sent: ETag and compressed variants made
@@ -32,7 +32,6 @@ pub mod redis;
 pub mod response;
 pub mod stats;
 pub mod store;
-pub mod views;
 
 use foldhash::{HashMap, HashSet};
 use std::future::Future;
@@ -48,7 +47,6 @@ use crate::kv::keys::{KeyTemplate, Keys};
 pub use otp::{OtpOutcome, OtpStore};
 pub use policy::{Entry, Event};
 pub use store::CacheStore;
-pub use views::{ViewBatch, ViewCounter};
 
 /// How long a cross-process compute lock lives if its holder never releases
 /// it (crashed): longer than any computation should take.
@@ -67,9 +65,13 @@ const LOCK_POLL: Duration = Duration::from_millis(20);
 pub struct Cache {
     store: Arc<dyn CacheStore>,
     otps: Arc<dyn otp::OtpStore>,
-    views: Arc<dyn views::ViewCounter>,
     keys: Keys,
-    flights: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    flights: Arc<Flights>,
+    /// Invalidations this process has started: part of the single-flight
+    /// key of a computation made without the store (it cannot be read), so
+    /// a read that starts after one of our writes never shares a
+    /// computation that began before it.
+    writes: Arc<std::sync::atomic::AtomicU64>,
     /// Generation counters whose bump failed (store unreachable) and is
     /// being retried: until it succeeds this process bypasses the cache for
     /// them, so it never serves what its own write made stale.
@@ -142,56 +144,106 @@ impl Drop for HeldLock {
     }
 }
 
+/// One key's computation in this process: the turn (held by the caller
+/// computing) and the outcome it leaves for every caller waiting on it.
+/// Sharing the outcome, a failure included, is the point: when the
+/// database is slow or down, callers queued on one key would otherwise each
+/// retry the failing computation in turn, one timeout after another.
+#[derive(Default)]
+struct Flight {
+    turn: tokio::sync::Mutex<()>,
+    outcome: Mutex<Option<Result<Bytes, Arc<anyhow::Error>>>>,
+}
+
+/// The in-process flights, by key.
+type Flights = Mutex<HashMap<String, Arc<Flight>>>;
+
+/// A computation's failure as each caller that shared it gets it: the
+/// original error stays reachable as its source, so callers that look
+/// along the chain (a database outage becomes a 503) still find it.
+#[derive(Debug)]
+struct SharedFailure(Arc<anyhow::Error>);
+
+impl std::fmt::Display for SharedFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the shared computation failed")
+    }
+}
+
+impl std::error::Error for SharedFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        let inner: &(dyn std::error::Error + Send + Sync + 'static) = self.0.as_ref().as_ref();
+        Some(inner)
+    }
+}
+
+fn shared(outcome: &Result<Bytes, Arc<anyhow::Error>>) -> anyhow::Result<Bytes> {
+    match outcome {
+        Ok(v) => Ok(v.clone()),
+        Err(e) => Err(anyhow::Error::new(SharedFailure(e.clone()))),
+    }
+}
+
 /// This caller's share of a key's in-process flight. Whoever drops the last
 /// share removes the map entry, on every path, cancellation included: the
 /// map is keyed by strings clients choose (query strings), so an entry left
 /// behind by a dropped request would be a leak anyone can grow.
 struct FlightShare<'a> {
-    flights: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    flights: &'a Flights,
     key: &'a str,
-    flight: Arc<tokio::sync::Mutex<()>>,
+    /// Always `Some` until dropped (taken in `Drop`, under the map's lock).
+    flight: Option<Arc<Flight>>,
 }
 
 impl<'a> FlightShare<'a> {
-    fn join(
-        flights: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-        key: &'a str,
-    ) -> Self {
+    fn join(flights: &'a Flights, key: &'a str) -> Self {
         let flight = lock(flights).entry(key.to_owned()).or_default().clone();
         FlightShare {
             flights,
             key,
-            flight,
+            flight: Some(flight),
         }
+    }
+
+    fn flight(&self) -> anyhow::Result<&Flight> {
+        self.flight
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("single flight share used after release"))
     }
 }
 
 impl Drop for FlightShare<'_> {
     fn drop(&mut self) {
-        // Shares are taken and given back under the map's lock, so the
-        // count seen here is exact: 2 means the map's and ours.
+        // Shares are taken AND given back under the map's lock, so the count
+        // seen here is exact (2: the map's and ours). Our reference is
+        // released before the lock is: checked under the lock but released
+        // after it, two last shares dropping together could each see the
+        // other's and both leave the entry behind.
         let mut flights = lock(self.flights);
-        if Arc::strong_count(&self.flight) <= 2 {
-            flights.remove(self.key);
+        if let Some(flight) = self.flight.take() {
+            if Arc::strong_count(&flight) <= 2 {
+                flights.remove(self.key);
+            }
+            drop(flight);
         }
+        drop(flights);
     }
 }
 
 impl Cache {
-    /// A cache over its three stores; clones share them, the single
+    /// A cache over its two stores; clones share them, the single
     /// flight, pending bumps and hit stats.
     pub fn from_parts(
         store: Arc<dyn CacheStore>,
         otps: Arc<dyn otp::OtpStore>,
-        views: Arc<dyn views::ViewCounter>,
         keys: Keys,
     ) -> Self {
         Cache {
             store,
             otps,
-            views,
             keys,
             flights: Arc::default(),
+            writes: Arc::default(),
             unbumped: Arc::default(),
             stats: Arc::default(),
             near: None,
@@ -204,7 +256,6 @@ impl Cache {
         Cache::from_parts(
             Arc::new(memory::MemoryStore::new(max_bytes)),
             Arc::new(otp::MemoryOtps::default()),
-            Arc::new(views::MemoryViews::default()),
             keys,
         )
     }
@@ -214,8 +265,7 @@ impl Cache {
     pub fn redis(role: crate::kv::RedisRole, keys: Keys) -> Self {
         Cache::from_parts(
             Arc::new(redis::RedisStore::new(role.clone(), keys.clone())),
-            Arc::new(otp::RedisOtps::new(role.clone())),
-            Arc::new(views::RedisViews::new(role, keys.clone())),
+            Arc::new(otp::RedisOtps::new(role)),
             keys,
         )
     }
@@ -250,11 +300,6 @@ impl Cache {
     /// The raw store: no codec, metrics or single flight (health checks, tests).
     pub fn store(&self) -> &Arc<dyn CacheStore> {
         &self.store
-    }
-
-    /// The view counters.
-    pub fn views(&self) -> &Arc<dyn views::ViewCounter> {
-        &self.views
     }
 
     /// The decoded value of `key`, without metrics.
@@ -363,6 +408,8 @@ impl Cache {
     /// The bump runs in a task of its own and this waits for it: a request
     /// cancelled after its write (client gone, deadline) still invalidates.
     pub async fn invalidate(&self, ns: Namespace) -> anyhow::Result<()> {
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let this = self.clone();
         let task = tokio::spawn(async move { this.invalidate_now(ns).await });
         task.await
@@ -488,19 +535,46 @@ impl Cache {
     {
         // Generations read after this call began (shared round trip), then
         // the entry they name; without generations (a bump of ours pending,
-        // or the store down) the cache is not used for this request.
+        // or the store down) the cache is not used for this request, but
+        // concurrent callers still compute once.
         match self.fresh_generations(template).await {
             Some(g) => {
                 self.get_or_compute_bytes(family, &template.render(&g), ttl, compute)
                     .await
             }
-            None => compute().await,
+            None => {
+                let writes = self.writes.load(std::sync::atomic::Ordering::SeqCst);
+                self.once_in_process(&template.uncached_flight(writes), compute)
+                    .await
+            }
         }
     }
 
+    /// `run()`'s outcome, computed once for every caller of `key` waiting
+    /// together in this process: one caller runs, the others get its
+    /// outcome, failure included. If the running caller is dropped
+    /// (cancelled), the next waiter runs its own.
+    async fn once_in_process<F, Fut>(&self, key: &str, run: F) -> anyhow::Result<Bytes>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = anyhow::Result<Bytes>>,
+    {
+        let share = FlightShare::join(&self.flights, key);
+        let flight = share.flight()?;
+        let _turn = flight.turn.lock().await;
+        if let Some(outcome) = lock(&flight.outcome).as_ref() {
+            return shared(outcome);
+        }
+        let outcome = run().await.map_err(Arc::new);
+        let answer = shared(&outcome);
+        *lock(&flight.outcome) = Some(outcome);
+        answer
+    }
+
     /// The miss path: one computation of `key` at a time in this process
-    /// (a per-key async mutex) and across processes (a compute lock in the
-    /// store); whoever waited reads the value the computation stored.
+    /// (its outcome, failure included, shared with whoever waited on it)
+    /// and across processes (a compute lock in the store; the others read
+    /// the value it stored).
     async fn fill<F, Fut>(
         &self,
         family: &'static str,
@@ -512,24 +586,25 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = anyhow::Result<Bytes>>,
     {
-        let share = FlightShare::join(&self.flights, key);
-        let _turn = share.flight.lock().await;
-        // Whoever held the turn before us may have filled the key.
-        if let Ok(Some(v)) = self.fetch(key).await {
-            return Ok(v);
-        }
-        let mut held = match self.cross_process_turn(key).await {
-            Turn::Filled(v) => return Ok(v),
-            Turn::Compute(held) => held,
-        };
-        let value = compute().await;
-        if let Ok(v) = &value {
-            self.set_bytes(family, key, v.clone(), ttl).await;
-        }
-        if let Some(lock) = held.as_mut() {
-            lock.release().await;
-        }
-        value
+        self.once_in_process(key, || async move {
+            // A caller before us that was dropped may have filled the key.
+            if let Ok(Some(v)) = self.fetch(key).await {
+                return Ok(v);
+            }
+            let mut held = match self.cross_process_turn(key).await {
+                Turn::Filled(v) => return Ok(v),
+                Turn::Compute(held) => held,
+            };
+            let value = compute().await;
+            if let Ok(v) = &value {
+                self.set_bytes(family, key, v.clone(), ttl).await;
+            }
+            if let Some(lock) = held.as_mut() {
+                lock.release().await;
+            }
+            value
+        })
+        .await
     }
 
     /// Takes the cross-process compute lock of `key`, or waits (bounded by
@@ -651,6 +726,113 @@ mod tests {
         .await??;
         assert_eq!(v, Bytes::from("v"));
         assert_eq!(cache.flights_in_progress(), 0);
+        Ok(())
+    }
+
+    /// A store that cannot be reached: every call fails.
+    struct DownStore;
+
+    #[async_trait::async_trait]
+    impl CacheStore for DownStore {
+        async fn get(&self, _: &str) -> anyhow::Result<Option<Bytes>> {
+            anyhow::bail!("down")
+        }
+        async fn set(&self, _: &str, _: Bytes, _: Duration) -> anyhow::Result<()> {
+            anyhow::bail!("down")
+        }
+        async fn delete(&self, _: &[String]) -> anyhow::Result<u64> {
+            anyhow::bail!("down")
+        }
+        async fn delete_pattern(&self, _: &str) -> anyhow::Result<u64> {
+            anyhow::bail!("down")
+        }
+        async fn take(&self, _: &str) -> anyhow::Result<Option<Bytes>> {
+            anyhow::bail!("down")
+        }
+        async fn incr(&self, _: &str, _: i64, _: Duration) -> anyhow::Result<i64> {
+            anyhow::bail!("down")
+        }
+        async fn generation(&self, _: &str) -> anyhow::Result<u64> {
+            anyhow::bail!("down")
+        }
+        async fn bump(&self, _: &str) -> anyhow::Result<u64> {
+            anyhow::bail!("down")
+        }
+        async fn try_lock(&self, _: &str, _: &str, _: Duration) -> anyhow::Result<bool> {
+            anyhow::bail!("down")
+        }
+        async fn unlock(&self, _: &str, _: &str) -> anyhow::Result<()> {
+            anyhow::bail!("down")
+        }
+        async fn ping(&self) -> anyhow::Result<()> {
+            anyhow::bail!("down")
+        }
+    }
+
+    /// `n` concurrent callers of one key whose computation takes a while;
+    /// returns how many answers were errors and how often it ran.
+    async fn concurrent_misses(
+        cache: &Cache,
+        fails: bool,
+        n: usize,
+    ) -> anyhow::Result<(usize, u32)> {
+        let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let template = cache.keys().property_detail_template(7);
+        let callers = (0..n).map(|_| {
+            let runs = runs.clone();
+            let template = &template;
+            async move {
+                cache
+                    .get_or_compute_bytes_in("test", template, Duration::from_secs(60), || async {
+                        runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(30)).await;
+                        if fails {
+                            // An error whose cause callers look for along the chain.
+                            return Err(anyhow::Error::new(sqlx::Error::PoolTimedOut)
+                                .context("loading property 7"));
+                        }
+                        Ok(Bytes::from("v"))
+                    })
+                    .await
+            }
+        });
+        let answers = futures::future::join_all(callers).await;
+        let mut errors = 0;
+        for a in answers {
+            match a {
+                Ok(v) => assert_eq!(v, Bytes::from("v")),
+                Err(e) => {
+                    assert!(
+                        e.chain().any(|c| c.downcast_ref::<sqlx::Error>().is_some()),
+                        "the cause stays reachable: {e:#}"
+                    );
+                    errors += 1;
+                }
+            }
+        }
+        assert_eq!(cache.flights_in_progress(), 0);
+        Ok((errors, runs.load(std::sync::atomic::Ordering::SeqCst)))
+    }
+
+    #[tokio::test]
+    async fn a_failing_computation_is_shared_by_its_waiters() -> anyhow::Result<()> {
+        let (errors, runs) = concurrent_misses(&cache(), true, 20).await?;
+        assert_eq!((errors, runs), (20, 1));
+        // The failure is not remembered: the next caller computes again.
+        let (errors, runs) = concurrent_misses(&cache(), false, 1).await?;
+        assert_eq!((errors, runs), (0, 1));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn misses_compute_once_when_the_store_cannot_be_read() -> anyhow::Result<()> {
+        let down = Cache::from_parts(
+            Arc::new(DownStore),
+            Arc::new(otp::MemoryOtps::default()),
+            Keys::new("test:"),
+        );
+        assert_eq!(concurrent_misses(&down, false, 20).await?, (0, 1));
+        assert_eq!(concurrent_misses(&down, true, 20).await?, (20, 1));
         Ok(())
     }
 

@@ -19,7 +19,8 @@ pub enum Entry<'a> {
     PropertyList { query: &'a str },
     /// Every featured property.
     Featured,
-    /// One property (or `null` for an unknown id), with its stored view count.
+    /// One property that exists, without its view count (`views` joins
+    /// the live one).
     PropertyDetail(i64),
     /// One user's dashboard.
     Dashboard(i64),
@@ -64,8 +65,6 @@ pub enum Event {
     PropertyChanged,
     /// A booking of this guest was made or changed: their dashboard.
     BookingChanged { guest_id: i64 },
-    /// The counted views of a property reached the database: its detail.
-    ViewsFlushed { property_id: i64 },
 }
 
 impl Event {
@@ -73,7 +72,6 @@ impl Event {
         match self {
             Event::PropertyChanged => Namespace::Properties,
             Event::BookingChanged { guest_id } => Namespace::User(guest_id),
-            Event::ViewsFlushed { property_id } => Namespace::Views(property_id),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! [`CacheStore`]: the byte-level operations on values and generations the
-//! cache role needs from its backend (one-time codes and view counters have
-//! traits of their own: [`super::otp`], [`super::views`]). The in-process store ([`super::memory`]) and the Redis store
+//! cache role needs from its backend (one-time codes have a trait of their
+//! own: [`super::otp`]; view counters belong to [`crate::views`]). The in-process store ([`super::memory`]) and the Redis store
 //! implement it and pass the same behaviour suite (`tests/api/cache_suite.rs`).
 
 use std::time::Duration;

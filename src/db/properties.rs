@@ -8,8 +8,8 @@ use super::Db;
 use crate::domain::Money;
 use crate::with_pool;
 
-/// A property as the API shows it (`view_count` as stored; the HTTP layer
-/// adds views not yet flushed).
+/// A property as the API shows it (`view_count` as stored; a detail shows
+/// the live count `views` keeps instead).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Property {
     pub id: i64,
@@ -398,30 +398,144 @@ impl Db {
 
     /// Adds view-count deltas in one transaction, at most once per `flush_id`:
     /// a flush that is replayed after a crash adds nothing the second time.
-    /// Returns false when this flush was already applied.
+    /// One set-based `UPDATE` whatever the number of deltas (PostgreSQL:
+    /// two arrays `unnest`ed; SQLite: one JSON array read by `json_each`),
+    /// so a chunk costs four statements (`BEGIN`, the flush id, the
+    /// `UPDATE`, `COMMIT`), not one per property. Deltas of properties that
+    /// are gone touch no row. Returns false when this flush was already
+    /// applied.
     pub async fn apply_view_deltas(
         &self,
         flush_id: &str,
         deltas: &[(i64, i64)],
     ) -> anyhow::Result<bool> {
+        const RECORD: &str =
+            "INSERT INTO view_flushes (id, applied_at) VALUES ($1, $2) ON CONFLICT DO NOTHING";
         let now = super::now_ms();
-        let applied = with_pool!(self, p => {
-            let mut tx = p.begin().await?;
-            let fresh = sqlx::query(
-                "INSERT INTO view_flushes (id, applied_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                .bind(flush_id).bind(now)
-                .execute(&mut *tx).await?
-                .rows_affected() == 1;
-            if fresh {
-                for (id, delta) in deltas {
-                    sqlx::query("UPDATE properties SET view_count = view_count + $2 WHERE id = $1")
-                        .bind(id).bind(delta)
-                        .execute(&mut *tx).await?;
+        let fresh = match self {
+            Db::Postgres(p) => {
+                let mut tx = p.begin().await?;
+                let fresh = sqlx::query(RECORD)
+                    .bind(flush_id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                    == 1;
+                if fresh && !deltas.is_empty() {
+                    let (ids, views): (Vec<i64>, Vec<i64>) = deltas.iter().copied().unzip();
+                    sqlx::query(
+                        "UPDATE properties AS p SET view_count = p.view_count + d.n \
+                         FROM unnest($1::int8[], $2::int8[]) AS d(id, n) WHERE p.id = d.id",
+                    )
+                    .bind(ids)
+                    .bind(views)
+                    .execute(&mut *tx)
+                    .await?;
                 }
+                tx.commit().await?;
+                fresh
             }
-            tx.commit().await?;
-            fresh
-        });
-        Ok(applied)
+            Db::Sqlite(p) => {
+                let mut tx = p.begin().await?;
+                let fresh = sqlx::query(RECORD)
+                    .bind(flush_id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                    == 1;
+                if fresh && !deltas.is_empty() {
+                    sqlx::query(
+                        "UPDATE properties SET view_count = view_count + d.n \
+                         FROM (SELECT value ->> 0 AS id, value ->> 1 AS n FROM json_each($1)) AS d \
+                         WHERE properties.id = d.id",
+                    )
+                    .bind(serde_json::to_string(deltas)?)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                fresh
+            }
+        };
+        Ok(fresh)
+    }
+
+    /// Forgets the flush ids applied before `before_ms` (ms since the
+    /// epoch); returns how many. Safe once no batch that old can still be
+    /// retried (see `views::FLUSH_ID_KEEP`).
+    pub async fn prune_view_flushes(&self, before_ms: i64) -> anyhow::Result<u64> {
+        const SQL: &str = "DELETE FROM view_flushes WHERE applied_at < $1";
+        Ok(with_pool!(self, p => sqlx::query(SQL)
+            .bind(before_ms)
+            .execute(p)
+            .await?
+            .rows_affected()))
+    }
+
+    /// The stored `view_count` of a property that exists.
+    pub async fn view_count(&self, id: i64) -> anyhow::Result<Option<i64>> {
+        const SQL: &str = "SELECT view_count FROM properties WHERE id = $1 AND deleted_at IS NULL";
+        Ok(with_pool!(self, p => sqlx::query_scalar::<_, i64>(SQL)
+            .bind(id)
+            .fetch_optional(p)
+            .await?))
+    }
+
+    /// What a shown view count is seeded from (see `views::store`): the
+    /// stored `view_count` of a property that exists and which of
+    /// `flush_ids` the database has applied, read in one snapshot (one
+    /// transaction, repeatable read on PostgreSQL; a SQLite transaction
+    /// reads one snapshot), so that each batch is either in the count or
+    /// reported unapplied.
+    pub async fn view_basis(
+        &self,
+        id: i64,
+        flush_ids: &[String],
+    ) -> anyhow::Result<Option<(i64, Vec<String>)>> {
+        if flush_ids.is_empty() {
+            return Ok(self.view_count(id).await?.map(|n| (n, Vec::new())));
+        }
+        const COUNT: &str =
+            "SELECT view_count FROM properties WHERE id = $1 AND deleted_at IS NULL";
+        let ids = serde_json::to_string(flush_ids)?;
+        let basis = match self {
+            Db::Postgres(p) => {
+                let mut tx = p.begin().await?;
+                sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                    .execute(&mut *tx)
+                    .await?;
+                let count = sqlx::query_scalar::<_, i64>(COUNT)
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let applied = sqlx::query_scalar::<_, String>(
+                    "SELECT id FROM view_flushes \
+                     WHERE id IN (SELECT jsonb_array_elements_text($1::jsonb))",
+                )
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                count.map(|n| (n, applied))
+            }
+            Db::Sqlite(p) => {
+                let mut tx = p.begin().await?;
+                let count = sqlx::query_scalar::<_, i64>(COUNT)
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let applied = sqlx::query_scalar::<_, String>(
+                    "SELECT id FROM view_flushes WHERE id IN (SELECT value FROM json_each($1))",
+                )
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                count.map(|n| (n, applied))
+            }
+        };
+        Ok(basis)
     }
 }

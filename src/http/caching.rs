@@ -20,9 +20,8 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::cache::response::{CachedResponse, Coding, etag_of};
+use crate::cache::response::{CachedResponse, Coding};
 
 /// `Cache-Control` of answers that are the same for everybody (lists,
 /// featured, details): shared caches may keep them, revalidating each time.
@@ -159,36 +158,10 @@ fn not_modified(request: &HeaderMap, entry: &CachedResponse) -> bool {
         .any(|t| t == b"*" || entry.has_tag(t.strip_prefix(b"W/").unwrap_or(t)))
 }
 
-/// A stored property detail with its live view count: the stored JSON with
-/// the number after `"view_count":` replaced by `stored + pending`, as one
-/// copy of the bytes (no JSON decoding), tagged by what is sent. `None` when
-/// the body has no such field.
-///
-/// Finding the field by its bytes is sound: inside a JSON string a quote
-/// is always escaped (`\"`), so `"view_count":` can only be the key.
-pub fn with_view_count(stored: &Bytes, pending: i64) -> Option<CachedResponse> {
-    const FIELD: &[u8] = b"\"view_count\":";
-    let start = stored.windows(FIELD.len()).position(|w| w == FIELD)? + FIELD.len();
-    let digits = stored[start..]
-        .iter()
-        .take_while(|b| b.is_ascii_digit() || **b == b'-')
-        .count();
-    let value: i64 = std::str::from_utf8(&stored[start..start + digits])
-        .ok()?
-        .parse()
-        .ok()?;
-    let count = value.saturating_add(pending).to_string();
-    let mut body = BytesMut::with_capacity(stored.len() + count.len());
-    body.put_slice(&stored[..start]);
-    body.put_slice(count.as_bytes());
-    body.put_slice(&stored[start + digits..]);
-    let body = body.freeze();
-    Some(CachedResponse::identity_only(etag_of(&body), body))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -234,18 +207,5 @@ mod tests {
         assert!(!inm("\"x\""));
         assert!(!not_modified(&HeaderMap::new(), &e));
         Ok(())
-    }
-
-    #[test]
-    fn view_count_is_spliced_into_the_stored_bytes() {
-        let stored = Bytes::from_static(
-            br#"{"id":7,"description":"say \"view_count\":1","view_count":41,"is_featured":true}"#,
-        );
-        let r = with_view_count(&stored, 2);
-        assert_eq!(
-            r.as_ref().map(|r| &r.identity[..]),
-            Some(&br#"{"id":7,"description":"say \"view_count\":1","view_count":43,"is_featured":true}"#[..])
-        );
-        assert!(with_view_count(&Bytes::from_static(b"{\"id\":1}"), 1).is_none());
     }
 }

@@ -82,31 +82,32 @@ pub async fn idempotent(State(state): State<AppState>, req: Request, next: Next)
     let record = state.cache.keys().idempotency(&caller, &key);
     let lease = state.settings.request_timeout + LEASE_MARGIN;
     let store = state.idempotency.clone();
-    match store.begin(&record, &fingerprint, lease).await {
-        Err(e) => ApiError::unavailable("idempotency store")(e).into_response(),
-        Ok(Begin::InProgress) => {
-            ApiError::Conflict("a request with this Idempotency-Key is still being processed")
-                .into_response()
-        }
-        Ok(Begin::Mismatch) => ApiError::field(
-            "Idempotency-Key",
-            "was already used with another request body",
-        )
-        .into_response(),
-        Ok(Begin::Replay(answer)) => replay(answer),
-        Ok(Begin::Proceed) => {
-            let req = Request::from_parts(parts, Body::from(body));
-            let run = tokio::spawn(async move {
+    // From the claim of the key to the keeping of the answer in a task of
+    // its own: a request dropped in between (client gone, deadline) would
+    // leave the key claimed and unanswered until its lease ends.
+    let run = tokio::spawn(async move {
+        match store.begin(&record, &fingerprint, lease).await {
+            Err(e) => ApiError::unavailable("idempotency store")(e).into_response(),
+            Ok(Begin::InProgress) => {
+                ApiError::Conflict("a request with this Idempotency-Key is still being processed")
+                    .into_response()
+            }
+            Ok(Begin::Mismatch) => ApiError::field(
+                "Idempotency-Key",
+                "was already used with another request body",
+            )
+            .into_response(),
+            Ok(Begin::Replay(answer)) => replay(answer),
+            Ok(Begin::Proceed) => {
+                let req = Request::from_parts(parts, Body::from(body));
                 let response = next.run(req).await;
                 keep(&*store, &record, &fingerprint, response).await
-            });
-            match run.await {
-                Ok(response) => response,
-                Err(e) => {
-                    ApiError::Internal(anyhow::anyhow!("request task failed: {e}")).into_response()
-                }
             }
         }
+    });
+    match run.await {
+        Ok(response) => response,
+        Err(e) => ApiError::Internal(anyhow::anyhow!("request task failed: {e}")).into_response(),
     }
 }
 

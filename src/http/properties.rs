@@ -28,6 +28,7 @@ use crate::domain::{MAX_PRICE_CENTS, Money, Role, check_text};
 use crate::error::{ApiError, ApiResult, FieldErrors};
 use crate::outbox::Fact;
 use crate::ratelimit::Scope;
+use crate::views;
 
 /// Routes of `/api/v1/properties`: public reads, host writes, each with
 /// its description.
@@ -204,16 +205,32 @@ async fn featured(State(state): State<AppState>, headers: Conditional) -> ApiRes
     Ok(caching::respond(&headers, &entry, Audience::Public))
 }
 
-/// The stored detail of `id`: the property's JSON (`null` for no such
-/// property) with the view count as of the fill.
-async fn cached_property(state: &AppState, id: i64) -> anyhow::Result<CachedResponse> {
+/// A detail lookup that found no property: an error, so that nothing is
+/// stored for it (ids that do not exist are for anyone to make up: a cached
+/// answer for each would be a key per id) while callers waiting on the same
+/// lookup still share it.
+#[derive(Debug, thiserror::Error)]
+#[error("no such property")]
+struct NoSuchProperty;
+
+/// The stored detail of `id`: the property's JSON without its view count
+/// (see `views::stored_detail`); `None` for no such property.
+async fn cached_property(state: &AppState, id: i64) -> anyhow::Result<Option<Bytes>> {
     let db = state.db.clone();
-    state
+    let entry = state
         .cache
         .response(Entry::PropertyDetail(id), || async move {
-            Ok(Bytes::from(serde_json::to_vec(&db.property(id).await?)?))
+            match db.property(id).await? {
+                Some(p) => views::stored_detail(&p),
+                None => Err(NoSuchProperty.into()),
+            }
         })
-        .await
+        .await;
+    match entry {
+        Ok(entry) => Ok(Some(entry.identity)),
+        Err(e) if e.chain().any(|c| c.is::<NoSuchProperty>()) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// One property; counts one view, and shows stored plus not yet flushed views.
@@ -228,23 +245,13 @@ async fn detail(
     headers: Conditional,
     IdPath(id): IdPath,
 ) -> ApiResult<Response> {
-    // The lookup and the view count are independent: run them together, one
-    // round trip of latency instead of two. A view of an unknown id is
-    // counted but touches no row when flushed.
-    let (entry, pending) = tokio::join!(cached_property(&state, id), state.cache.views().incr(id));
-    let entry = entry?;
-    if &entry.identity[..] == b"null" {
-        return Err(ApiError::NotFound);
-    }
-    let pending = pending.unwrap_or_else(|e| {
-        tracing::warn!(
-            error = format!("{e:#}"),
-            "view not counted: cache unavailable"
-        );
-        0
-    });
-    let live = caching::with_view_count(&entry.identity, pending)
-        .ok_or_else(|| anyhow::anyhow!("stored property without a view count"))?;
+    // The views module counts the view (only of a property that exists)
+    // and joins the live count to the stored detail.
+    let live = state
+        .views
+        .detail(id, cached_property(&state, id))
+        .await?
+        .ok_or(ApiError::NotFound)?;
     Ok(caching::respond(&headers, &live, Audience::Public))
 }
 
@@ -501,9 +508,9 @@ async fn update(
         Updated::FeaturedQuotaFull => return Err(featured_quota_full()),
     };
     state.outbox.settle(&[Fact::PropertyChanged(id)]).await?;
-    let pending = state.cache.views().pending(id).await.unwrap_or(0);
+    let view_count = state.views.shown(id).await?.unwrap_or(updated.view_count);
     Ok(Json(Property {
-        view_count: updated.view_count + pending,
+        view_count,
         ..updated
     }))
 }
@@ -529,6 +536,7 @@ async fn remove(
     match state.db.delete_property(id, now.date(), now).await? {
         DeleteOutcome::Deleted => {
             state.outbox.settle(&[Fact::PropertyChanged(id)]).await?;
+            state.views.forget(id).await;
             Ok(StatusCode::NO_CONTENT)
         }
         DeleteOutcome::NotFound => Err(ApiError::NotFound),

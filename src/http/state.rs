@@ -15,6 +15,7 @@ use crate::passwords::Hasher;
 use crate::ratelimit::RateLimiter;
 use crate::sessions::SessionStore;
 use crate::sessions::identity::Identities;
+use crate::views::Views;
 
 /// Shared, cheaply cloneable application state.
 #[derive(Clone)]
@@ -25,6 +26,8 @@ pub struct Inner {
     pub settings: Settings,
     pub db: Db,
     pub cache: Cache,
+    /// View counting: counts, the live count of a detail, the flush.
+    pub views: Views,
     pub sessions: Arc<dyn SessionStore>,
     /// Who the user of a session is (cached; see [`Identities`]).
     pub identities: Identities,

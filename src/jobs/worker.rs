@@ -31,15 +31,18 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
 use super::{Job, JobQueue, Leased, Outcome, Settle};
-use crate::cache::{Cache, Event};
+use crate::cache::Cache;
 use crate::db::{Db, now_ms};
 use crate::domain::Email;
 use crate::email::{self, Mailer};
+use crate::views::Views;
 
 /// What job handlers may use.
 pub struct JobContext {
     pub db: Db,
     pub cache: Cache,
+    /// View counting (the `FlushViews` job).
+    pub views: Views,
     pub mailer: Mailer,
     /// Lifetime of the one-time codes that `SendOtp` issues.
     pub otp_ttl: Duration,
@@ -431,8 +434,11 @@ impl Worker {
                 Ok(None)
             }
             Job::FlushViews => {
-                let flushed = flush_views(&ctx.db, &ctx.cache).await?;
-                Ok(Some(format!("{{\"views_flushed\":{flushed}}}")))
+                let flushed = ctx.views.flush().await?;
+                Ok(Some(format!(
+                    "{{\"views_flushed\":{},\"chunks\":{}}}",
+                    flushed.views, flushed.chunks
+                )))
             }
             Job::Probe(probe) => probe.run(id, self.queue.tallies()).await,
         }
@@ -670,32 +676,4 @@ pub fn backoff_ms(attempt: u32, base: Duration) -> i64 {
         .saturating_mul(1 << attempt.saturating_sub(1).min(20))
         .min(300_000);
     delay + rand::rng().random_range(0..=delay / 2)
-}
-
-/// Moves pending view counts into the database; returns the views moved.
-/// A batch is acknowledged only after the database has it, and the database
-/// applies each batch id once, so a crash anywhere loses and doubles nothing.
-pub async fn flush_views(db: &Db, cache: &Cache) -> anyhow::Result<i64> {
-    let views = cache.views();
-    let mut total = 0;
-    for _ in 0..100 {
-        let Some(batch) = views.take().await? else {
-            break;
-        };
-        db.apply_view_deltas(&batch.flush_id, &batch.deltas).await?;
-        views.ack(&batch.flush_id).await?;
-        total += batch.deltas.iter().map(|(_, d)| d).sum::<i64>();
-        // Cached details hold the stored count: make them stale so the
-        // detail shows the new stored count, not the old one without the
-        // pending views (a generation per property: a near-cache copy on any
-        // instance is left behind too).
-        futures::future::join_all(
-            batch
-                .deltas
-                .iter()
-                .map(|(id, _)| cache.happened(Event::ViewsFlushed { property_id: *id })),
-        )
-        .await;
-    }
-    Ok(total)
 }

@@ -21,8 +21,15 @@
 //! drops its receiver; the task owns every call and its state, so nothing
 //! (no lock, no half-sent batch) is left behind, and the others in its
 //! call get their answers. A request whose caller went away before its call
-//! was sent is still carried by it (one key more in a script); side effects
-//! such as counting a view then happen as they would have without coalescing.
+//! was sent is left out of it: under pressure the queue holds many requests
+//! nobody waits for any more (timed-out clients), and sending them would
+//! spend Redis time on answers nobody reads (and count views nobody saw).
+//!
+//! Pressure: the queue is bounded ([`MAX_QUEUED`]). When Redis is slower
+//! than requests arrive, a full queue answers [`QueueFull`] at once rather
+//! than growing without bound and making every later request wait behind
+//! all the earlier ones; callers treat it as the store being unavailable
+//! (a cache miss, a 503 for sessions), as they treat a timeout.
 //!
 //! Written here rather than taken from a crate: batching crates batch by
 //! size or time window (a window adds latency to a lone request and to
@@ -38,17 +45,30 @@ use tokio::sync::{mpsc, oneshot};
 /// time Redis spends on one call (other clients wait meanwhile).
 pub const MAX_BATCH: usize = 256;
 
+/// Requests that may wait for a call at most: 16 full calls. Beyond that a
+/// request would wait for 16 round trips of a Redis that is not keeping up;
+/// answering at once lets the caller fall back (database, 503) instead.
+pub const MAX_QUEUED: usize = 16 * MAX_BATCH;
+
+/// The error of a request refused because the queue was full: the backend
+/// is not keeping up, so the request is answered "unavailable" at once.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}: too many requests waiting for Redis")]
+pub struct QueueFull(&'static str);
+
 type Reply<V> = oneshot::Sender<Result<V, Arc<anyhow::Error>>>;
 
 /// A handle to one coalescing task; clones share it. The task ends when
 /// the last handle is dropped.
 pub struct Coalescer<K, V> {
-    tx: mpsc::UnboundedSender<(K, Reply<V>)>,
+    name: &'static str,
+    tx: mpsc::Sender<(K, Reply<V>)>,
 }
 
 impl<K, V> Clone for Coalescer<K, V> {
     fn clone(&self) -> Self {
         Coalescer {
+            name: self.name,
             tx: self.tx.clone(),
         }
     }
@@ -64,11 +84,26 @@ impl<K: Send + 'static, V: Send + 'static> Coalescer<K, V> {
         F: Fn(Vec<K>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = anyhow::Result<Vec<V>>> + Send,
     {
-        let (tx, mut rx) = mpsc::unbounded_channel::<(K, Reply<V>)>();
+        Self::spawn_bounded(name, MAX_QUEUED, call)
+    }
+
+    /// [`Self::spawn`] with a queue of `capacity` requests (tests use a
+    /// small one to fill it).
+    pub fn spawn_bounded<F, Fut>(name: &'static str, capacity: usize, call: F) -> Self
+    where
+        F: Fn(Vec<K>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = anyhow::Result<Vec<V>>> + Send,
+    {
+        let (tx, mut rx) = mpsc::channel::<(K, Reply<V>)>(capacity.max(1));
         tokio::spawn(async move {
             let mut waiting = Vec::with_capacity(MAX_BATCH);
             while rx.recv_many(&mut waiting, MAX_BATCH).await > 0 {
-                let (requests, replies): (Vec<K>, Vec<Reply<V>>) = waiting.drain(..).unzip();
+                // Callers that gave up are not sent (see the module doc).
+                let (requests, replies): (Vec<K>, Vec<Reply<V>>) =
+                    waiting.drain(..).filter(|(_, r)| !r.is_closed()).unzip();
+                if requests.is_empty() {
+                    continue;
+                }
                 crate::telemetry::observe(
                     "coalesced_batch_size",
                     &[("call", name)],
@@ -99,15 +134,20 @@ impl<K: Send + 'static, V: Send + 'static> Coalescer<K, V> {
                 }
             }
         });
-        Coalescer { tx }
+        Coalescer { name, tx }
     }
 
-    /// The answer to `request`, from a call sent after this was called.
+    /// The answer to `request`, from a call sent after this was called;
+    /// [`QueueFull`] at once when the queue is full.
     pub async fn call(&self, request: K) -> anyhow::Result<V> {
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .send((request, reply))
-            .map_err(|_| anyhow::anyhow!("coalescing task stopped"))?;
+        self.tx.try_send((request, reply)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                crate::telemetry::count("coalesced_refused_total", &[("call", self.name)], 1);
+                anyhow::Error::new(QueueFull(self.name))
+            }
+            mpsc::error::TrySendError::Closed(_) => anyhow::anyhow!("coalescing task stopped"),
+        })?;
         match answer.await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(anyhow::anyhow!("{e:#}")),
@@ -189,6 +229,74 @@ mod tests {
                 .is_err()
         );
         assert_eq!(c.call(()).await?, 3);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn callers_that_gave_up_are_not_sent() -> anyhow::Result<()> {
+        let sent = Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
+        let c: Coalescer<u32, u32> = Coalescer::spawn("test", {
+            let sent = sent.clone();
+            move |reqs: Vec<u32>| {
+                let sent = sent.clone();
+                async move {
+                    sent.lock()
+                        .map_err(|_| anyhow::anyhow!("poisoned"))?
+                        .extend(&reqs);
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    Ok(reqs)
+                }
+            }
+        });
+        // 1 is in flight; 2 and 3 queue behind it, then 2's caller gives up.
+        let first = tokio::spawn({
+            let c = c.clone();
+            async move { c.call(1).await }
+        });
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let gone = tokio::spawn({
+            let c = c.clone();
+            async move { c.call(2).await }
+        });
+        let kept = tokio::spawn({
+            let c = c.clone();
+            async move { c.call(3).await }
+        });
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        gone.abort();
+        assert_eq!(first.await??, 1);
+        assert_eq!(kept.await??, 3);
+        let sent = sent
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .clone();
+        assert_eq!(sent, vec![1, 3], "the abandoned request was not sent");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_answers_at_once() -> anyhow::Result<()> {
+        // A backend that never answers: the first call hangs, the queue fills.
+        let c: Coalescer<u32, u32> = Coalescer::spawn_bounded("test", 4, |_reqs| async {
+            std::future::pending::<anyhow::Result<Vec<u32>>>().await
+        });
+        let mut held = Vec::new();
+        for i in 0..5 {
+            let c = c.clone();
+            held.push(tokio::spawn(async move { c.call(i).await }));
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let started = std::time::Instant::now();
+        let refused = tokio::time::timeout(Duration::from_secs(1), c.call(99)).await?;
+        let err = refused
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("a full queue accepted"))?;
+        assert!(err.downcast_ref::<QueueFull>().is_some(), "{err:#}");
+        assert!(started.elapsed() < Duration::from_millis(100));
+        for h in held {
+            h.abort();
+        }
         Ok(())
     }
 

@@ -30,8 +30,6 @@ pub enum Namespace {
     Properties,
     /// One user's cached data (dashboard, the guide's user data).
     User(i64),
-    /// One property's stored view count (its cached detail holds it).
-    Views(i64),
 }
 
 impl Namespace {
@@ -40,7 +38,6 @@ impl Namespace {
         match self {
             Namespace::Properties => ["properties", ""],
             Namespace::User(n) => ["user:", id.format(n)],
-            Namespace::Views(n) => ["views:", id.format(n)],
         }
     }
 }
@@ -61,7 +58,8 @@ fn cat(parts: &[&str]) -> String {
 /// entries keyed by them carry no tag and spread over every master).
 const GEN_TAG: &str = "{g}";
 
-/// Cache role: hash tag of the view counters (pending hash, in-flight set, batches).
+/// Cache role: hash tag of the view counters (pending, draining and shown
+/// hashes, in-flight set, batches, epoch): their scripts touch several.
 const VIEWS_TAG: &str = "{v}";
 
 /// Cache role: a key embedding the generations of one or more namespaces, before
@@ -87,6 +85,22 @@ impl KeyTemplate {
     /// Keys of the generation counters the key embeds, in order.
     pub fn generation_keys(&self) -> &[String] {
         &self.generation_keys
+    }
+
+    /// Not a store key: the in-process single-flight name of this entry
+    /// computed without the store (its generations cannot be read), after
+    /// `writes` invalidations of this process. `~` cannot start a rendered
+    /// key (they start with the prefix), so the two never share a flight
+    /// unless the prefix is `~`-led, which only merges two computations of
+    /// the same entry.
+    pub fn uncached_flight(&self, writes: u64) -> String {
+        let mut name = String::from("~");
+        name.push_str(itoa::Buffer::new().format(writes));
+        for part in &self.parts {
+            name.push(':');
+            name.push_str(part);
+        }
+        name
     }
 
     /// The key for these generations (one per generation key).
@@ -220,17 +234,15 @@ impl Keys {
         self.featured_template().render(&[generation])
     }
 
-    /// One property, before the properties generation is known.
+    /// One property (its view count kept out: `views` joins the live
+    /// one), before the properties generation is known. The `:n:` keeps
+    /// it apart from the entries of older versions, which held the count.
     pub fn property_detail_template(&self, id: i64) -> KeyTemplate {
         KeyTemplate::new(
-            vec![
-                self.generation(Namespace::Properties),
-                self.generation(Namespace::Views(id)),
-            ],
+            vec![self.generation(Namespace::Properties)],
             vec![
                 self.cache("property:detail:g"),
-                ":v".to_owned(),
-                cat(&[":", itoa::Buffer::new().format(id)]),
+                cat(&[":n:", itoa::Buffer::new().format(id)]),
             ],
         )
     }
@@ -331,6 +343,30 @@ impl Keys {
     /// (scripts build them from the ids in [`Self::views_in_flight`]).
     pub fn views_batch_prefix(&self) -> String {
         self.cache(&format!("views:{VIEWS_TAG}:batch:"))
+    }
+
+    /// The views of the flush round under way not yet taken into batches
+    /// (a hash: property id to views; the pending hash renamed).
+    pub fn views_draining(&self) -> String {
+        self.cache(&format!("views:{VIEWS_TAG}:draining"))
+    }
+
+    /// Where the next view batch continues the HSCAN of the round being
+    /// flushed (a cursor string).
+    pub fn views_cursor(&self) -> String {
+        self.cache(&format!("views:{VIEWS_TAG}:cursor"))
+    }
+
+    /// The view count each property's detail shows (a hash: property id to
+    /// the database's count plus every view not yet in it).
+    pub fn views_shown(&self) -> String {
+        self.cache(&format!("views:{VIEWS_TAG}:shown"))
+    }
+
+    /// Bumped by every take and ack of a view batch: a seed of a shown
+    /// count read across one is refused.
+    pub fn views_epoch(&self) -> String {
+        self.cache(&format!("views:{VIEWS_TAG}:epoch"))
     }
 
     /// One view batch taken for flushing (a hash: property id to views).
@@ -576,17 +612,13 @@ mod tests {
             "p:cache:gen:{g}:user:7"
         );
         assert_eq!(
-            keys.generation(Namespace::Views(-3)),
-            "p:cache:gen:{g}:views:-3"
-        );
-        assert_eq!(
             keys.property_list(12, "[1]"),
             "p:cache:property:list:g12:[1]"
         );
         assert_eq!(keys.featured(3), "p:cache:property:list:featured:g3");
         assert_eq!(
-            keys.property_detail_template(42).render(&[5, 6]),
-            "p:cache:property:detail:g5:v6:42"
+            keys.property_detail_template(42).render(&[5]),
+            "p:cache:property:detail:g5:n:42"
         );
         assert_eq!(keys.dashboard(1, 2, 9), "p:cache:user:dashboard:9:g1:u2");
     }

@@ -2,7 +2,7 @@
 //! in-process store and Redis, through the `Cache` facade), Redis-only
 //! properties (lost generation counters, single flight across processes,
 //! one round trip per cached read), then the HTTP-level guarantees on real
-//! Redis: cached responses, invalidation without KEYS/SCAN, views, OTP, and
+//! Redis: cached responses, invalidation without KEYS/SCAN, OTP, and
 //! Redis going away and coming back.
 
 use std::collections::{HashMap, HashSet};
@@ -121,9 +121,6 @@ on_every_store!(
     otp_replaced_by_a_new_code,
     otp_expires,
     otp_issue_mails_the_live_code_again,
-    views_incr_take_ack,
-    take_without_ack_is_returned_again,
-    concurrent_flushers_count_every_view_once,
     cold_key_with_100_callers_is_computed_once,
 );
 
@@ -503,128 +500,6 @@ async fn otp_expires(cache: Cache) -> anyhow::Result<()> {
         .await?;
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(cache.otp_attempt(&e, "123456").await?, OtpOutcome::Missing);
-    Ok(())
-}
-
-async fn views_incr_take_ack(cache: Cache) -> anyhow::Result<()> {
-    let s = cache.views();
-    assert_eq!(s.take().await?, None);
-    assert_eq!(s.incr(1).await?, 1);
-    assert_eq!(s.incr(1).await?, 2);
-    assert_eq!(s.incr(1).await?, 3);
-    assert_eq!(s.incr(2).await?, 1);
-    assert_eq!(s.pending(1).await?, 3);
-    assert_eq!(s.pending(3).await?, 0);
-
-    let batch = s
-        .take()
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("nothing taken"))?;
-    assert_eq!(batch.deltas, vec![(1, 3), (2, 1)]);
-    // Views taken but not yet in the database still count as pending.
-    assert_eq!(s.pending(1).await?, 3);
-    assert_eq!(s.incr(1).await?, 4);
-    s.ack(&batch.flush_id).await?;
-    assert_eq!(s.pending(1).await?, 1);
-
-    let next = s
-        .take()
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("nothing taken"))?;
-    assert_ne!(next.flush_id, batch.flush_id);
-    assert_eq!(next.deltas, vec![(1, 1)]);
-    s.ack(&next.flush_id).await?;
-    assert_eq!(s.take().await?, None);
-    assert_eq!(s.pending(1).await?, 0);
-    Ok(())
-}
-
-async fn take_without_ack_is_returned_again(cache: Cache) -> anyhow::Result<()> {
-    let s = cache.views();
-    for _ in 0..5 {
-        s.incr(9).await?;
-    }
-    let first = s
-        .take()
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("nothing taken"))?;
-    // The flusher "crashed": more views arrive, and the next take returns the
-    // same batch with the same id (not the new views).
-    s.incr(9).await?;
-    let again = s
-        .take()
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("nothing taken"))?;
-    assert_eq!(again, first);
-    assert_eq!(s.pending(9).await?, 6);
-    s.ack(&first.flush_id).await?;
-    let rest = s
-        .take()
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("nothing taken"))?;
-    assert_eq!(rest.deltas, vec![(9, 1)]);
-    s.ack(&rest.flush_id).await?;
-    Ok(())
-}
-
-/// A stand-in for `Db::apply_view_deltas`: applies each flush id once.
-#[derive(Default)]
-struct FakeDb {
-    applied: HashSet<String>,
-    views: HashMap<i64, i64>,
-}
-
-async fn flush_into(cache: &Cache, db: &Mutex<FakeDb>) -> anyhow::Result<()> {
-    let s = cache.views();
-    while let Some(batch) = s.take().await? {
-        {
-            let mut db = db.lock().unwrap_or_else(|e| e.into_inner());
-            if db.applied.insert(batch.flush_id.clone()) {
-                for (id, d) in &batch.deltas {
-                    *db.views.entry(*id).or_default() += d;
-                }
-            }
-        }
-        tokio::task::yield_now().await;
-        s.ack(&batch.flush_id).await?;
-    }
-    Ok(())
-}
-
-async fn concurrent_flushers_count_every_view_once(cache: Cache) -> anyhow::Result<()> {
-    let db = Arc::new(Mutex::new(FakeDb::default()));
-    let counting = futures::future::join_all((0..4).map(|w| {
-        let cache = cache.clone();
-        async move {
-            for i in 0..100 {
-                cache.views().incr((w + i) % 3).await?;
-            }
-            anyhow::Ok(())
-        }
-    }));
-    let flushing = futures::future::join_all((0..2).map(|_| {
-        let (cache, db) = (cache.clone(), db.clone());
-        async move {
-            for _ in 0..20 {
-                flush_into(&cache, &db).await?;
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            anyhow::Ok(())
-        }
-    }));
-    let (counted, flushed) = tokio::join!(tokio::spawn(counting), tokio::spawn(flushing));
-    for r in counted?.into_iter().chain(flushed?) {
-        r?;
-    }
-    flush_into(&cache, &db).await?;
-    let db = db.lock().unwrap_or_else(|e| e.into_inner());
-    assert_eq!(db.views.values().sum::<i64>(), 400);
-    assert_eq!(
-        db.views.get(&0).copied().unwrap_or_default()
-            + db.views.get(&1).copied().unwrap_or_default()
-            + db.views.get(&2).copied().unwrap_or_default(),
-        400
-    );
     Ok(())
 }
 
@@ -1144,97 +1019,6 @@ async fn invalidation_issues_no_keys_or_scan() -> anyhow::Result<()> {
     let l: Value = serde_json::from_str(&text(&app, "/api/v1/properties?city=Accra").await?)?;
     assert_eq!(l["results"][0]["title"], "Accra loft");
     Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn views_under_concurrency_crashed_and_parallel_flushes() -> anyhow::Result<()> {
-    use stayafrica::jobs::worker::flush_views;
-    let app = redis_app(TestDb::Postgres, SHARED_REDIS).await?;
-    let result = async {
-        let host = app.new_client();
-        app.signup_with(&host, "host@example.com", "host").await?;
-        let id = id_of(
-            &app.create_property_with(&host, property_body("Lagos", "30.00", false))
-                .await?,
-        )?;
-        let url = app.url(&format!("/api/v1/properties/{id}"));
-        let views = |n: usize| {
-            let (client, url) = (app.client.clone(), url.clone());
-            async move {
-                let all = futures::future::join_all((0..n).map(|_| {
-                    let (client, url) = (client.clone(), url.clone());
-                    tokio::spawn(async move { client.get(url).send().await })
-                }))
-                .await;
-                for r in all {
-                    anyhow::ensure!(r??.status() == 200, "detail failed");
-                }
-                anyhow::Ok(())
-            }
-        };
-        let stored = || async {
-            anyhow::Ok(
-                app.db()
-                    .property(id)
-                    .await?
-                    .ok_or_else(|| anyhow::anyhow!("property gone"))?
-                    .view_count,
-            )
-        };
-        let (db, cache) = (app.db(), &app.state.cache);
-
-        views(200).await?;
-        assert_eq!(flush_views(db, cache).await?, 200);
-        assert_eq!(stored().await?, 200);
-
-        // A flush that crashed after taking its batch: the next one retries it
-        // with the same id, then takes the views that came meanwhile.
-        views(100).await?;
-        let taken = cache
-            .views()
-            .take()
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("nothing taken"))?;
-        assert_eq!(taken.deltas, vec![(id, 100)]);
-        views(50).await?;
-        flush_views(db, cache).await?;
-        assert_eq!(stored().await?, 350);
-
-        // A flush that crashed after the database applied it, before the ack:
-        // the retry applies nothing twice.
-        views(10).await?;
-        let taken = cache
-            .views()
-            .take()
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("nothing taken"))?;
-        assert!(db.apply_view_deltas(&taken.flush_id, &taken.deltas).await?);
-        flush_views(db, cache).await?;
-        assert_eq!(stored().await?, 360);
-
-        // Two flushers at once while views keep coming.
-        let flusher = || async {
-            for _ in 0..15 {
-                flush_views(db, cache).await?;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            anyhow::Ok(())
-        };
-        let (a, b, c) = tokio::join!(views(200), flusher(), flusher());
-        a?;
-        b?;
-        c?;
-        flush_views(db, cache).await?;
-        assert_eq!(stored().await?, 560);
-        // The detail shows stored plus pending, this view included.
-        let d: Value =
-            serde_json::from_str(&text(&app, &format!("/api/v1/properties/{id}")).await?)?;
-        assert_eq!(d["view_count"], 561);
-        anyhow::Ok(())
-    }
-    .await;
-    cleanup_app(&app).await;
-    result
 }
 
 async fn otp_app(otp_ttl: Duration) -> anyhow::Result<TestApp> {

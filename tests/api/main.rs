@@ -37,4 +37,5 @@ mod topologies;
 mod topology_chaos;
 mod topology_e2e;
 mod topology_ops;
+mod views_suite;
 mod workers;

@@ -246,8 +246,8 @@ async fn views_are_counted_and_flushed(db: TestDb) -> anyhow::Result<()> {
     for h in handles {
         assert_eq!(h.await??, 200);
     }
-    let flushed = stayafrica::jobs::worker::flush_views(app.db(), &app.state.cache).await?;
-    assert_eq!(flushed, 40);
+    let flushed = app.state.views.flush().await?;
+    assert_eq!(flushed.views, 40);
     let stored = app
         .db()
         .property(p["id"].as_i64().unwrap_or_default())
@@ -255,10 +255,7 @@ async fn views_are_counted_and_flushed(db: TestDb) -> anyhow::Result<()> {
         .map(|p| p.view_count);
     assert_eq!(stored, Some(40));
     // Flushing again adds nothing; the next view shows 41.
-    assert_eq!(
-        stayafrica::jobs::worker::flush_views(app.db(), &app.state.cache).await?,
-        0
-    );
+    assert_eq!(app.state.views.flush().await?.views, 0);
     let v: Value = app.get(&path).await?.json().await?;
     assert_eq!(v["view_count"], 41);
     Ok(())
