@@ -32,7 +32,10 @@ PG_ADMIN=${PG_ADMIN:-postgres://postgres@127.0.0.1:5432/postgres}
 TARGET=${CARGO_TARGET_DIR:-target}
 BIN=$TARGET/release/stayafrica
 
-command -v wrk >/dev/null || { echo "wrk not found (apt-get install wrk)" >&2; exit 1; }
+if ! command -v wrk >/dev/null; then
+  echo "wrk not found: installing the Debian package"
+  if [ "$(id -u)" = 0 ]; then apt-get install -y wrk; else sudo apt-get install -y wrk; fi
+fi
 [ "$BUILD" = 1 ] && cargo build --release --bin stayafrica
 
 WORK=$(mktemp -d /tmp/bench-flood.XXXXXX)
