@@ -1,17 +1,25 @@
-//! Idempotency records of the embedded default (`crate::idempotency::sql`).
+//! Idempotency records of the embedded default (`crate::idempotency::sql`
+//! holds their policy; this is their table).
 
 use bytes::Bytes;
 
 use super::{Db, now_ms};
-use crate::idempotency::Answer;
 use crate::with_pool;
+
+/// A kept answer as stored: status, content type, body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAnswer {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Bytes,
+}
 
 /// One record as stored.
 #[derive(Debug)]
 pub struct Record {
     pub fingerprint: String,
     /// `None` while running.
-    pub answer: Option<Answer>,
+    pub answer: Option<StoredAnswer>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -58,7 +66,7 @@ impl Db {
         Ok(row.map(|r| Record {
             fingerprint: r.fingerprint,
             answer: match (r.status, r.content_type, r.body) {
-                (Some(status), Some(content_type), Some(body)) => Some(Answer {
+                (Some(status), Some(content_type), Some(body)) => Some(StoredAnswer {
                     status: u16::try_from(status).unwrap_or(500),
                     content_type,
                     body: Bytes::from(body),
@@ -73,7 +81,7 @@ impl Db {
         &self,
         record: &str,
         fingerprint: &str,
-        answer: &Answer,
+        answer: &StoredAnswer,
         expires_at: i64,
     ) -> anyhow::Result<()> {
         with_pool!(self, p => sqlx::query(

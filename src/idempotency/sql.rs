@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use super::{Answer, Begin, IdempotencyStore, RECORD_TTL, ms, now_ms};
 use crate::db::Db;
-use crate::db::idempotency::Record;
+use crate::db::idempotency::{Record, StoredAnswer};
 
 /// Records in the database (see the module docs).
 pub struct SqlIdempotency {
@@ -52,9 +52,14 @@ impl IdempotencyStore for SqlIdempotency {
                 None => continue,
                 Some(r) if r.fingerprint != fingerprint => return Ok(Begin::Mismatch),
                 Some(Record {
-                    answer: Some(answer),
-                    ..
-                }) => return Ok(Begin::Replay(answer)),
+                    answer: Some(a), ..
+                }) => {
+                    return Ok(Begin::Replay(Answer {
+                        status: a.status,
+                        content_type: a.content_type,
+                        body: a.body,
+                    }));
+                }
                 Some(_) => return Ok(Begin::InProgress),
             }
         }
@@ -62,8 +67,13 @@ impl IdempotencyStore for SqlIdempotency {
     }
 
     async fn finish(&self, record: &str, fingerprint: &str, answer: &Answer) -> anyhow::Result<()> {
+        let stored = StoredAnswer {
+            status: answer.status,
+            content_type: answer.content_type.clone(),
+            body: answer.body.clone(),
+        };
         self.db
-            .idempotency_finish(record, fingerprint, answer, now_ms() + ms(RECORD_TTL))
+            .idempotency_finish(record, fingerprint, &stored, now_ms() + ms(RECORD_TTL))
             .await
     }
 
