@@ -56,6 +56,11 @@ struct RawSettings {
     bind: SocketAddr,
     #[serde(deserialize_with = "opt_bind")]
     metrics_bind: Option<SocketAddr>,
+    #[serde(deserialize_with = "opt_bind")]
+    admin_bind: Option<SocketAddr>,
+    #[serde(deserialize_with = "opt_secret")]
+    admin_token: Option<SecretString>,
+    admin_read_only: bool,
     #[serde(deserialize_with = "database_url")]
     database_url: SecretString,
     #[serde(deserialize_with = "opt_redis_url")]
@@ -113,6 +118,9 @@ struct RawSettings {
 const KEYS: &[&str] = &[
     "bind",
     "metrics_bind",
+    "admin_bind",
+    "admin_token",
+    "admin_read_only",
     "database_url",
     "redis_url",
     "redis_cache_url",
@@ -151,6 +159,9 @@ impl Default for RawSettings {
         RawSettings {
             bind: SocketAddr::from(([127, 0, 0, 1], 8000)),
             metrics_bind: None,
+            admin_bind: Some(SocketAddr::from(([127, 0, 0, 1], 8001))),
+            admin_token: None,
+            admin_read_only: false,
             database_url: SecretString::from("sqlite://stayafrica.db"),
             redis_url: None,
             redis_cache_url: None,
@@ -227,6 +238,19 @@ fn opt_bind<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Er
             "expected an address like `127.0.0.1:9100`, got `{s}`"
         ))
     })
+}
+
+/// A secret; empty means unset. Never repeated in messages.
+fn opt_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
+    let s = String::deserialize(d)?;
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    if s.len() < 16 {
+        return Err(de::Error::custom("expected at least 16 characters"));
+    }
+    Ok(Some(SecretString::from(s)))
 }
 
 /// A file path; empty means unset.
@@ -373,6 +397,13 @@ pub struct Settings {
     /// Where `/metrics` is served instead of the API's listener (`None`:
     /// on the API's listener).
     pub metrics_bind: Option<SocketAddr>,
+    /// The operator console's listener (`None`: no console).
+    pub admin_bind: Option<SocketAddr>,
+    /// The console's sign-in token (`None`: loopback clients only, no
+    /// sign-in).
+    pub admin_token: Option<SecretString>,
+    /// The console shows and refuses every action.
+    pub admin_read_only: bool,
     /// `sqlite://PATH` or `postgres://…` (may hold a password).
     pub database_url: SecretString,
     /// `None`: in-process backends (the embedded default).
@@ -590,6 +621,9 @@ impl Settings {
         Ok(Settings {
             bind: raw.bind,
             metrics_bind: raw.metrics_bind,
+            admin_bind: raw.admin_bind,
+            admin_token: raw.admin_token,
+            admin_read_only: raw.admin_read_only,
             database_url: raw.database_url,
             redis,
             redis_tls,

@@ -143,6 +143,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<(AppState, Arc<Jo
         metrics: telemetry::metrics_handle(),
         hasher: crate::passwords::Hasher::per_core(crate::passwords::TURN_WAIT),
         health: http::ops::HealthCache::default(),
+        requests: http::middleware::RequestMetrics::default(),
         outbox,
         idempotency,
     });
@@ -252,6 +253,31 @@ impl Application {
             tokio::spawn(w.run(self.options.worker_concurrency, stop_rx.clone()))
         });
         let app = http::router(self.state.clone());
+        if let Some(bind) = self.state.settings.admin_bind {
+            // The console is optional: a port already taken leaves the API
+            // serving, and says why there is no console.
+            match TcpListener::bind(bind).await {
+                Ok(listener) => {
+                    tracing::info!(addr = %listener.local_addr()?, "serving the operator console");
+                    let console = http::admin::router(self.state.clone());
+                    let mut stop = stop_rx.clone();
+                    tokio::spawn(async move {
+                        let served = axum::serve(
+                            listener,
+                            console.into_make_service_with_connect_info::<SocketAddr>(),
+                        )
+                        .with_graceful_shutdown(async move {
+                            let _ = stop.changed().await;
+                        })
+                        .await;
+                        if let Err(e) = served {
+                            tracing::error!(error = %e, "operator console failed");
+                        }
+                    });
+                }
+                Err(e) => tracing::error!(%bind, error = %e, "no operator console: cannot bind"),
+            }
+        }
         if let Some(bind) = self.state.settings.metrics_bind {
             let listener = TcpListener::bind(bind)
                 .await

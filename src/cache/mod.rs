@@ -22,6 +22,7 @@
 //! the facade: metrics, encoding, single flight in a process and across
 //! processes.
 
+pub mod admin;
 pub mod api;
 pub mod codec;
 pub mod memory;

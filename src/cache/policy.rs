@@ -26,6 +26,9 @@ pub enum Entry<'a> {
     Dashboard(i64),
 }
 
+/// Every family of [`Entry`], by name (what operators name).
+pub const FAMILIES: [&str; 4] = ["property_list", "featured", "property_detail", "dashboard"];
+
 impl Entry<'_> {
     /// The family name in metrics and hit counters.
     pub fn family(self) -> &'static str {

@@ -14,6 +14,10 @@ use super::Cache;
 #[derive(Debug, Default)]
 pub struct HitStats {
     counts: Mutex<HashMap<(&'static str, &'static str), u64>>,
+    /// Held (write) while counts move from memory to the store, and (read)
+    /// while they are read from both: a reader never sees a count in both
+    /// places, or in neither.
+    pub(super) moving: tokio::sync::RwLock<()>,
 }
 
 /// How long the shared counters live after their last update.
@@ -33,6 +37,11 @@ impl HitStats {
         *self.lock().entry((family, outcome)).or_default() += n;
     }
 
+    /// The counts not yet added to the store.
+    pub fn snapshot(&self) -> HashMap<(&'static str, &'static str), u64> {
+        self.lock().clone()
+    }
+
     fn drain(&self) -> Vec<((&'static str, &'static str), u64)> {
         std::mem::take(&mut *self.lock()).into_iter().collect()
     }
@@ -42,6 +51,7 @@ impl Cache {
     /// Adds this instance's counts to the shared counters; what cannot be
     /// written is kept for the next round.
     pub async fn flush_stats(&self) {
+        let _moving = self.stats().moving.write().await;
         for ((family, outcome), n) in self.stats().drain() {
             let name = self.keys().cache_stats(family, outcome);
             let by = i64::try_from(n).unwrap_or(i64::MAX);

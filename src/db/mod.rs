@@ -6,6 +6,7 @@
 //!
 //! Money is stored in cents (integers), never floats.
 
+pub mod audit;
 pub mod bookings;
 pub mod bulk;
 pub mod idempotency;

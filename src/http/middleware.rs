@@ -168,7 +168,16 @@ pub async fn guard(State(guard): State<GuardState>, req: Request, next: Next) ->
 #[derive(Clone, Default)]
 pub struct RequestMetrics {
     handles: Arc<RwLock<HashMap<String, Vec<RouteMetric>>>>,
+    classes: Arc<StatusClasses>,
 }
+
+/// Requests answered by this process, per status class (the console's
+/// overview; `/metrics` has them per route).
+#[derive(Debug, Default)]
+struct StatusClasses([std::sync::atomic::AtomicU64; 4]);
+
+/// Requests answered so far: `[total, 2xx/3xx, 4xx, 5xx]`.
+pub type Traffic = [u64; 4];
 
 #[derive(Clone)]
 struct RouteMetric {
@@ -192,7 +201,23 @@ impl RequestMetrics {
         self.record(route, method, response.status().as_u16(), seconds);
     }
 
+    /// Requests answered by this process so far (see [`Traffic`]).
+    pub fn traffic(&self) -> Traffic {
+        self.classes
+            .0
+            .each_ref()
+            .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     fn record(&self, route: &str, method: &Method, status: u16, seconds: f64) {
+        let class = match status {
+            500.. => 3,
+            400..=499 => 2,
+            _ => 1,
+        };
+        for i in [0, class] {
+            self.classes.0[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let found = read(&self.handles).get(route).and_then(|list| {
             list.iter()
                 .find(|m| m.status == status && m.method == *method)

@@ -3,6 +3,7 @@
 //! (request id, tracing, panic guard, metrics, caller and rate limits, body
 //! limit).
 
+pub mod admin;
 pub mod auth;
 pub mod bookings;
 pub mod caching;
@@ -66,7 +67,7 @@ pub fn routes_and_spec() -> (Router<AppState>, Router<AppState>, serde_json::Val
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let (ops, api, spec) = routes_and_spec();
-    let metrics = middleware::RequestMetrics::default();
+    let metrics = state.requests.clone();
     // The spec is served as built (JSON), and read by the offline viewer.
     let docs = SwaggerUi::new(openapi::DOCS_PATH).external_url_unchecked(openapi::SPEC_PATH, spec);
     // Each fallback after its routes: it applies to the routes registered before it.

@@ -40,6 +40,8 @@ pub struct Inner {
     pub outbox: Outbox,
     /// Answers kept for `Idempotency-Key` retries.
     pub idempotency: Arc<dyn IdempotencyStore>,
+    /// Requests answered, per route (metrics) and per status class.
+    pub requests: super::middleware::RequestMetrics,
     /// The last `/health` result (see `ops`).
     pub health: super::ops::HealthCache,
 }

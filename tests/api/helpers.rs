@@ -247,6 +247,9 @@ pub async fn spawn_on(
     let email_dir = tmp.path().join("mail");
     let mut settings = Settings::defaults();
     settings.bind = "127.0.0.1:0".parse()?;
+    // No operator console unless a test asks for one (its default port
+    // would be shared by every test).
+    settings.admin_bind = None;
     settings.database_url = db_url.into();
     settings.key_prefix = format!("satest:{}:", uuid::Uuid::new_v4().simple());
     settings.email = Some(stayafrica::config::EmailSetting::File(email_dir.clone()));

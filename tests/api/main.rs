@@ -12,6 +12,7 @@ mod cache_suite;
 mod chaos;
 mod chaos_support;
 mod cli_cache;
+mod console;
 mod contract;
 mod errors;
 mod http_caching;
