@@ -13,6 +13,7 @@ mod chaos;
 mod chaos_support;
 mod cli_cache;
 mod console;
+mod console_browser;
 mod contract;
 mod errors;
 mod http_caching;
