@@ -159,8 +159,18 @@ impl Outbox {
                 }
             }
             if done {
-                if let Err(e) = self.db.outbox_delete(&ids).await {
-                    tracing::warn!(error = format!("{e:#}"), "applied outbox rows not deleted");
+                // Off the answer's path: a row left over only costs the
+                // relay an idempotent second application.
+                if !ids.is_empty() {
+                    let db = self.db.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = db.outbox_delete(&ids).await {
+                            tracing::warn!(
+                                error = format!("{e:#}"),
+                                "applied outbox rows not deleted"
+                            );
+                        }
+                    });
                 }
             } else if matches!(effect, Effect::Cache(_)) {
                 visible = false;
