@@ -29,6 +29,7 @@ mod outbox;
 mod properties;
 mod restart;
 mod safe_defaults;
+mod search;
 mod seed_import;
 mod session_suite;
 mod shutdown;
