@@ -6,7 +6,7 @@ use sqlx::{Database, Encode, QueryBuilder, Type};
 use time::OffsetDateTime;
 
 use super::Db;
-use crate::domain::Money;
+use crate::domain::{Money, StayDates};
 use crate::with_pool;
 
 /// A property as the API shows it (`view_count` as stored; a detail shows
@@ -79,6 +79,8 @@ pub struct PropertyFilter {
     pub min_price: Option<Money>,
     pub max_price: Option<Money>,
     pub guests: Option<i32>,
+    /// Free for this stay: no confirmed booking overlaps it.
+    pub stay: Option<StayDates>,
 }
 
 /// The writable fields of a property, all set (create) or some (patch).
@@ -169,6 +171,7 @@ where
     for<'t> String: Encode<'t, DB> + Type<DB>,
     for<'t> i64: Encode<'t, DB> + Type<DB>,
     for<'t> i32: Encode<'t, DB> + Type<DB>,
+    for<'t> time::Date: Encode<'t, DB> + Type<DB>,
 {
     qb.push(" WHERE deleted_at IS NULL");
     if let Some(city) = &f.city {
@@ -185,6 +188,19 @@ where
     }
     if let Some(guests) = f.guests {
         qb.push(" AND max_guests >= ").push_bind(guests);
+    }
+    if let Some(stay) = f.stay {
+        // The overlap test of the booking rules (half-open stays: a
+        // check-out day is free for the next check-in), per property
+        // through the partial index on confirmed bookings.
+        qb.push(
+            " AND NOT EXISTS (SELECT 1 FROM bookings b WHERE b.property_id = properties.id \
+             AND b.status = 'confirmed' AND b.check_in < ",
+        )
+        .push_bind(stay.check_out())
+        .push(" AND b.check_out > ")
+        .push_bind(stay.check_in())
+        .push(")");
     }
 }
 

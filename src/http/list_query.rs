@@ -10,8 +10,10 @@ use sha2::{Digest, Sha256};
 use utoipa::IntoParams;
 
 use crate::db::properties::{Position, PropertyFilter};
-use crate::domain::{Money, check_text};
-use crate::error::ApiError;
+use time::OffsetDateTime;
+
+use crate::domain::{Money, StayDates, check_text};
+use crate::error::{ApiError, FieldErrors};
 
 /// Deepest row a page number may reach (`page × page_size`): an offset
 /// reads every row before it, so deeper pages go by cursor (API.md).
@@ -43,6 +45,14 @@ pub struct ListQuery {
     /// Guests the property must take.
     #[param(minimum = 1, maximum = 50, nullable = false)]
     pub guests: Option<i32>,
+    /// First night of a stay the property must be free for (no confirmed
+    /// booking overlaps it): `YYYY-MM-DD`, today or later, with `check_out`.
+    #[param(format = Date, nullable = false, example = "2030-01-10")]
+    pub check_in: Option<String>,
+    /// Day of departure of that stay: after `check_in`, at most 90 nights
+    /// later. A search with dates may lag bookings by up to 30 seconds.
+    #[param(format = Date, nullable = false, example = "2030-01-14")]
+    pub check_out: Option<String>,
     /// The `next_cursor` of the previous page, sent with the same filters
     /// instead of `page`: the next page in id order, at any depth.
     #[param(min_length = 1, max_length = 64, nullable = false)]
@@ -92,16 +102,24 @@ impl ListQuery {
             min_price: money(self.min_price, "min_price")?,
             max_price: money(self.max_price, "max_price")?,
             guests: self.guests,
+            stay: None,
         };
         if filter.guests.is_some_and(|g| !(1..=50).contains(&g)) {
             return Err(bad("guests must be between 1 and 50"));
         }
+        let filter = PropertyFilter {
+            stay: stay(self.check_in, self.check_out)?,
+            ..filter
+        };
         let filters = serde_json::to_string(&(
             &filter.city,
             &filter.country,
             filter.min_price.map(|m| m.cents()),
             filter.max_price.map(|m| m.cents()),
             filter.guests,
+            filter
+                .stay
+                .map(|s| (s.check_in().to_string(), s.check_out().to_string())),
         ))
         .map_err(|e| ApiError::Internal(e.into()))?;
         let filter_tag = tag_of(&filters);
@@ -153,7 +171,37 @@ impl ListQuery {
     }
 }
 
+/// The stay a search asks for: both dates or neither, under the booking
+/// rules (422 naming the field at fault, as a booking would be refused).
+fn stay(
+    check_in: Option<String>,
+    check_out: Option<String>,
+) -> Result<Option<StayDates>, ApiError> {
+    let (check_in, check_out) = match (check_in, check_out) {
+        (None, None) => return Ok(None),
+        (Some(_), None) => return Err(ApiError::field("check_out", "is required with check_in")),
+        (None, Some(_)) => return Err(ApiError::field("check_in", "is required with check_out")),
+        (Some(i), Some(o)) => (i, o),
+    };
+    let today = OffsetDateTime::now_utc().date();
+    StayDates::parse(&check_in, &check_out, today)
+        .map(Some)
+        .map_err(|broken| {
+            ApiError::Validation(
+                broken
+                    .into_iter()
+                    .map(|(field, m)| (field.to_owned(), m))
+                    .collect::<FieldErrors>(),
+            )
+        })
+}
+
 impl NormalizedList {
+    /// True for a search by dates, whose answer changes with bookings.
+    pub fn has_dates(&self) -> bool {
+        self.filter.stay.is_some()
+    }
+
     /// The cursor of the page after this one, whose last result is `last_id`.
     pub fn next_cursor(&self, last_id: i64) -> String {
         Cursor {

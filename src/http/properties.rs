@@ -75,6 +75,7 @@ pub struct PropertyPage {
     responses(
         (status = 200, description = "One page of properties", body = PropertyPage),
         (status = 400, description = "`invalid_request`: a parameter that does not fit, `page × page_size` over 10000 (use `cursor`), or a cursor of another query", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: `check_in`/`check_out` break the booking rules or come alone (`details` per field)", body = ErrorBody),
     ))]
 async fn list(
     State(state): State<AppState>,
@@ -100,15 +101,13 @@ async fn list(
         };
         Ok(Bytes::from(serde_json::to_vec(&body)?))
     };
-    let entry = state
-        .cache
-        .response(
-            Entry::PropertyList {
-                query: &q.canonical,
-            },
-            compute,
-        )
-        .await?;
+    let query = &q.canonical;
+    let entry = if q.has_dates() {
+        Entry::DateSearch { query }
+    } else {
+        Entry::PropertyList { query }
+    };
+    let entry = state.cache.response(entry, compute).await?;
     Ok(caching::respond(&headers, &entry, Audience::Public))
 }
 

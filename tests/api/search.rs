@@ -1,6 +1,7 @@
-//! The property list at depth: counts that stop at 10,000, the page-depth
-//! bound, and cursors that walk every match exactly once, also while the
-//! catalogue changes under them.
+//! Search and the property list at depth: dates against bookings made
+//! through the API, counts that stop at 10,000, the page-depth bound, and
+//! cursors that walk every match exactly once, also while the catalogue
+//! changes under them.
 
 use std::collections::BTreeSet;
 
@@ -10,12 +11,14 @@ use stayafrica::db::bulk::{PropertyRecord, UserRecord};
 use stayafrica::domain::{Money, Role};
 use time::OffsetDateTime;
 
-use crate::helpers::{TestApp, TestDb, error_code, property_body, spawn_app};
+use crate::helpers::{TestApp, TestDb, day, error_code, property_body, spawn_app};
 use crate::on_each_setup;
 
 on_each_setup!(
     counts_stop_at_ten_thousand_and_cursors_go_deeper,
     cursors_walk_every_match_once_while_properties_come_and_go,
+    dates_find_the_properties_free_for_the_stay,
+    bad_dates_are_refused_naming_the_field,
 );
 
 /// GETs `path`, expecting 200, as JSON.
@@ -205,5 +208,174 @@ async fn cursors_walk_every_match_once_while_properties_come_and_go(
     assert_eq!(next["page"], 2);
     assert_eq!(ids(&next).len(), 5);
     assert!(ids(&next)[0] > ids(&first)[2]);
+    Ok(())
+}
+
+/// The ids a search by dates (and `extra` filters) finds.
+async fn free(app: &TestApp, from: i64, to: i64, extra: &str) -> anyhow::Result<Vec<i64>> {
+    let path = format!(
+        "/api/v1/properties?check_in={}&check_out={}{extra}",
+        day(from),
+        day(to)
+    );
+    Ok(ids(&page(app, &path).await?))
+}
+
+async fn dates_find_the_properties_free_for_the_stay(db: TestDb) -> anyhow::Result<()> {
+    let app = spawn_app(db).await?;
+    let host = app.new_client();
+    app.signup_with(&host, "host@example.com", "host").await?;
+    let mut made = Vec::new();
+    for city in ["Nairobi", "Nairobi", "Mombasa"] {
+        let p = app
+            .create_property_with(&host, property_body(city, "80.00", false))
+            .await?;
+        made.push(p["id"].as_i64().context("id")?);
+    }
+    let [a, b, c] = made[..] else {
+        anyhow::bail!("three properties");
+    };
+    let guest = app.new_client();
+    app.signup_with(&guest, "guest@example.com", "guest")
+        .await?;
+    let book = |property: i64, from: i64, to: i64| {
+        let (app, guest) = (&app, &guest);
+        async move {
+            let r = guest
+                .post(app.url("/api/v1/bookings"))
+                .json(&serde_json::json!({"property_id": property,
+                    "check_in": day(from), "check_out": day(to), "guests": 2}))
+                .send()
+                .await?;
+            anyhow::ensure!(r.status() == 201, "booking: {}", r.status());
+            let v: Value = r.json().await?;
+            v["id"].as_i64().context("booking id")
+        }
+    };
+    // a: nights 10 to 14; b: nights 20 and 21, cancelled below.
+    book(a, 10, 15).await?;
+    let cancelled = book(b, 20, 22).await?;
+
+    // Each search below is a query of its own: a date search may be
+    // served from a cache that lags bookings (API.md), the first of its
+    // query never is.
+    assert_eq!(free(&app, 12, 13, "").await?, [b, c], "inside the stay");
+    assert_eq!(free(&app, 8, 11, "").await?, [b, c], "overlaps its start");
+    assert_eq!(free(&app, 14, 18, "").await?, [b, c], "overlaps its end");
+    assert_eq!(free(&app, 9, 16, "").await?, [b, c], "covers it");
+    assert_eq!(
+        free(&app, 15, 17, "").await?,
+        [a, b, c],
+        "back to back after"
+    );
+    assert_eq!(
+        free(&app, 5, 10, "").await?,
+        [a, b, c],
+        "back to back before"
+    );
+    assert_eq!(free(&app, 21, 22, "").await?, [a, c], "b is booked");
+    assert_eq!(
+        free(&app, 12, 13, "&city=NAIROBI").await?,
+        [b],
+        "with other filters"
+    );
+
+    let r = guest
+        .post(app.url(&format!("/api/v1/bookings/{cancelled}/cancel")))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    assert_eq!(free(&app, 20, 22, "").await?, [a, b, c], "cancelled: free");
+    // The booking rules still hold the dates themselves: back to back is
+    // bookable, an overlap is not, whatever a search showed.
+    book(a, 15, 17).await?;
+    let r = guest
+        .post(app.url("/api/v1/bookings"))
+        .json(&serde_json::json!({"property_id": a,
+            "check_in": day(16), "check_out": day(18), "guests": 2}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 409);
+    assert_eq!(free(&app, 16, 17, "&page_size=10").await?, [b, c]);
+
+    // Dates go with cursors: the next page keeps them.
+    let first = page(
+        &app,
+        &format!(
+            "/api/v1/properties?check_in={}&check_out={}&page_size=1",
+            day(12),
+            day(13)
+        ),
+    )
+    .await?;
+    assert_eq!((first["count"].clone(), ids(&first)), (2.into(), vec![b]));
+    let cursor = first["next_cursor"].as_str().context("a next page")?;
+    let next = page(
+        &app,
+        &format!(
+            "/api/v1/properties?check_in={}&check_out={}&page_size=1&cursor={cursor}",
+            day(12),
+            day(13)
+        ),
+    )
+    .await?;
+    assert_eq!(ids(&next), [c]);
+    assert!(next["next_cursor"].is_null());
+    let r = app
+        .get(&format!(
+            "/api/v1/properties?check_in={}&check_out={}&page_size=1&cursor={cursor}",
+            day(12),
+            day(14)
+        ))
+        .await?;
+    assert_eq!(r.status(), 400, "a cursor of other dates");
+    Ok(())
+}
+
+async fn bad_dates_are_refused_naming_the_field(db: TestDb) -> anyhow::Result<()> {
+    let app = spawn_app(db).await?;
+    for (query, field) in [
+        (format!("check_in={}", day(3)), "check_out"),
+        (format!("check_out={}", day(3)), "check_in"),
+        (
+            format!("check_in={}&check_out={}", day(-1), day(3)),
+            "check_in",
+        ),
+        (
+            format!("check_in={}&check_out={}", day(3), day(3)),
+            "check_out",
+        ),
+        (
+            format!("check_in={}&check_out={}", day(5), day(4)),
+            "check_out",
+        ),
+        (
+            format!("check_in={}&check_out={}", day(1), day(92)),
+            "check_out",
+        ),
+        (
+            format!("check_in=2030-13-01&check_out={}", day(3)),
+            "check_in",
+        ),
+        (
+            format!("check_in={}&check_out=tomorrow", day(3)),
+            "check_out",
+        ),
+    ] {
+        let r = app.get(&format!("/api/v1/properties?{query}")).await?;
+        assert_eq!(r.status(), 422, "{query}");
+        let v: Value = r.json().await?;
+        assert_eq!(v["error"]["code"], "validation_failed", "{query}");
+        assert!(v["error"]["details"][field].is_string(), "{query}: {v}");
+    }
+    // 90 nights is a stay.
+    let r = app
+        .get(&format!(
+            "/api/v1/properties?check_in={}&check_out={}",
+            day(1),
+            day(91)
+        ))
+        .await?;
+    assert_eq!(r.status(), 200);
     Ok(())
 }
