@@ -12,11 +12,32 @@ use super::Cache;
 use super::response::CachedResponse;
 use crate::kv::keys::{KeyTemplate, Keys, Namespace};
 
+/// How long a date search may show bookings as they were: its entries are
+/// keyed by the window of this length they were read in, so an entry is
+/// served only within its window, whoever holds it (Redis, or a
+/// near-cache that kept it from later in its TTL), and expires with it.
+pub const SEARCH_WINDOW: Duration = Duration::from_secs(30);
+
+/// The number of the current [`SEARCH_WINDOW`] since the epoch.
+fn search_window() -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    now.as_secs() / SEARCH_WINDOW.as_secs()
+}
+
 /// A whole response the service caches.
 #[derive(Debug, Clone, Copy)]
 pub enum Entry<'a> {
     /// One page of the public property list, by its normalized query.
     PropertyList { query: &'a str },
+    /// One page of a search by dates, by its normalized query: it depends
+    /// on bookings too, which do not invalidate it (a booking would
+    /// otherwise make every date search of every property stale): it is
+    /// kept only for the current [`SEARCH_WINDOW`] (API.md: a date search
+    /// may lag bookings by up to 30 seconds; the booking itself is always
+    /// checked).
+    DateSearch { query: &'a str },
     /// Every featured property.
     Featured,
     /// One property that exists, without its view count (`views` joins
@@ -34,6 +55,7 @@ impl Entry<'_> {
     pub fn family(self) -> &'static str {
         match self {
             Entry::PropertyList { .. } => "property_list",
+            Entry::DateSearch { .. } => "date_search",
             Entry::Featured => "featured",
             Entry::PropertyDetail(_) => "property_detail",
             Entry::Dashboard(_) => "dashboard",
@@ -45,6 +67,7 @@ impl Entry<'_> {
     pub fn ttl(self) -> Duration {
         match self {
             Entry::PropertyList { .. } | Entry::PropertyDetail(_) => Duration::from_secs(600),
+            Entry::DateSearch { .. } => SEARCH_WINDOW,
             Entry::Featured | Entry::Dashboard(_) => Duration::from_secs(3600),
         }
     }
@@ -53,6 +76,7 @@ impl Entry<'_> {
     fn template(self, keys: &Keys) -> KeyTemplate {
         match self {
             Entry::PropertyList { query } => keys.property_list_template(query),
+            Entry::DateSearch { query } => keys.date_search_template(query, search_window()),
             Entry::Featured => keys.featured_template(),
             Entry::PropertyDetail(id) => keys.property_detail_template(id),
             Entry::Dashboard(user_id) => keys.dashboard_template(user_id),

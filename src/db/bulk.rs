@@ -215,11 +215,22 @@ impl BulkTx {
     }
 
     /// Commits; on PostgreSQL first moves each id sequence past the largest
-    /// id, so that rows created later get ids above the loaded ones.
+    /// id, so that rows created later get ids above the loaded ones. The
+    /// loaded tables are analyzed first: the list's plans (which index
+    /// serves a filter, or the id order) depend on their statistics, and a
+    /// catalogue loaded in bulk would otherwise be planned as empty until
+    /// autovacuum (PostgreSQL) or the next `PRAGMA optimize` (SQLite).
     pub async fn commit(self) -> anyhow::Result<()> {
         match self {
             BulkTx::Sqlite(mut t) => {
                 sqlx::query("DELETE FROM outbox_paused")
+                    .execute(&mut *t)
+                    .await?;
+                // Sampled statistics: a bounded cost whatever was loaded.
+                sqlx::query("PRAGMA analysis_limit = 1000")
+                    .execute(&mut *t)
+                    .await?;
+                sqlx::query("ANALYZE properties; ANALYZE bookings")
                     .execute(&mut *t)
                     .await?;
                 t.commit().await?;
@@ -234,6 +245,9 @@ impl BulkTx {
                         .execute(&mut *t)
                         .await?;
                 }
+                sqlx::query("ANALYZE properties, bookings")
+                    .execute(&mut *t)
+                    .await?;
                 t.commit().await?;
             }
         }

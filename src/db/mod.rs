@@ -74,7 +74,13 @@ impl Db {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(15))
-                .foreign_keys(true);
+                .foreign_keys(true)
+                // Statistics for the planner, refreshed (sampled, bounded)
+                // where they are missing or stale as each connection
+                // opens: without them SQLite serves `guests=` pages from
+                // its index and sorts every match instead of walking ids.
+                .pragma("analysis_limit", "1000")
+                .pragma("optimize", "0x10002");
             let pool = SqlitePoolOptions::new()
                 .max_connections(8)
                 .acquire_timeout(Duration::from_secs(15))

@@ -2,10 +2,11 @@
 //! so that past bookings keep their record, and hidden from every lookup.
 
 use serde::{Deserialize, Serialize};
+use sqlx::{Database, Encode, QueryBuilder, Type};
 use time::OffsetDateTime;
 
 use super::Db;
-use crate::domain::Money;
+use crate::domain::{Money, StayDates};
 use crate::with_pool;
 
 /// A property as the API shows it (`view_count` as stored; a detail shows
@@ -78,6 +79,8 @@ pub struct PropertyFilter {
     pub min_price: Option<Money>,
     pub max_price: Option<Money>,
     pub guests: Option<i32>,
+    /// Free for this stay: no confirmed booking overlaps it.
+    pub stay: Option<StayDates>,
 }
 
 /// The writable fields of a property, all set (create) or some (patch).
@@ -133,37 +136,113 @@ pub enum DeleteOutcome {
     HasActiveBookings,
 }
 
-const FILTER: &str = "deleted_at IS NULL
-    AND ($1 IS NULL OR lower(city) = lower($1))
-    AND ($2 IS NULL OR lower(country) = lower($2))
-    AND ($3 IS NULL OR price_cents >= $3)
-    AND ($4 IS NULL OR price_cents <= $4)
-    AND ($5 IS NULL OR max_guests >= $5)";
+/// Matches a list counts exactly; beyond it the count stops (API.md: an
+/// exact count of a million matches would read a million rows).
+pub const LIST_COUNT_CAP: i64 = 10_000;
+
+/// Where a page of the list starts: an offset (page numbers, bounded by
+/// the caller) or after an id (cursors: one index seek at any depth).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    Offset(i64),
+    After(i64),
+}
+
+/// One page of the filtered list.
+#[derive(Debug)]
+pub struct ListPage {
+    /// Matches, at most [`LIST_COUNT_CAP`].
+    pub count: i64,
+    /// More than [`LIST_COUNT_CAP`] match.
+    pub capped: bool,
+    pub results: Vec<Property>,
+    /// Matches follow the last of `results`.
+    pub more: bool,
+}
+
+/// Appends the `WHERE` clause of `f`: only the filters given, each a plain
+/// condition on an indexed expression, so that the plan of a query (also a
+/// PostgreSQL generic plan, made once per statement text) is the one for
+/// its filters, never a catch-all for `$n IS NULL OR …`. The text of a
+/// condition matches its index expression exactly (`lower(city)`), see
+/// `docs/PERFORMANCE.md` for the plan each takes.
+fn push_filter<DB: Database>(qb: &mut QueryBuilder<DB>, f: &PropertyFilter)
+where
+    for<'t> String: Encode<'t, DB> + Type<DB>,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+    for<'t> i32: Encode<'t, DB> + Type<DB>,
+    for<'t> time::Date: Encode<'t, DB> + Type<DB>,
+{
+    qb.push(" WHERE deleted_at IS NULL");
+    if let Some(city) = &f.city {
+        qb.push(" AND lower(city) = ").push_bind(city.clone());
+    }
+    if let Some(country) = &f.country {
+        qb.push(" AND lower(country) = ").push_bind(country.clone());
+    }
+    if let Some(min) = f.min_price {
+        qb.push(" AND price_cents >= ").push_bind(min.cents());
+    }
+    if let Some(max) = f.max_price {
+        qb.push(" AND price_cents <= ").push_bind(max.cents());
+    }
+    if let Some(guests) = f.guests {
+        qb.push(" AND max_guests >= ").push_bind(guests);
+    }
+    if let Some(stay) = f.stay {
+        // The overlap test of the booking rules (half-open stays: a
+        // check-out day is free for the next check-in), per property
+        // through the partial index on confirmed bookings.
+        qb.push(
+            " AND NOT EXISTS (SELECT 1 FROM bookings b WHERE b.property_id = properties.id \
+             AND b.status = 'confirmed' AND b.check_in < ",
+        )
+        .push_bind(stay.check_out())
+        .push(" AND b.check_out > ")
+        .push_bind(stay.check_in())
+        .push(")");
+    }
+}
 
 impl Db {
-    /// One page of the filtered list, ordered by id, and the total count.
+    /// One page of the filtered list, ordered by id, with the count of
+    /// matches up to [`LIST_COUNT_CAP`]: the count reads at most one row
+    /// more than the cap, the page at most its offset plus `limit + 1`
+    /// rows (the extra one says whether more follow).
     pub async fn list_properties(
         &self,
         f: &PropertyFilter,
-        page: u32,
-        page_size: u32,
-    ) -> anyhow::Result<(i64, Vec<Property>)> {
-        let count_sql = format!("SELECT COUNT(*) FROM properties WHERE {FILTER}");
-        let page_sql =
-            format!("SELECT {COLS} FROM properties WHERE {FILTER} ORDER BY id LIMIT $6 OFFSET $7");
-        let offset = i64::from(page.saturating_sub(1)) * i64::from(page_size);
-        let (min, max) = (f.min_price.map(Money::cents), f.max_price.map(Money::cents));
-        let (count, rows) = with_pool!(self, p => {
-            let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(count_sql))
-                .bind(f.city.as_deref()).bind(f.country.as_deref()).bind(min).bind(max).bind(f.guests)
-                .fetch_one(p).await?;
-            let rows = sqlx::query_as::<_, PropertyRow>(sqlx::AssertSqlSafe(page_sql))
-                .bind(f.city.as_deref()).bind(f.country.as_deref()).bind(min).bind(max).bind(f.guests)
-                .bind(i64::from(page_size)).bind(offset)
-                .fetch_all(p).await?;
-            (count, rows)
+        at: Position,
+        limit: u32,
+    ) -> anyhow::Result<ListPage> {
+        let (count, mut rows) = with_pool!(self, p => {
+            let mut count_q = QueryBuilder::new("SELECT count(*) FROM (SELECT 1 FROM properties");
+            push_filter(&mut count_q, f);
+            count_q.push(" LIMIT ").push_bind(LIST_COUNT_CAP + 1).push(") AS m");
+            let mut page_q = QueryBuilder::new(format!("SELECT {COLS} FROM properties"));
+            push_filter(&mut page_q, f);
+            if let Position::After(id) = at {
+                page_q.push(" AND id > ").push_bind(id);
+            }
+            page_q.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit) + 1);
+            if let Position::Offset(offset) = at {
+                page_q.push(" OFFSET ").push_bind(offset);
+            }
+            // Two statements on two connections at once: the answer waits
+            // for the slower, not for both.
+            tokio::try_join!(
+                count_q.build_query_scalar::<i64>().fetch_one(p),
+                page_q.build_query_as::<PropertyRow>().fetch_all(p),
+            )?
         });
-        Ok((count, rows.into_iter().map(Property::from).collect()))
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        Ok(ListPage {
+            count: count.min(LIST_COUNT_CAP),
+            capped: count > LIST_COUNT_CAP,
+            results: rows.into_iter().map(Property::from).collect(),
+            more,
+        })
     }
 
     /// The first [`FEATURED_LIST_MAX`] featured properties by id.

@@ -11,7 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::properties::Page;
-use time::{Date, OffsetDateTime};
+use time::OffsetDateTime;
 
 use super::AppState;
 use super::extract::{ApiJson, ApiQuery, AuthUser, IdPath};
@@ -20,13 +20,10 @@ use super::openapi::ErrorBody;
 use crate::db::bookings::{Booking, BookingRefused, NewBooking};
 use crate::db::properties::Property;
 use crate::db::users::User;
-use crate::domain::BookingStatus;
+use crate::domain::{BookingStatus, StayDates};
 use crate::error::{ApiError, ApiResult, FieldErrors};
 use crate::outbox::Fact;
 use crate::ratelimit::Scope;
-
-/// Longest stay that can be booked.
-pub const MAX_NIGHTS: i64 = 90;
 
 /// Routes of `/api/v1/bookings`: list, create, cancel, each with its
 /// description.
@@ -94,11 +91,6 @@ struct BookingBody {
     guests: i32,
 }
 
-fn parse_date(s: &str) -> Option<Date> {
-    let fmt = time::macros::format_description!("[year]-[month]-[day]");
-    Date::parse(s, &fmt).ok()
-}
-
 /// Books a stay; at most 5 attempts per user per hour.
 #[utoipa::path(post, path = "/api/v1/bookings", tag = "bookings",
     params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 printable ASCII characters: a retry with the same key and body within 24 hours gets the first answer again (`Idempotent-Replayed: true`) and changes nothing; another body is 422, a retry while the first runs 409")),
@@ -162,32 +154,17 @@ async fn create_checked(
 ) -> ApiResult<(StatusCode, Json<Booking>)> {
     let mut errors = FieldErrors::new();
     let today = OffsetDateTime::now_utc().date();
-    let check_in = parse_date(&body.check_in);
-    let check_out = parse_date(&body.check_out);
-    match check_in {
-        None => drop(errors.insert("check_in".into(), "must be a date YYYY-MM-DD".into())),
-        Some(d) if d < today => {
-            drop(errors.insert("check_in".into(), "must be today or later".into()))
+    let stay = match StayDates::parse(&body.check_in, &body.check_out, today) {
+        Ok(stay) => stay,
+        Err(broken) => {
+            errors.extend(broken.into_iter().map(|(f, m)| (f.to_owned(), m)));
+            // The answer names every field at fault, the property's too.
+            let property = state.db.property(body.property_id).await?;
+            property_errors(property.as_ref(), user, body.guests, &mut errors);
+            return Err(ApiError::Validation(errors));
         }
-        _ => {}
-    }
-    match (check_in, check_out) {
-        (_, None) => drop(errors.insert("check_out".into(), "must be a date YYYY-MM-DD".into())),
-        (Some(i), Some(o)) if o <= i => {
-            drop(errors.insert("check_out".into(), "must be after check_in".into()))
-        }
-        (Some(i), Some(o)) if (o - i).whole_days() > MAX_NIGHTS => drop(errors.insert(
-            "check_out".into(),
-            format!("a stay is at most {MAX_NIGHTS} nights"),
-        )),
-        _ => {}
-    }
-    let (Some(check_in), Some(check_out), true) = (check_in, check_out, errors.is_empty()) else {
-        // The answer names every field at fault, the property's too.
-        let property = state.db.property(body.property_id).await?;
-        property_errors(property.as_ref(), user, body.guests, &mut errors);
-        return Err(ApiError::Validation(errors));
     };
+    let (check_in, check_out) = (stay.check_in(), stay.check_out());
     let new = NewBooking {
         property_id: body.property_id,
         guest_id: user.id,

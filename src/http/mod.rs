@@ -12,6 +12,7 @@ pub mod dashboard;
 pub mod extract;
 pub mod idempotency;
 pub mod limits;
+pub mod list_query;
 pub mod middleware;
 pub mod openapi;
 pub mod ops;

@@ -1,4 +1,5 @@
-//! Properties: the public list (whole response cached per normalized query),
+//! Properties: the public list (whole response cached per normalized query,
+//! see `list_query`),
 //! featured list and detail (cache-aside), and the host's create, update
 //! and delete, each of which invalidates every cached view before answering.
 
@@ -9,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -17,12 +18,12 @@ use super::AppState;
 use super::caching::{self, Audience, Conditional};
 use super::extract::{ApiJson, ApiQuery, AuthUser, IdPath, non_null};
 use super::limits;
+use super::list_query::ListQuery;
 use super::openapi::ErrorBody;
 use crate::cache::Entry;
 use crate::cache::response::CachedResponse;
 use crate::db::properties::{
-    DeleteOutcome, HOST_FEATURED_MAX, NewProperty, Property, PropertyFields, PropertyFilter,
-    Updated,
+    DeleteOutcome, HOST_FEATURED_MAX, NewProperty, Property, PropertyFields, Updated,
 };
 use crate::domain::{MAX_PRICE_CENTS, Money, Role, check_text};
 use crate::error::{ApiError, ApiResult, FieldErrors};
@@ -39,100 +40,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(detail, update, remove))
 }
 
-/// Query of the public list, as sent.
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct ListQuery {
-    /// Page number, from 1.
-    #[param(minimum = 1, maximum = 1000000, nullable = false)]
-    page: Option<u32>,
-    /// Results per page (default 20).
-    #[param(minimum = 1, maximum = 100, nullable = false)]
-    page_size: Option<u32>,
-    /// City, any case.
-    #[param(min_length = 1, max_length = 100, nullable = false)]
-    city: Option<String>,
-    /// Country, any case.
-    #[param(min_length = 1, max_length = 100, nullable = false)]
-    country: Option<String>,
-    /// Lowest price per night, a decimal string (`"50.00"`).
-    #[param(pattern = "^[0-9]{1,12}\\.[0-9]{2}$", nullable = false)]
-    min_price: Option<String>,
-    /// Highest price per night, a decimal string (`"150.00"`).
-    #[param(pattern = "^[0-9]{1,12}\\.[0-9]{2}$", nullable = false)]
-    max_price: Option<String>,
-    /// Guests the property must take.
-    #[param(minimum = 1, maximum = 50, nullable = false)]
-    guests: Option<i32>,
-}
-
-/// A validated list query and its canonical form (the cache key part), so
-/// that parameter order, case of city/country and defaults do not matter.
-pub struct NormalizedList {
-    pub filter: PropertyFilter,
-    pub page: u32,
-    pub page_size: u32,
-    pub canonical: String,
-}
-
-impl ListQuery {
-    /// Validates the query (a 400 naming the bad parameter) and fills in defaults.
-    pub fn normalize(self) -> Result<NormalizedList, ApiError> {
-        let bad = |m: &str| ApiError::InvalidRequest(m.to_owned());
-        let page = self.page.unwrap_or(1);
-        if page == 0 || page > 1_000_000 {
-            return Err(bad("page must be between 1 and 1000000"));
-        }
-        let page_size = self.page_size.unwrap_or(20);
-        if !(1..=100).contains(&page_size) {
-            return Err(bad("page_size must be between 1 and 100"));
-        }
-        let text = |v: Option<String>, name: &str| -> Result<Option<String>, ApiError> {
-            match v.map(|s| s.trim().to_lowercase()) {
-                Some(s) if check_text(&s, 1, 100).is_err() => Err(bad(&format!(
-                    "{name} must be 1 to 100 characters, without control characters"
-                ))),
-                other => Ok(other),
-            }
-        };
-        let money = |v: Option<String>, name: &str| -> Result<Option<Money>, ApiError> {
-            v.map(|s| {
-                Money::parse(&s).map_err(|_| bad(&format!("{name} must be a decimal like 85.50")))
-            })
-            .transpose()
-        };
-        let filter = PropertyFilter {
-            city: text(self.city, "city")?,
-            country: text(self.country, "country")?,
-            min_price: money(self.min_price, "min_price")?,
-            max_price: money(self.max_price, "max_price")?,
-            guests: self.guests,
-        };
-        if filter.guests.is_some_and(|g| !(1..=50).contains(&g)) {
-            return Err(bad("guests must be between 1 and 50"));
-        }
-        // A tuple serializes as the JSON array it always was (same keys as
-        // before), without building a `Value` tree per request.
-        let canonical = serde_json::to_string(&(
-            page,
-            page_size,
-            &filter.city,
-            &filter.country,
-            filter.min_price.map(|m| m.cents()),
-            filter.max_price.map(|m| m.cents()),
-            filter.guests,
-        ))
-        .map_err(|e| ApiError::Internal(e.into()))?;
-        Ok(NormalizedList {
-            filter,
-            page,
-            page_size,
-            canonical,
-        })
-    }
-}
-
 /// One page of a list, as `API.md` shapes it.
 #[derive(Serialize, ToSchema)]
 pub struct Page<T> {
@@ -144,11 +51,31 @@ pub struct Page<T> {
     pub results: Vec<T>,
 }
 
+/// One page of the public property list, as `API.md` shapes it.
+#[derive(Serialize, ToSchema)]
+pub struct PropertyPage {
+    /// Matches across all pages, exact up to 10000; beyond that 10000
+    /// with `count_capped`.
+    #[schema(minimum = 0, maximum = 10000)]
+    pub count: i64,
+    /// More than 10000 properties match: `count` stopped there.
+    pub count_capped: bool,
+    /// The page number (with a cursor: how many pages it came through).
+    #[schema(minimum = 1)]
+    pub page: u32,
+    /// Send as `cursor` (with the same filters) for the next page; null
+    /// on the last page.
+    pub next_cursor: Option<String>,
+    pub results: Vec<Property>,
+}
+
 /// The public list, filtered, ordered by id, cached whole per normalized query.
 #[utoipa::path(get, path = "/api/v1/properties", tag = "properties",
     params(ListQuery),
     responses(
-        (status = 200, description = "One page of properties", body = Page<Property>),
+        (status = 200, description = "One page of properties", body = PropertyPage),
+        (status = 400, description = "`invalid_request`: a parameter that does not fit, `page × page_size` over 10000 (use `cursor`), or a cursor of another query", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: `check_in`/`check_out` break the booking rules or come alone (`details` per field)", body = ErrorBody),
     ))]
 async fn list(
     State(state): State<AppState>,
@@ -157,26 +84,30 @@ async fn list(
 ) -> ApiResult<Response> {
     let q = q.normalize()?;
     let compute = || async {
-        let (count, results) = state
+        let found = state
             .db
-            .list_properties(&q.filter, q.page, q.page_size)
+            .list_properties(&q.filter, q.position, q.page_size)
             .await?;
-        let body = Page {
-            count,
+        let next_cursor = match found.results.last() {
+            Some(last) if found.more => Some(q.next_cursor(last.id)),
+            _ => None,
+        };
+        let body = PropertyPage {
+            count: found.count,
+            count_capped: found.capped,
             page: q.page,
-            results,
+            next_cursor,
+            results: found.results,
         };
         Ok(Bytes::from(serde_json::to_vec(&body)?))
     };
-    let entry = state
-        .cache
-        .response(
-            Entry::PropertyList {
-                query: &q.canonical,
-            },
-            compute,
-        )
-        .await?;
+    let query = &q.canonical;
+    let entry = if q.has_dates() {
+        Entry::DateSearch { query }
+    } else {
+        Entry::PropertyList { query }
+    };
+    let entry = state.cache.response(entry, compute).await?;
     Ok(caching::respond(&headers, &entry, Audience::Public))
 }
 
@@ -543,27 +474,5 @@ async fn remove(
         DeleteOutcome::HasActiveBookings => Err(ApiError::Conflict(
             "the property has confirmed bookings that have not ended",
         )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_canonical_query_is_the_cache_key_it_always_was() -> anyhow::Result<()> {
-        let q = ListQuery {
-            page: Some(2),
-            page_size: None,
-            city: Some(" Nairobi ".into()),
-            country: None,
-            min_price: Some("50.00".into()),
-            max_price: None,
-            guests: Some(3),
-        };
-        let n = q.normalize().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        // Cached entries of earlier versions are keyed by exactly this text.
-        assert_eq!(n.canonical, r#"[2,20,"nairobi",null,5000,null,3]"#);
-        Ok(())
     }
 }

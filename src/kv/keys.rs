@@ -221,6 +221,25 @@ impl Keys {
             .render(&[generation])
     }
 
+    /// One page of a search by dates for one normalized query, read in
+    /// time window `window` (see `cache::policy::SEARCH_WINDOW`), before
+    /// the properties generation is known. Under `property:list:` so that
+    /// the guide's list patterns take it too.
+    pub fn date_search_template(&self, normalized_query: &str, window: u64) -> KeyTemplate {
+        KeyTemplate::new(
+            vec![self.generation(Namespace::Properties)],
+            vec![
+                self.cache("property:list:dates:g"),
+                cat(&[
+                    ":w",
+                    itoa::Buffer::new().format(window),
+                    ":",
+                    normalized_query,
+                ]),
+            ],
+        )
+    }
+
     /// The featured list, before the properties generation is known.
     pub fn featured_template(&self) -> KeyTemplate {
         KeyTemplate::new(

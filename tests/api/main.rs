@@ -31,6 +31,7 @@ mod outbox;
 mod properties;
 mod restart;
 mod safe_defaults;
+mod search;
 mod seed_import;
 mod session_suite;
 mod shutdown;
