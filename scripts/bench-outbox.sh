@@ -4,7 +4,9 @@
 # the UPDATE (whose trigger records the outbox row) and, after the
 # invalidation, the request's SELECT of its rows and their DELETE —
 # against the bare UPDATE with the trigger disabled, with pgbench,
-# alternating rounds in one run on one seeded database.
+# alternating rounds in one run on one seeded database. "answer path" is
+# what the answer waits for (the UPDATE and the SELECT; the request deletes
+# its rows after answering).
 #
 # Usage: scripts/bench-outbox.sh      Knobs: DURATION (15 s), ROUNDS (2),
 # CLIENTS (4), PG_ADMIN, BUILD (1: cargo build --release first).
@@ -36,6 +38,12 @@ cat >"$WORK/patch.sql" <<'SQL'
 \set cents random(1000, 50000)
 UPDATE properties SET price_cents = :cents, updated_at = now() WHERE id = :id AND deleted_at IS NULL;
 SQL
+cat >"$WORK/patch_answer.sql" <<'SQL'
+\set id random(1, 10000)
+\set cents random(1000, 50000)
+UPDATE properties SET price_cents = :cents, updated_at = now() WHERE id = :id AND deleted_at IS NULL;
+SELECT id FROM outbox WHERE event = 'property_changed' AND subject = :id ORDER BY id LIMIT 1000;
+SQL
 cat >"$WORK/patch_outbox.sql" <<'SQL'
 \set id random(1, 10000)
 \set cents random(1000, 50000)
@@ -52,6 +60,9 @@ for round in $(seq 1 "$ROUNDS"); do
   pgbench -n -c "$CLIENTS" -T "$DURATION" -f "$WORK/patch.sql" "$URL" >"$WORK/a" 2>&1
   printf '%-16s %-6s %8s %12s\n' "without outbox" "$round" "$(tps "$WORK/a")" "$(lat "$WORK/a")" >>"$WORK/results"
   psql "$URL" -qc "ALTER TABLE properties ENABLE TRIGGER outbox_property" >/dev/null
+  pgbench -n -c "$CLIENTS" -T "$DURATION" -f "$WORK/patch_answer.sql" "$URL" >"$WORK/c" 2>&1
+  printf '%-16s %-6s %8s %12s\n' "answer path" "$round" "$(tps "$WORK/c")" "$(lat "$WORK/c")" >>"$WORK/results"
+  psql "$URL" -qc "DELETE FROM outbox" >/dev/null
   pgbench -n -c "$CLIENTS" -T "$DURATION" -f "$WORK/patch_outbox.sql" "$URL" >"$WORK/b" 2>&1
   printf '%-16s %-6s %8s %12s\n' "with outbox" "$round" "$(tps "$WORK/b")" "$(lat "$WORK/b")" >>"$WORK/results"
 done
