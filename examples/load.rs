@@ -224,7 +224,7 @@ async fn cache(redis: String, concurrency: usize, duration: Duration) -> anyhow:
     let cache = Cache::redis(role, keys.clone());
     let query = "[1,20,\"nairobi\",null,null,null,null]";
     let page = Bytes::from(vec![b'x'; 8 * 1024]);
-    let template = keys.property_list_template(query);
+    let template = keys.property_list_template(query, Namespace::Lists);
     let ttl = Duration::from_secs(600);
     let p = page.clone();
     cache
@@ -233,18 +233,24 @@ async fn cache(redis: String, concurrency: usize, duration: Duration) -> anyhow:
 
     let c = cache.clone();
     run(
-        "generation, then entry (2 trips)",
+        "generations one by one, then entry (3 trips)",
         concurrency,
         duration,
         move |_, _| {
             let c = c.clone();
             async move {
-                match c.generation(Namespace::Properties).await {
-                    Some(g) => {
-                        let key = c.keys().property_list(g, query);
+                match (
+                    c.generation(Namespace::Properties).await,
+                    c.generation(Namespace::Lists).await,
+                ) {
+                    (Some(g), Some(p)) => {
+                        let key = c
+                            .keys()
+                            .property_list_template(query, Namespace::Lists)
+                            .render(&[g, p]);
                         c.get_bytes("bench", &key).await.is_some()
                     }
-                    None => false,
+                    _ => false,
                 }
             }
         },

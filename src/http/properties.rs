@@ -21,6 +21,7 @@ use super::limits;
 use super::list_query::ListQuery;
 use super::openapi::ErrorBody;
 use crate::cache::Entry;
+use crate::cache::policy::{Place, Shown};
 use crate::cache::response::CachedResponse;
 use crate::db::properties::{
     DeleteOutcome, HOST_FEATURED_MAX, NewProperty, Property, PropertyFields, Updated,
@@ -102,10 +103,11 @@ async fn list(
         Ok(Bytes::from(serde_json::to_vec(&body)?))
     };
     let query = &q.canonical;
+    let place = Place::of(q.filter.city.as_deref(), q.filter.country.as_deref());
     let entry = if q.has_dates() {
-        Entry::DateSearch { query }
+        Entry::DateSearch { query, place }
     } else {
-        Entry::PropertyList { query }
+        Entry::PropertyList { query, place }
     };
     let entry = state.cache.response(entry, compute).await?;
     Ok(caching::respond(&headers, &entry, Audience::Public))
@@ -384,7 +386,11 @@ async fn create(
         .ok_or_else(featured_quota_full)?;
     state
         .outbox
-        .settle(&[Fact::PropertyChanged(property.id)])
+        .settle(&[Fact::PropertyChanged {
+            id: property.id,
+            before: None,
+            after: Some(shown(&property)),
+        }])
         .await?;
     Ok(limits::noted(
         (StatusCode::CREATED, Json(property)).into_response(),
@@ -398,6 +404,11 @@ fn featured_quota_full() -> ApiError {
         "is_featured",
         format!("a host may have at most {HOST_FEATURED_MAX} featured properties"),
     )
+}
+
+/// Where a property is shown (what its change makes stale).
+fn shown(p: &Property) -> Shown {
+    Shown::new(&p.city, &p.country, p.is_featured)
 }
 
 /// Loads a live property and checks that `user` is its host.
@@ -427,7 +438,7 @@ async fn update(
     IdPath(id): IdPath,
     ApiJson(body): ApiJson<PropertyBody>,
 ) -> ApiResult<Json<Property>> {
-    owned(&state, id, user.id).await?;
+    let before = owned(&state, id, user.id).await?;
     let fields = body.validate(false)?;
     let updated = match state
         .db
@@ -438,7 +449,14 @@ async fn update(
         Updated::NotFound => return Err(ApiError::NotFound),
         Updated::FeaturedQuotaFull => return Err(featured_quota_full()),
     };
-    state.outbox.settle(&[Fact::PropertyChanged(id)]).await?;
+    state
+        .outbox
+        .settle(&[Fact::PropertyChanged {
+            id,
+            before: Some(shown(&before)),
+            after: Some(shown(&updated)),
+        }])
+        .await?;
     let view_count = state.views.shown(id).await?.unwrap_or(updated.view_count);
     Ok(Json(Property {
         view_count,
@@ -462,11 +480,18 @@ async fn remove(
     AuthUser(user): AuthUser,
     IdPath(id): IdPath,
 ) -> ApiResult<StatusCode> {
-    owned(&state, id, user.id).await?;
+    let before = owned(&state, id, user.id).await?;
     let now = OffsetDateTime::now_utc();
     match state.db.delete_property(id, now.date(), now).await? {
         DeleteOutcome::Deleted => {
-            state.outbox.settle(&[Fact::PropertyChanged(id)]).await?;
+            state
+                .outbox
+                .settle(&[Fact::PropertyChanged {
+                    id,
+                    before: Some(shown(&before)),
+                    after: None,
+                }])
+                .await?;
             state.views.forget(id).await;
             Ok(StatusCode::NO_CONTENT)
         }

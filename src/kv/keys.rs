@@ -26,8 +26,21 @@ const _: () = assert!(SESSION_SHARDS <= 100);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Namespace {
     /// Everything derived from properties (lists, featured, details,
-    /// dashboards' recommendations, the guide's query results).
+    /// dashboards' recommendations, the guide's query results): every
+    /// entry below depends on it too, so bumping it makes them all stale
+    /// (what an operator, or a change whose details are unknown, does).
     Properties,
+    /// One property's detail.
+    Property(i64),
+    /// The list pages filtered by one city ([`place_tag`] of its name).
+    City(u64),
+    /// The list pages filtered by one country (no city filter).
+    Country(u64),
+    /// The list pages filtered by neither city nor country: any property
+    /// may enter or leave them.
+    Lists,
+    /// The featured list and the dashboards' recommendations.
+    Featured,
     /// One user's cached data (dashboard, the guide's user data).
     User(i64),
 }
@@ -37,9 +50,24 @@ impl Namespace {
     fn name(self, id: &mut itoa::Buffer) -> [&str; 2] {
         match self {
             Namespace::Properties => ["properties", ""],
+            Namespace::Property(n) => ["property:", id.format(n)],
+            Namespace::City(t) => ["city:", id.format(t)],
+            Namespace::Country(t) => ["country:", id.format(t)],
+            Namespace::Lists => ["lists", ""],
+            Namespace::Featured => ["featured", ""],
             Namespace::User(n) => ["user:", id.format(n)],
         }
     }
+}
+
+/// A city's or country's tag in generation keys: the first 8 bytes of the
+/// SHA-256 of its name in lower case, trimmed (the list filters match
+/// names case-insensitively; a tag keeps free text out of keys).
+pub fn place_tag(name: &str) -> u64 {
+    let digest = Sha256::digest(name.trim().to_lowercase().as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
 }
 
 /// The strings `parts` joined, allocated once at the final size. Keys on
@@ -208,28 +236,40 @@ impl Keys {
 
     /// Whole response of the public property list for one normalized query,
     /// before the properties generation is known.
-    pub fn property_list_template(&self, normalized_query: &str) -> KeyTemplate {
+    /// `place` is the namespace of the pages it may be among (a city, a
+    /// country, or every list: [`Namespace::Lists`]).
+    pub fn property_list_template(&self, normalized_query: &str, place: Namespace) -> KeyTemplate {
         KeyTemplate::new(
-            vec![self.generation(Namespace::Properties)],
-            vec![self.cache("property:list:g"), cat(&[":", normalized_query])],
+            vec![
+                self.generation(Namespace::Properties),
+                self.generation(place),
+            ],
+            vec![
+                self.cache("property:list:g"),
+                ":p".to_owned(),
+                cat(&[":", normalized_query]),
+            ],
         )
-    }
-
-    /// Whole response of the public property list for one normalized query.
-    pub fn property_list(&self, generation: u64, normalized_query: &str) -> String {
-        self.property_list_template(normalized_query)
-            .render(&[generation])
     }
 
     /// One page of a search by dates for one normalized query, read in
     /// time window `window` (see `cache::policy::SEARCH_WINDOW`), before
     /// the properties generation is known. Under `property:list:` so that
     /// the guide's list patterns take it too.
-    pub fn date_search_template(&self, normalized_query: &str, window: u64) -> KeyTemplate {
+    pub fn date_search_template(
+        &self,
+        normalized_query: &str,
+        window: u64,
+        place: Namespace,
+    ) -> KeyTemplate {
         KeyTemplate::new(
-            vec![self.generation(Namespace::Properties)],
+            vec![
+                self.generation(Namespace::Properties),
+                self.generation(place),
+            ],
             vec![
                 self.cache("property:list:dates:g"),
+                ":p".to_owned(),
                 cat(&[
                     ":w",
                     itoa::Buffer::new().format(window),
@@ -243,14 +283,16 @@ impl Keys {
     /// The featured list, before the properties generation is known.
     pub fn featured_template(&self) -> KeyTemplate {
         KeyTemplate::new(
-            vec![self.generation(Namespace::Properties)],
-            vec![self.cache("property:list:featured:g"), String::new()],
+            vec![
+                self.generation(Namespace::Properties),
+                self.generation(Namespace::Featured),
+            ],
+            vec![
+                self.cache("property:list:featured:g"),
+                ":f".to_owned(),
+                String::new(),
+            ],
         )
-    }
-
-    /// The featured list at properties generation `generation`.
-    pub fn featured(&self, generation: u64) -> String {
-        self.featured_template().render(&[generation])
     }
 
     /// One property (its view count kept out: `views` joins the live
@@ -258,9 +300,13 @@ impl Keys {
     /// it apart from the entries of older versions, which held the count.
     pub fn property_detail_template(&self, id: i64) -> KeyTemplate {
         KeyTemplate::new(
-            vec![self.generation(Namespace::Properties)],
+            vec![
+                self.generation(Namespace::Properties),
+                self.generation(Namespace::Property(id)),
+            ],
             vec![
                 self.cache("property:detail:g"),
+                ":p".to_owned(),
                 cat(&[":n:", itoa::Buffer::new().format(id)]),
             ],
         )
@@ -272,6 +318,7 @@ impl Keys {
         KeyTemplate::new(
             vec![
                 self.generation(Namespace::Properties),
+                self.generation(Namespace::Featured),
                 self.generation(Namespace::User(user_id)),
             ],
             vec![
@@ -281,16 +328,11 @@ impl Keys {
                     itoa::Buffer::new().format(user_id),
                     ":g",
                 ]),
+                ":f".to_owned(),
                 ":u".to_owned(),
                 String::new(),
             ],
         )
-    }
-
-    /// A user's dashboard at the given properties and user generations.
-    pub fn dashboard(&self, generation: u64, user_generation: u64, user_id: i64) -> String {
-        self.dashboard_template(user_id)
-            .render(&[generation, user_generation])
     }
 
     /// Short-lived data stored once and taken once (the guide's
@@ -631,14 +673,27 @@ mod tests {
             "p:cache:gen:{g}:user:7"
         );
         assert_eq!(
-            keys.property_list(12, "[1]"),
-            "p:cache:property:list:g12:[1]"
+            keys.property_list_template("[1]", Namespace::Lists)
+                .render(&[12, 4]),
+            "p:cache:property:list:g12:p4:[1]"
         );
-        assert_eq!(keys.featured(3), "p:cache:property:list:featured:g3");
         assert_eq!(
-            keys.property_detail_template(42).render(&[5]),
-            "p:cache:property:detail:g5:n:42"
+            keys.featured_template().render(&[3, 1]),
+            "p:cache:property:list:featured:g3:f1"
         );
-        assert_eq!(keys.dashboard(1, 2, 9), "p:cache:user:dashboard:9:g1:u2");
+        assert_eq!(
+            keys.property_detail_template(42).render(&[5, 2]),
+            "p:cache:property:detail:g5:p2:n:42"
+        );
+        assert_eq!(
+            keys.dashboard_template(9).render(&[1, 3, 2]),
+            "p:cache:user:dashboard:9:g1:f3:u2"
+        );
+        assert_eq!(
+            keys.generation(Namespace::City(place_tag(" Nairobi "))),
+            keys.generation(Namespace::City(place_tag("nairobi"))),
+            "a city's tag does not depend on case or spaces"
+        );
+        assert_eq!(keys.generation(Namespace::Lists), "p:cache:gen:{g}:lists");
     }
 }

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::cache::policy::Shown;
 use crate::cache::{Cache, Event};
 use crate::db::Db;
 use crate::db::outbox::OutboxRow;
@@ -26,8 +27,14 @@ use crate::jobs::{Job, JobQueue};
 /// A fact a write records (the triggers' `event` and `subject`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Fact {
-    /// A property was created, changed or deleted.
-    PropertyChanged(i64),
+    /// A property was created, changed or deleted; where it was and is
+    /// shown when the writer knows (the relay, reading rows, does not:
+    /// then everything derived from properties is invalidated).
+    PropertyChanged {
+        id: i64,
+        before: Option<Shown>,
+        after: Option<Shown>,
+    },
     /// A booking of this guest was made or its status changed.
     BookingChanged { guest_id: i64 },
     /// A booking was made: its confirmation is mailed.
@@ -37,7 +44,7 @@ pub enum Fact {
 impl Fact {
     fn event(self) -> &'static str {
         match self {
-            Fact::PropertyChanged(_) => "property_changed",
+            Fact::PropertyChanged { .. } => "property_changed",
             Fact::BookingChanged { .. } => "booking_changed",
             Fact::BookingCreated(_) => "booking_created",
         }
@@ -45,14 +52,18 @@ impl Fact {
 
     fn subject(self) -> i64 {
         match self {
-            Fact::PropertyChanged(id) | Fact::BookingCreated(id) => id,
+            Fact::PropertyChanged { id, .. } | Fact::BookingCreated(id) => id,
             Fact::BookingChanged { guest_id } => guest_id,
         }
     }
 
     fn from_row(row: &OutboxRow) -> Option<Fact> {
         match row.event.as_str() {
-            "property_changed" => Some(Fact::PropertyChanged(row.subject)),
+            "property_changed" => Some(Fact::PropertyChanged {
+                id: row.subject,
+                before: None,
+                after: None,
+            }),
             "booking_changed" => Some(Fact::BookingChanged {
                 guest_id: row.subject,
             }),
@@ -65,7 +76,14 @@ impl Fact {
     /// it makes stale), or a job.
     fn effect(self) -> Effect {
         match self {
-            Fact::PropertyChanged(_) => Effect::Cache(Event::PropertyChanged),
+            Fact::PropertyChanged {
+                before: None,
+                after: None,
+                ..
+            } => Effect::Cache(Event::PropertiesChanged),
+            Fact::PropertyChanged { id, before, after } => {
+                Effect::Cache(Event::PropertyChanged { id, before, after })
+            }
             Fact::BookingChanged { guest_id } => Effect::Cache(Event::BookingChanged { guest_id }),
             Fact::BookingCreated(booking_id) => {
                 Effect::Job(Job::BookingConfirmation { booking_id })

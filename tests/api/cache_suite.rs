@@ -581,7 +581,10 @@ async fn a_response_held_near_costs_one_command_and_no_payload() -> anyhow::Resu
     let cache = redis_cache_on(&server.url(), unique_keys())
         .await?
         .with_near_cache(1 << 20);
-    let entry = Entry::PropertyList { query: "[1,20]" };
+    let entry = Entry::PropertyList {
+        query: "[1,20]",
+        place: stayafrica::cache::policy::Place::Anywhere,
+    };
     let filled = cache
         .response(entry, || async { Ok(Bytes::from_static(b"page")) })
         .await?;
@@ -602,7 +605,7 @@ async fn a_response_held_near_costs_one_command_and_no_payload() -> anyhow::Resu
     assert_eq!(sent.len(), 1, "{sent:#?}");
     assert!(sent[0].contains("\"MGET\""), "{sent:#?}");
     // After a bump the old copy is not served: the next read computes.
-    cache.happened(Event::PropertyChanged).await?;
+    cache.happened(Event::PropertiesChanged).await?;
     let fresh = cache
         .response(entry, || async { Ok(Bytes::from_static(b"page 2")) })
         .await?;

@@ -18,6 +18,7 @@ mod contract;
 mod errors;
 mod http_caching;
 mod idempotency;
+mod invalidation;
 mod jobs_cluster;
 mod jobs_partitions;
 mod jobs_suite;

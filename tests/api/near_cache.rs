@@ -18,7 +18,7 @@ use crate::helpers::{
 
 /// Two instances sharing a database, a Redis and a key prefix (one
 /// deployment), with `near_mb` MiB of near-cache each.
-async fn two_instances(
+pub async fn two_instances(
     redis: &str,
     near_mb: u64,
 ) -> anyhow::Result<(TestApp, TestApp, crate::helpers::DbGuard)> {
