@@ -347,12 +347,16 @@ impl Keys {
     }
 
     /// Query results cached under a name (the guide's `cache_query_result`),
-    /// before the properties generation is known: a property change makes
-    /// them stale.
+    /// before the generations are known. Such a result may show any
+    /// property, so it depends on [`Namespace::Lists`], which every
+    /// property's change bumps, besides the properties-wide generation.
     pub fn query_template(&self, name: &str) -> KeyTemplate {
         KeyTemplate::new(
-            vec![self.generation(Namespace::Properties)],
-            vec![self.cache("query:g"), format!(":{name}")],
+            vec![
+                self.generation(Namespace::Properties),
+                self.generation(Namespace::Lists),
+            ],
+            vec![self.cache("query:g"), ":l".to_owned(), format!(":{name}")],
         )
     }
 

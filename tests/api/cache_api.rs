@@ -116,6 +116,22 @@ async fn suite(cache: Cache) -> anyhow::Result<()> {
         })
         .await?;
     assert_eq!(runs.load(Ordering::SeqCst), 2);
+    // One property's change is enough: a query result may show any.
+    cache
+        .happened(stayafrica::cache::Event::PropertyChanged {
+            id: 5,
+            before: None,
+            after: None,
+        })
+        .await?;
+    let r = runs.clone();
+    let _: Vec<i64> = cache
+        .cache_query_result("featured_ids", Duration::from_secs(60), || async move {
+            r.fetch_add(1, Ordering::SeqCst);
+            Ok(vec![1])
+        })
+        .await?;
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
 
     // The guide's pattern invalidation, for operators.
     cache
