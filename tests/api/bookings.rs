@@ -178,11 +178,15 @@ async fn dashboard_reflects_bookings(db: TestDb) -> anyhow::Result<()> {
     let elsewhere = app
         .create_property_with(&host, property_body("Accra", "40.00", true))
         .await?;
+    // Newer than the Accra one, but in the city the guest will book in.
+    let late = app
+        .create_property_with(&host, property_body("Zanzibar City", "45.00", true))
+        .await?;
     app.signup("guest@example.com", "guest").await?;
     // The featured endpoint stores the list as bytes; the dashboard reads the
     // same entry typed.
     let featured: Value = app.get("/api/v1/properties/featured").await?.json().await?;
-    assert_eq!(featured.as_array().map(Vec::len), Some(3));
+    assert_eq!(featured.as_array().map(Vec::len), Some(4));
     assert_eq!(
         app.client
             .get(app.url("/api/v1/dashboard"))
@@ -221,6 +225,7 @@ async fn dashboard_reflects_bookings(db: TestDb) -> anyhow::Result<()> {
         recs,
         vec![
             other["id"].as_i64().unwrap_or_default(),
+            late["id"].as_i64().unwrap_or_default(),
             elsewhere["id"].as_i64().unwrap_or_default()
         ]
     );
