@@ -1,6 +1,6 @@
 //! `Idempotency-Key` on the creating requests (API.md): the first answer is
 //! kept and given again to a retry with the same body; the policy and the
-//! records are [`crate::idempotency`]'s, this layer only reads the request
+//! records are [`crate::idempotency`]'s, this module only reads the request
 //! and writes the response.
 //!
 //! Once a request may proceed, its handler runs in a task of its own: a
@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -39,8 +39,12 @@ fn honours(method: &Method, path: &str) -> bool {
 /// Margin of a running record's lease over the request deadline.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
 
-/// The layer (inside the API's guard, which has resolved the caller).
-pub async fn idempotent(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// Runs an allowed `/api/` request, by way of its `Idempotency-Key` when
+/// it is one of the creating requests and has one. Called by the API's
+/// guard once it has resolved the caller and the limits (not a layer of
+/// its own: a layer would box and clone the rest of the stack on every
+/// request, for a check that applies to three routes).
+pub async fn run(state: AppState, req: Request, next: Next) -> Response {
     if !honours(req.method(), req.uri().path()) {
         return next.run(req).await;
     }

@@ -15,6 +15,7 @@ use axum_extra::extract::cookie::Cookie;
 use super::AppState;
 use super::client::client_ip;
 use super::extract::Caller;
+use super::idempotency;
 use super::limits::{self, set_limit_headers};
 use crate::domain::ClientAddr;
 use crate::error::ApiError;
@@ -95,7 +96,7 @@ async fn identify_and_throttle(state: AppState, mut req: Request, next: Next) ->
         }
     } else {
         match state.limiter.check(&scope).await {
-            Ok(d) if d.allowed => (Ok(d), Some(next.run(req).await)),
+            Ok(d) if d.allowed => (Ok(d), Some(idempotency::run(state, req, next).await)),
             other => (other, None),
         }
     };

@@ -80,10 +80,6 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            idempotency::idempotent,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
             middleware::GuardState {
                 app: state.clone(),
                 metrics: metrics.clone(),
